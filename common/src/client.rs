@@ -1,0 +1,228 @@
+//! A client for one memory server: one QUIC connection, one bidirectional stream per request.
+//!
+//! A stream per request lets many requests be in flight without head-of-line blocking and makes a
+//! lost or cancelled request cost nothing but its own stream.
+
+use std::net::SocketAddr;
+
+use crate::{
+    codec::{decode_payload, encode_frame, CodecError},
+    protocol::*,
+    transport::{read_frame, write_frame, FrameReadError},
+};
+
+/// Why a request to a memory server failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The address could not be resolved.
+    #[error("cannot resolve {0}")]
+    Resolve(String),
+    /// The connection could not be started.
+    #[error("connect: {0}")]
+    Connect(#[from] quinn::ConnectError),
+    /// The connection failed or was refused (e.g. the TLS handshake).
+    #[error("connection: {0}")]
+    Connection(#[from] quinn::ConnectionError),
+    /// Sending the request failed.
+    #[error("send: {0}")]
+    Write(#[from] quinn::WriteError),
+    /// Receiving the reply failed.
+    #[error("receive: {0}")]
+    Read(#[from] FrameReadError),
+    /// A message could not be encoded or decoded.
+    #[error("codec: {0}")]
+    Codec(#[from] CodecError),
+    /// The server closed the stream without replying.
+    #[error("server closed the stream without a reply")]
+    NoReply,
+    /// The server answered with an error.
+    #[error("server error {code:?}: {message}")]
+    Server {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Explanation from the server.
+        message: String,
+    },
+    /// The server answered with a reply of the wrong kind.
+    #[error("unexpected reply to {0}")]
+    Unexpected(&'static str),
+    /// The reply did not carry one result per requested page.
+    #[error("reply to {op} has {got} results for {want} pages")]
+    WrongCount {
+        /// Operation.
+        op: &'static str,
+        /// Results received.
+        got: usize,
+        /// Pages requested.
+        want: usize,
+    },
+}
+
+/// What the server said in its hello.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerInfo {
+    /// Server software and version.
+    pub server: String,
+    /// Tenant name the server took from our certificate.
+    pub tenant: String,
+    /// Capacity of the server in bytes.
+    pub capacity_bytes: u64,
+}
+
+/// Splits `HOST:PORT` and resolves it; the host part is the name the certificate must carry.
+pub async fn resolve(spec: &str) -> Result<(SocketAddr, String), ClientError> {
+    let (host, _) = spec
+        .rsplit_once(':')
+        .ok_or_else(|| ClientError::Resolve(format!("{spec} (expected HOST:PORT)")))?;
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let addr = tokio::net::lookup_host(spec)
+        .await
+        .map_err(|e| ClientError::Resolve(format!("{spec}: {e}")))?
+        .next()
+        .ok_or_else(|| ClientError::Resolve(spec.to_string()))?;
+    Ok((addr, host))
+}
+
+/// Creates a client endpoint bound to an ephemeral port of the right address family.
+pub fn endpoint(config: quinn::ClientConfig, ipv6: bool) -> std::io::Result<quinn::Endpoint> {
+    let bind: SocketAddr = if ipv6 {
+        "[::]:0".parse().expect("literal address")
+    } else {
+        "0.0.0.0:0".parse().expect("literal address")
+    };
+    let mut endpoint = quinn::Endpoint::client(bind)?;
+    endpoint.set_default_client_config(config);
+    Ok(endpoint)
+}
+
+/// An authenticated session with one memory server.
+#[derive(Clone, Debug)]
+pub struct Client {
+    conn: quinn::Connection,
+    info: ServerInfo,
+}
+
+impl Client {
+    /// Connects, completes the TLS handshake and the protocol hello.
+    pub async fn connect(
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+        server_name: &str,
+        client: &str,
+    ) -> Result<Self, ClientError> {
+        let conn = endpoint.connect(addr, server_name)?.await?;
+        let hello = Request::Hello {
+            protocol_version: PROTOCOL_VERSION,
+            client: client.to_string(),
+        };
+        match call(&conn, &hello).await? {
+            Response::Hello {
+                server,
+                tenant,
+                capacity_bytes,
+                ..
+            } => Ok(Self {
+                conn,
+                info: ServerInfo {
+                    server,
+                    tenant,
+                    capacity_bytes,
+                },
+            }),
+            _ => Err(ClientError::Unexpected("hello")),
+        }
+    }
+
+    /// What the server said in its hello.
+    pub fn info(&self) -> &ServerInfo {
+        &self.info
+    }
+
+    /// The underlying QUIC connection.
+    pub fn connection(&self) -> &quinn::Connection {
+        &self.conn
+    }
+
+    /// Sends one request and waits for its reply; error replies become [`ClientError::Server`].
+    pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
+        call(&self.conn, req).await
+    }
+
+    /// Reads a batch of pages.
+    pub async fn read(&self, pages: Vec<ReadItem>) -> Result<Vec<ReadResult>, ClientError> {
+        let want = pages.len();
+        match self.call(&Request::Read { pages }).await? {
+            Response::Read { pages } => counted("read", pages, want),
+            _ => Err(ClientError::Unexpected("read")),
+        }
+    }
+
+    /// Writes a batch of pages.
+    pub async fn write(&self, pages: Vec<WriteItem>) -> Result<Vec<WriteResult>, ClientError> {
+        let want = pages.len();
+        match self.call(&Request::Write { pages }).await? {
+            Response::Write { pages } => counted("write", pages, want),
+            _ => Err(ClientError::Unexpected("write")),
+        }
+    }
+
+    /// Frees a batch of pages; returns how many were freed.
+    pub async fn free(&self, pages: Vec<FreeItem>) -> Result<u64, ClientError> {
+        match self.call(&Request::Free { pages }).await? {
+            Response::Free { freed } => Ok(freed),
+            _ => Err(ClientError::Unexpected("free")),
+        }
+    }
+
+    /// Frees every page of a space; returns how many were freed.
+    pub async fn drop_space(&self, space: u32) -> Result<u64, ClientError> {
+        match self.call(&Request::DropSpace { space }).await? {
+            Response::DropSpace { freed } => Ok(freed),
+            _ => Err(ClientError::Unexpected("drop_space")),
+        }
+    }
+
+    /// Asks for usage figures.
+    pub async fn stats(&self) -> Result<StatsReply, ClientError> {
+        match self.call(&Request::Stats).await? {
+            Response::Stats(s) => Ok(s),
+            _ => Err(ClientError::Unexpected("stats")),
+        }
+    }
+
+    /// Closes the connection politely.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+fn counted<T>(op: &'static str, items: Vec<T>, want: usize) -> Result<Vec<T>, ClientError> {
+    if items.len() == want {
+        Ok(items)
+    } else {
+        Err(ClientError::WrongCount {
+            op,
+            got: items.len(),
+            want,
+        })
+    }
+}
+
+async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, ClientError> {
+    let mut buf = Vec::new();
+    encode_frame(req, &mut buf)?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(&mut send, &buf).await?;
+    // The stream carries this one request: finishing it tells the server no more will follow.
+    let _ = send.finish();
+    if !read_frame(&mut recv, &mut buf).await? {
+        return Err(ClientError::NoReply);
+    }
+    match decode_payload::<Response>(&buf)? {
+        Response::Error { code, message } => Err(ClientError::Server { code, message }),
+        resp => Ok(resp),
+    }
+}

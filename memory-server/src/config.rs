@@ -1,0 +1,66 @@
+//! Server configuration: a TOML file with documented defaults, overridden by command-line flags.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use yonder_common::size::ByteSize;
+
+/// Everything `yonder-server` needs to run.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// UDP address to listen on. Default `0.0.0.0:7070`.
+    pub listen: SocketAddr,
+    /// Memory the store may use for pages (4 KiB per page with content, 64 bytes per zero page).
+    /// Default `1GiB`.
+    pub capacity: ByteSize,
+    /// Directory holding `ca.pem` and the server certificate. Default `/etc/yonder/tls`.
+    pub tls_dir: PathBuf,
+    /// File stem of the server certificate in `tls_dir` (`NAME.pem`, `NAME.key`). Default `server`.
+    pub cert_name: String,
+    /// Address of the Prometheus endpoint; none by default.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 7070)),
+            capacity: ByteSize(1 << 30),
+            tls_dir: PathBuf::from("/etc/yonder/tls"),
+            cert_name: yonder_common::certs::DEFAULT_SERVER.into(),
+            metrics: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Reads a TOML configuration file; missing keys take their defaults.
+    pub fn from_file(path: &Path) -> anyhow::Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow::anyhow!("invalid config {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_keys_override_defaults() {
+        let c: ServerConfig =
+            toml::from_str("listen = \"127.0.0.1:9000\"\ncapacity = \"8GiB\"\n").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
+        assert_eq!(c.capacity, ByteSize(8 << 30));
+        assert_eq!(c.tls_dir, ServerConfig::default().tls_dir);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        assert!(toml::from_str::<ServerConfig>("capacty = \"1GiB\"").is_err());
+    }
+}

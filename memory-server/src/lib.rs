@@ -1,0 +1,8 @@
+//! The Yonder memory server: an in-memory, per-tenant, capacity-limited page store served over
+//! QUIC with mutual TLS.
+
+pub mod config;
+pub mod handler;
+pub mod metrics;
+pub mod server;
+pub mod store;

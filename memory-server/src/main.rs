@@ -1,0 +1,179 @@
+//! `yonder-server`: serve pages to node agents, or create the cluster's certificates.
+
+use std::{io::Write, net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use tracing::info;
+use yonder_common::{certs, size::ByteSize, tls};
+use yonder_server::{config::ServerConfig, metrics, server, store::Store};
+
+/// Yonder memory server: keeps node agents' evicted pages in memory, per tenant, over QUIC + mTLS.
+#[derive(Parser)]
+#[command(
+    name = "yonder-server",
+    version,
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a cluster CA plus server and client certificates in one directory.
+    Certs(CertsArgs),
+}
+
+/// Flags of the server; each overrides the config file.
+#[derive(Args)]
+struct ServeArgs {
+    /// UDP address to listen on [default: 0.0.0.0:7070].
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Memory for pages, e.g. 8GiB [default: 1GiB].
+    #[arg(long)]
+    capacity: Option<ByteSize>,
+    /// Directory with ca.pem and the server certificate [default: /etc/yonder/tls].
+    #[arg(long)]
+    tls_dir: Option<PathBuf>,
+    /// File stem of the server certificate in the TLS directory [default: server].
+    #[arg(long)]
+    cert_name: Option<String>,
+    /// Address for the Prometheus metrics endpoint.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct CertsArgs {
+    /// Directory to create the files in (an existing CA there is reused).
+    #[arg(long)]
+    dir: PathBuf,
+    /// Host name or IP address the server certificates are valid for (repeatable).
+    #[arg(long = "host", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()])]
+    hosts: Vec<String>,
+    /// File stem of a server certificate to create (repeatable).
+    #[arg(long = "server", default_values_t = [certs::DEFAULT_SERVER.to_string()])]
+    servers: Vec<String>,
+    /// Name of a client certificate to create; it is also the client's tenant (repeatable).
+    #[arg(long = "client", default_values_t = [certs::DEFAULT_CLIENT.to_string()])]
+    clients: Vec<String>,
+    /// Replace existing server and client certificates (the CA is never replaced).
+    #[arg(long)]
+    force: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Certs(args)) => make_certs(args),
+        None => {
+            let config = merge(cli.serve)?;
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?
+                .block_on(run(config))
+        }
+    }
+}
+
+fn make_certs(args: CertsArgs) -> anyhow::Result<()> {
+    let report = certs::create(&certs::CertPlan {
+        dir: args.dir.clone(),
+        server_hosts: args.hosts,
+        servers: args.servers,
+        clients: args.clients,
+        force: args.force,
+    })?;
+    for path in &report.written {
+        println!("wrote {}", path.display());
+    }
+    for path in &report.kept {
+        println!("kept  {} (exists)", path.display());
+    }
+    println!(
+        "keep {} private: it can sign certificates for the whole cluster",
+        args.dir.join(certs::CA_KEY).display()
+    );
+    Ok(())
+}
+
+fn merge(args: ServeArgs) -> anyhow::Result<ServerConfig> {
+    let mut config = match &args.config {
+        Some(path) => ServerConfig::from_file(path)?,
+        None => ServerConfig::default(),
+    };
+    if let Some(v) = args.listen {
+        config.listen = v;
+    }
+    if let Some(v) = args.capacity {
+        config.capacity = v;
+    }
+    if let Some(v) = args.tls_dir {
+        config.tls_dir = v;
+    }
+    if let Some(v) = args.cert_name {
+        config.cert_name = v;
+    }
+    if let Some(v) = args.metrics {
+        config.metrics = Some(v);
+    }
+    Ok(config)
+}
+
+async fn run(config: ServerConfig) -> anyhow::Result<()> {
+    let files = tls::TlsFiles::in_dir(&config.tls_dir, &config.cert_name);
+    for path in [&files.ca, &files.cert, &files.key] {
+        if !path.exists() {
+            anyhow::bail!(
+                "{} not found: create the cluster certificates with `yonder-server certs --dir {}`",
+                path.display(),
+                config.tls_dir.display()
+            );
+        }
+    }
+    let server_config = tls::server_config(&files).context("loading the TLS certificates")?;
+    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let local = endpoint.local_addr()?;
+    if let Some(addr) = config.metrics {
+        metrics::install(addr).with_context(|| format!("metrics endpoint on {addr}"))?;
+        info!("metrics on http://{addr}/metrics");
+    }
+    info!(capacity = %config.capacity, "listening on {local}");
+    // A machine-readable line for whoever started us with port 0.
+    println!("listening on {local}");
+    std::io::stdout().flush()?;
+    let store = Arc::new(Store::new(config.capacity.bytes()));
+    server::serve(endpoint, store, shutdown_signal()).await;
+    info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => info!("SIGTERM received"),
+        _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,348 @@
+//! The page store: every tenant's pages in memory, with versions and a capacity limit.
+//!
+//! Pure logic, no I/O: the network layer calls it with the tenant it authenticated. Pages live in
+//! 4 KiB frames of large chunks ([`frames`]); an all-zero page is a flag with no frame. The index is
+//! split into shards, each behind its own mutex with its own frames, so concurrent requests rarely
+//! contend and a shard's lock protects both its index and its bytes.
+//!
+//! Capacity counts [`PAGE_SIZE`] bytes per page with content and [`ZERO_PAGE_CHARGE`] bytes per
+//! zero page (its index entry), so even a flood of zero pages cannot exhaust the server's memory.
+
+mod frames;
+
+use std::{
+    collections::HashMap,
+    hash::BuildHasher,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Mutex, MutexGuard,
+    },
+};
+
+use yonder_common::{
+    protocol::{PageData, ReadResult, WriteResult},
+    PageKey, PAGE_SIZE,
+};
+
+use frames::FramePool;
+
+/// Numeric id of a tenant (the server maps certificate names to these).
+pub type TenantId = u32;
+
+/// Bytes charged against capacity for a zero page.
+pub const ZERO_PAGE_CHARGE: u64 = 64;
+
+const DATA_PAGE_CHARGE: u64 = PAGE_SIZE as u64;
+const SHARDS: usize = 64;
+const ZERO_FRAME: u32 = u32::MAX;
+
+/// Index key. Built from `u32`s only so that key plus entry pack into 28 bytes per slot of the
+/// hash table: at most ~60 bytes of index per page even right after the table doubles.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+struct IndexKey {
+    tenant: u32,
+    space: u32,
+    slot: [u32; 2],
+}
+
+impl IndexKey {
+    fn new(tenant: TenantId, key: PageKey) -> Self {
+        Self {
+            tenant,
+            space: key.space,
+            slot: [key.slot as u32, (key.slot >> 32) as u32],
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    version: [u32; 2],
+    frame: u32,
+}
+
+impl Entry {
+    fn new(version: u64, frame: u32) -> Self {
+        Self {
+            version: [version as u32, (version >> 32) as u32],
+            frame,
+        }
+    }
+
+    fn version(&self) -> u64 {
+        u64::from(self.version[0]) | (u64::from(self.version[1]) << 32)
+    }
+
+    fn set_version(&mut self, version: u64) {
+        self.version = [version as u32, (version >> 32) as u32];
+    }
+
+    fn is_zero(&self) -> bool {
+        self.frame == ZERO_FRAME
+    }
+}
+
+/// Pages stored by one tenant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TenantUsage {
+    /// Pages with content.
+    pub data_pages: u64,
+    /// Zero pages.
+    pub zero_pages: u64,
+}
+
+#[derive(Default)]
+struct Shard {
+    index: HashMap<IndexKey, Entry>,
+    frames: FramePool,
+    tenants: HashMap<TenantId, TenantUsage>,
+}
+
+fn count(tenants: &mut HashMap<TenantId, TenantUsage>, tenant: TenantId, data: i64, zero: i64) {
+    let usage = tenants.entry(tenant).or_default();
+    usage.data_pages = usage.data_pages.wrapping_add_signed(data);
+    usage.zero_pages = usage.zero_pages.wrapping_add_signed(zero);
+}
+
+/// Server-wide usage figures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StoreUsage {
+    /// Capacity in bytes.
+    pub capacity_bytes: u64,
+    /// Bytes charged against capacity.
+    pub used_bytes: u64,
+    /// Pages with content.
+    pub data_pages: u64,
+    /// Zero pages.
+    pub zero_pages: u64,
+}
+
+/// All tenants' pages.
+pub struct Store {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: std::collections::hash_map::RandomState,
+    capacity: u64,
+    used: AtomicU64,
+    data_pages: AtomicU64,
+    zero_pages: AtomicU64,
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+impl Store {
+    /// Creates an empty store that may hold `capacity_bytes` (see the module docs for what counts).
+    pub fn new(capacity_bytes: u64) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            hasher: Default::default(),
+            capacity: capacity_bytes,
+            used: AtomicU64::new(0),
+            data_pages: AtomicU64::new(0),
+            zero_pages: AtomicU64::new(0),
+        }
+    }
+
+    fn shard(&self, key: &IndexKey) -> MutexGuard<'_, Shard> {
+        let i = self.hasher.hash_one(key) as usize % SHARDS;
+        lock(&self.shards[i])
+    }
+
+    fn reserve(&self, bytes: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                u.checked_add(bytes).filter(|&n| n <= self.capacity)
+            })
+            .is_ok()
+    }
+
+    fn unreserve(&self, bytes: u64) {
+        self.used.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// Stores a page unless a newer version is stored. `data` must hold [`PAGE_SIZE`] bytes when
+    /// it is [`PageData::Bytes`] (the caller validates input from the network).
+    pub fn write(
+        &self,
+        tenant: TenantId,
+        key: PageKey,
+        version: u64,
+        data: &PageData,
+    ) -> WriteResult {
+        let bytes = match data {
+            PageData::Bytes(b) if !all_zero(b) => Some(b.as_slice()),
+            _ => None,
+        };
+        debug_assert!(bytes.is_none_or(|b| b.len() == PAGE_SIZE));
+        let ik = IndexKey::new(tenant, key);
+        let mut guard = self.shard(&ik);
+        let shard = &mut *guard;
+        match shard.index.get_mut(&ik) {
+            Some(entry) => {
+                let stored = entry.version();
+                if stored > version {
+                    return WriteResult::Superseded {
+                        stored_version: stored,
+                    };
+                }
+                if stored == version {
+                    // A retried write of the same version: already stored.
+                    return WriteResult::Stored;
+                }
+                match (entry.is_zero(), bytes) {
+                    (true, None) => {}
+                    (false, Some(b)) => shard.frames.page_mut(entry.frame).copy_from_slice(b),
+                    (false, None) => {
+                        shard.frames.release(entry.frame);
+                        entry.frame = ZERO_FRAME;
+                        self.unreserve(DATA_PAGE_CHARGE - ZERO_PAGE_CHARGE);
+                        self.data_pages.fetch_sub(1, Ordering::Relaxed);
+                        self.zero_pages.fetch_add(1, Ordering::Relaxed);
+                        count(&mut shard.tenants, tenant, -1, 1);
+                    }
+                    (true, Some(b)) => {
+                        if !self.reserve(DATA_PAGE_CHARGE - ZERO_PAGE_CHARGE) {
+                            return WriteResult::CapacityExceeded;
+                        }
+                        let frame = shard.frames.alloc();
+                        shard.frames.page_mut(frame).copy_from_slice(b);
+                        entry.frame = frame;
+                        self.data_pages.fetch_add(1, Ordering::Relaxed);
+                        self.zero_pages.fetch_sub(1, Ordering::Relaxed);
+                        count(&mut shard.tenants, tenant, 1, -1);
+                    }
+                }
+                entry.set_version(version);
+            }
+            None => {
+                let charge = if bytes.is_some() {
+                    DATA_PAGE_CHARGE
+                } else {
+                    ZERO_PAGE_CHARGE
+                };
+                if !self.reserve(charge) {
+                    return WriteResult::CapacityExceeded;
+                }
+                let frame = match bytes {
+                    Some(b) => {
+                        let frame = shard.frames.alloc();
+                        shard.frames.page_mut(frame).copy_from_slice(b);
+                        self.data_pages.fetch_add(1, Ordering::Relaxed);
+                        count(&mut shard.tenants, tenant, 1, 0);
+                        frame
+                    }
+                    None => {
+                        self.zero_pages.fetch_add(1, Ordering::Relaxed);
+                        count(&mut shard.tenants, tenant, 0, 1);
+                        ZERO_FRAME
+                    }
+                };
+                shard.index.insert(ik, Entry::new(version, frame));
+            }
+        }
+        WriteResult::Stored
+    }
+
+    /// Reads a page; a stored version older than `expected` is reported as stale, never returned.
+    pub fn read(&self, tenant: TenantId, key: PageKey, expected: u64) -> ReadResult {
+        let ik = IndexKey::new(tenant, key);
+        let shard = self.shard(&ik);
+        let Some(entry) = shard.index.get(&ik) else {
+            return ReadResult::Missing;
+        };
+        let version = entry.version();
+        if version < expected {
+            return ReadResult::Stale {
+                stored_version: version,
+            };
+        }
+        let data = if entry.is_zero() {
+            PageData::Zero
+        } else {
+            PageData::Bytes(shard.frames.page(entry.frame).to_vec())
+        };
+        ReadResult::Found { version, data }
+    }
+
+    fn remove_entry(&self, shard: &mut Shard, tenant: TenantId, entry: Entry) {
+        if entry.is_zero() {
+            self.unreserve(ZERO_PAGE_CHARGE);
+            self.zero_pages.fetch_sub(1, Ordering::Relaxed);
+            count(&mut shard.tenants, tenant, 0, -1);
+        } else {
+            shard.frames.release(entry.frame);
+            self.unreserve(DATA_PAGE_CHARGE);
+            self.data_pages.fetch_sub(1, Ordering::Relaxed);
+            count(&mut shard.tenants, tenant, -1, 0);
+        }
+    }
+
+    /// Frees a page if its stored version is at most `version`; returns whether it was freed.
+    pub fn free(&self, tenant: TenantId, key: PageKey, version: u64) -> bool {
+        let ik = IndexKey::new(tenant, key);
+        let mut guard = self.shard(&ik);
+        let shard = &mut *guard;
+        match shard.index.get(&ik) {
+            Some(entry) if entry.version() <= version => {
+                let entry = *entry;
+                shard.index.remove(&ik);
+                self.remove_entry(shard, tenant, entry);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Frees every page of one space of a tenant; returns how many were freed.
+    pub fn drop_space(&self, tenant: TenantId, space: u32) -> u64 {
+        let mut freed = 0;
+        for shard in self.shards.iter() {
+            let mut guard = lock(shard);
+            let shard = &mut *guard;
+            let doomed: Vec<(IndexKey, Entry)> = shard
+                .index
+                .iter()
+                .filter(|(k, _)| k.tenant == tenant && k.space == space)
+                .map(|(k, e)| (*k, *e))
+                .collect();
+            for (k, e) in doomed {
+                shard.index.remove(&k);
+                self.remove_entry(shard, tenant, e);
+                freed += 1;
+            }
+        }
+        freed
+    }
+
+    /// Server-wide usage.
+    pub fn usage(&self) -> StoreUsage {
+        StoreUsage {
+            capacity_bytes: self.capacity,
+            used_bytes: self.used.load(Ordering::Acquire),
+            data_pages: self.data_pages.load(Ordering::Relaxed),
+            zero_pages: self.zero_pages.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Usage of one tenant.
+    pub fn tenant_usage(&self, tenant: TenantId) -> TenantUsage {
+        let mut total = TenantUsage::default();
+        for shard in self.shards.iter() {
+            if let Some(u) = lock(shard).tenants.get(&tenant) {
+                total.data_pages += u.data_pages;
+                total.zero_pages += u.zero_pages;
+            }
+        }
+        total
+    }
+}
+
+/// Locks a shard. A panic while holding it cannot leave a shard half-updated in a way that loses
+/// data for other pages, so a poisoned lock is taken over rather than taking the server down.
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    shard.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+#[cfg(test)]
+mod tests;
