@@ -212,7 +212,7 @@ pub fn create(plan: &CertPlan) -> Result<CertReport, CertError> {
         leaf(
             &plan.dir,
             client,
-            &[client.clone()],
+            std::slice::from_ref(client),
             ExtendedKeyUsagePurpose::ClientAuth,
             &issuer,
             plan.force,

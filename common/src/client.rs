@@ -1,9 +1,17 @@
-//! A client for one memory server: one QUIC connection, one bidirectional stream per request.
+//! A client for one memory server: one QUIC connection and a pool of request streams ("lanes").
 //!
-//! A stream per request lets many requests be in flight without head-of-line blocking and makes a
-//! lost or cancelled request cost nothing but its own stream.
+//! Each lane is a long-lived bidirectional stream that carries one request at a time; many lanes
+//! give many requests in flight without head-of-line blocking. Reusing streams instead of opening
+//! one per request saves the stream setup, teardown and a server task per request, which measured
+//! as most of the per-request cost (see docs/protocol.md). A request that fails or is cancelled
+//! drops its lane, so a lane never holds half a reply.
 
-use std::net::SocketAddr;
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+};
+
+use quinn::{RecvStream, SendStream};
 
 use crate::{
     codec::{decode_payload, encode_frame, CodecError},
@@ -93,16 +101,35 @@ pub fn endpoint(config: quinn::ClientConfig, ipv6: bool) -> std::io::Result<quin
     } else {
         "0.0.0.0:0".parse().expect("literal address")
     };
-    let mut endpoint = quinn::Endpoint::client(bind)?;
+    let mut endpoint = crate::transport::endpoint(bind, None)?;
     endpoint.set_default_client_config(config);
     Ok(endpoint)
 }
 
+/// Idle lanes kept for reuse; beyond this, finished lanes are closed.
+const MAX_IDLE_LANES: usize = 256;
+
+struct Lane {
+    send: SendStream,
+    recv: RecvStream,
+    buf: Vec<u8>,
+}
+
 /// An authenticated session with one memory server.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     conn: quinn::Connection,
     info: ServerInfo,
+    lanes: Arc<Mutex<Vec<Lane>>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("remote", &self.conn.remote_address())
+            .field("info", &self.info)
+            .finish()
+    }
 }
 
 impl Client {
@@ -114,24 +141,33 @@ impl Client {
         client: &str,
     ) -> Result<Self, ClientError> {
         let conn = endpoint.connect(addr, server_name)?.await?;
+        let mut this = Self {
+            conn,
+            info: ServerInfo {
+                server: String::new(),
+                tenant: String::new(),
+                capacity_bytes: 0,
+            },
+            lanes: Arc::default(),
+        };
         let hello = Request::Hello {
             protocol_version: PROTOCOL_VERSION,
             client: client.to_string(),
         };
-        match call(&conn, &hello).await? {
+        match this.call(&hello).await? {
             Response::Hello {
                 server,
                 tenant,
                 capacity_bytes,
                 ..
-            } => Ok(Self {
-                conn,
-                info: ServerInfo {
+            } => {
+                this.info = ServerInfo {
                     server,
                     tenant,
                     capacity_bytes,
-                },
-            }),
+                };
+                Ok(this)
+            }
             _ => Err(ClientError::Unexpected("hello")),
         }
     }
@@ -148,7 +184,29 @@ impl Client {
 
     /// Sends one request and waits for its reply; error replies become [`ClientError::Server`].
     pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
-        call(&self.conn, req).await
+        let idle = self.lanes.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut lane = match idle {
+            Some(lane) => lane,
+            None => {
+                let (send, recv) = self.conn.open_bi().await?;
+                Lane {
+                    send,
+                    recv,
+                    buf: Vec::new(),
+                }
+            }
+        };
+        // On any error the lane is dropped here: its stream may hold a partial frame.
+        let resp = exchange(&mut lane, req).await?;
+        let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
+        if lanes.len() < MAX_IDLE_LANES {
+            lanes.push(lane);
+        }
+        drop(lanes);
+        match resp {
+            Response::Error { code, message } => Err(ClientError::Server { code, message }),
+            resp => Ok(resp),
+        }
     }
 
     /// Reads a batch of pages.
@@ -211,18 +269,11 @@ fn counted<T>(op: &'static str, items: Vec<T>, want: usize) -> Result<Vec<T>, Cl
     }
 }
 
-async fn call(conn: &quinn::Connection, req: &Request) -> Result<Response, ClientError> {
-    let mut buf = Vec::new();
-    encode_frame(req, &mut buf)?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    write_frame(&mut send, &buf).await?;
-    // The stream carries this one request: finishing it tells the server no more will follow.
-    let _ = send.finish();
-    if !read_frame(&mut recv, &mut buf).await? {
+async fn exchange(lane: &mut Lane, req: &Request) -> Result<Response, ClientError> {
+    encode_frame(req, &mut lane.buf)?;
+    write_frame(&mut lane.send, &lane.buf).await?;
+    if !read_frame(&mut lane.recv, &mut lane.buf).await? {
         return Err(ClientError::NoReply);
     }
-    match decode_payload::<Response>(&buf)? {
-        Response::Error { code, message } => Err(ClientError::Server { code, message }),
-        resp => Ok(resp),
-    }
+    Ok(decode_payload::<Response>(&lane.buf)?)
 }

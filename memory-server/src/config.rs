@@ -23,6 +23,10 @@ pub struct ServerConfig {
     pub cert_name: String,
     /// Address of the Prometheus endpoint; none by default.
     pub metrics: Option<SocketAddr>,
+    /// Worker threads serving requests. Default 1: one thread reads the socket, runs QUIC and
+    /// serves the store without cross-thread wake-ups, which costs less per request than spreading
+    /// one connection over several threads. More threads pay off with many busy clients.
+    pub threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -33,6 +37,7 @@ impl Default for ServerConfig {
             tls_dir: PathBuf::from("/etc/yonder/tls"),
             cert_name: yonder_common::certs::DEFAULT_SERVER.into(),
             metrics: None,
+            threads: 1,
         }
     }
 }

@@ -46,6 +46,9 @@ struct ServeArgs {
     /// Address for the Prometheus metrics endpoint.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// Worker threads serving requests; 1 serves everything on one thread [default: 1].
+    #[arg(long)]
+    threads: Option<usize>,
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -82,10 +85,17 @@ fn main() -> anyhow::Result<()> {
         Some(Command::Certs(args)) => make_certs(args),
         None => {
             let config = merge(cli.serve)?;
-            tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?
-                .block_on(run(config))
+            let runtime = if config.threads <= 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(config.threads)
+                    .enable_all()
+                    .build()?
+            };
+            runtime.block_on(run(config))
         }
     }
 }
@@ -128,6 +138,9 @@ fn merge(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(v) = args.cert_name {
         config.cert_name = v;
     }
+    if let Some(v) = args.threads {
+        config.threads = v;
+    }
     if let Some(v) = args.metrics {
         config.metrics = Some(v);
     }
@@ -146,7 +159,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         }
     }
     let server_config = tls::server_config(&files).context("loading the TLS certificates")?;
-    let endpoint = quinn::Endpoint::server(server_config, config.listen)
+    let endpoint = yonder_common::transport::endpoint(config.listen, Some(server_config))
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = endpoint.local_addr()?;
     if let Some(addr) = config.metrics {

@@ -1,5 +1,5 @@
-//! Harness for end-to-end tests: locate the built binaries, create certificates, start real
-//! processes and always stop them (by PID) when a test ends, passes or fails.
+//! Harness for end-to-end tests and benchmarks: locate the built binaries, create certificates,
+//! start real processes and always stop them (by PID) when a test ends, passes or fails.
 
 use std::{
     io::{BufRead, BufReader, Read},
@@ -13,21 +13,21 @@ use std::{
 use anyhow::{bail, Context};
 use yonder_common::{client, tls};
 
-/// Path of a binary of this workspace, built by `cargo build --workspace --bins`.
+/// Path of a binary of this workspace, built by `cargo build --workspace --bins`: next to the
+/// running executable (a binary such as the bench) or one level up (a test in `deps/`).
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current test executable");
-    // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test executable lives in target/<profile>/deps");
-    let path = dir.join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: build the binaries first with `cargo build --workspace --bins` (tests/run does)",
-        path.display()
+    let exe = std::env::current_exe().expect("current executable");
+    let dir = exe.parent().expect("executable has a directory");
+    let candidates = [Some(dir.join(name)), dir.parent().map(|d| d.join(name))];
+    for path in candidates.into_iter().flatten() {
+        if path.exists() {
+            return path;
+        }
+    }
+    panic!(
+        "{name} is missing next to {}: build the binaries first with `cargo build --workspace --bins` (tests/run does)",
+        exe.display()
     );
-    path
 }
 
 /// A temporary certificate directory made by the real `yonder-server certs` command.

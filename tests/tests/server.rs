@@ -1,6 +1,8 @@
 //! A real `yonder-server` process on loopback, with certificates made by `yonder-server certs`,
 //! driven over QUIC: normal use, capacity, tenant isolation and every kind of bad input.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::{net::UdpSocket, process::Command, sync::Arc, time::Duration};
 
 use rand::{Rng, RngCore, SeedableRng};

@@ -36,19 +36,18 @@ const DATA_PAGE_CHARGE: u64 = PAGE_SIZE as u64;
 const SHARDS: usize = 64;
 const ZERO_FRAME: u32 = u32::MAX;
 
-/// Index key. Built from `u32`s only so that key plus entry pack into 28 bytes per slot of the
-/// hash table: at most ~60 bytes of index per page even right after the table doubles.
+/// Index key inside one tenant's map. Built from `u32`s only so that key plus entry pack into
+/// 24 bytes per slot of the hash table: at most ~52 bytes of index per page even right after a
+/// table doubles.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct IndexKey {
-    tenant: u32,
     space: u32,
     slot: [u32; 2],
 }
 
-impl IndexKey {
-    fn new(tenant: TenantId, key: PageKey) -> Self {
+impl From<PageKey> for IndexKey {
+    fn from(key: PageKey) -> Self {
         Self {
-            tenant,
             space: key.space,
             slot: [key.slot as u32, (key.slot >> 32) as u32],
         }
@@ -91,17 +90,26 @@ pub struct TenantUsage {
     pub zero_pages: u64,
 }
 
+/// One tenant's pages within a shard.
 #[derive(Default)]
-struct Shard {
+struct TenantPages {
     index: HashMap<IndexKey, Entry>,
-    frames: FramePool,
-    tenants: HashMap<TenantId, TenantUsage>,
+    usage: TenantUsage,
 }
 
-fn count(tenants: &mut HashMap<TenantId, TenantUsage>, tenant: TenantId, data: i64, zero: i64) {
-    let usage = tenants.entry(tenant).or_default();
-    usage.data_pages = usage.data_pages.wrapping_add_signed(data);
-    usage.zero_pages = usage.zero_pages.wrapping_add_signed(zero);
+impl TenantUsage {
+    fn count(&mut self, data: i64, zero: i64) {
+        self.data_pages = self.data_pages.wrapping_add_signed(data);
+        self.zero_pages = self.zero_pages.wrapping_add_signed(zero);
+    }
+}
+
+/// A shard: its tenants' indexes and the frames their pages live in. Tenants are kept apart by
+/// construction: a request only ever reaches the map of the tenant its certificate names.
+#[derive(Default)]
+struct Shard {
+    tenants: HashMap<TenantId, TenantPages>,
+    frames: FramePool,
 }
 
 /// Server-wide usage figures.
@@ -144,8 +152,8 @@ impl Store {
         }
     }
 
-    fn shard(&self, key: &IndexKey) -> MutexGuard<'_, Shard> {
-        let i = self.hasher.hash_one(key) as usize % SHARDS;
+    fn shard(&self, tenant: TenantId, key: &IndexKey) -> MutexGuard<'_, Shard> {
+        let i = self.hasher.hash_one((tenant, key)) as usize % SHARDS;
         lock(&self.shards[i])
     }
 
@@ -175,10 +183,11 @@ impl Store {
             _ => None,
         };
         debug_assert!(bytes.is_none_or(|b| b.len() == PAGE_SIZE));
-        let ik = IndexKey::new(tenant, key);
-        let mut guard = self.shard(&ik);
+        let ik = IndexKey::from(key);
+        let mut guard = self.shard(tenant, &ik);
         let shard = &mut *guard;
-        match shard.index.get_mut(&ik) {
+        let pages = shard.tenants.entry(tenant).or_default();
+        match pages.index.get_mut(&ik) {
             Some(entry) => {
                 let stored = entry.version();
                 if stored > version {
@@ -199,7 +208,7 @@ impl Store {
                         self.unreserve(DATA_PAGE_CHARGE - ZERO_PAGE_CHARGE);
                         self.data_pages.fetch_sub(1, Ordering::Relaxed);
                         self.zero_pages.fetch_add(1, Ordering::Relaxed);
-                        count(&mut shard.tenants, tenant, -1, 1);
+                        pages.usage.count(-1, 1);
                     }
                     (true, Some(b)) => {
                         if !self.reserve(DATA_PAGE_CHARGE - ZERO_PAGE_CHARGE) {
@@ -210,7 +219,7 @@ impl Store {
                         entry.frame = frame;
                         self.data_pages.fetch_add(1, Ordering::Relaxed);
                         self.zero_pages.fetch_sub(1, Ordering::Relaxed);
-                        count(&mut shard.tenants, tenant, 1, -1);
+                        pages.usage.count(1, -1);
                     }
                 }
                 entry.set_version(version);
@@ -229,16 +238,16 @@ impl Store {
                         let frame = shard.frames.alloc();
                         shard.frames.page_mut(frame).copy_from_slice(b);
                         self.data_pages.fetch_add(1, Ordering::Relaxed);
-                        count(&mut shard.tenants, tenant, 1, 0);
+                        pages.usage.count(1, 0);
                         frame
                     }
                     None => {
                         self.zero_pages.fetch_add(1, Ordering::Relaxed);
-                        count(&mut shard.tenants, tenant, 0, 1);
+                        pages.usage.count(0, 1);
                         ZERO_FRAME
                     }
                 };
-                shard.index.insert(ik, Entry::new(version, frame));
+                pages.index.insert(ik, Entry::new(version, frame));
             }
         }
         WriteResult::Stored
@@ -246,9 +255,9 @@ impl Store {
 
     /// Reads a page; a stored version older than `expected` is reported as stale, never returned.
     pub fn read(&self, tenant: TenantId, key: PageKey, expected: u64) -> ReadResult {
-        let ik = IndexKey::new(tenant, key);
-        let shard = self.shard(&ik);
-        let Some(entry) = shard.index.get(&ik) else {
+        let ik = IndexKey::from(key);
+        let shard = self.shard(tenant, &ik);
+        let Some(entry) = shard.tenants.get(&tenant).and_then(|p| p.index.get(&ik)) else {
             return ReadResult::Missing;
         };
         let version = entry.version();
@@ -265,29 +274,32 @@ impl Store {
         ReadResult::Found { version, data }
     }
 
-    fn remove_entry(&self, shard: &mut Shard, tenant: TenantId, entry: Entry) {
+    fn remove_entry(&self, frames: &mut FramePool, pages: &mut TenantPages, entry: Entry) {
         if entry.is_zero() {
             self.unreserve(ZERO_PAGE_CHARGE);
             self.zero_pages.fetch_sub(1, Ordering::Relaxed);
-            count(&mut shard.tenants, tenant, 0, -1);
+            pages.usage.count(0, -1);
         } else {
-            shard.frames.release(entry.frame);
+            frames.release(entry.frame);
             self.unreserve(DATA_PAGE_CHARGE);
             self.data_pages.fetch_sub(1, Ordering::Relaxed);
-            count(&mut shard.tenants, tenant, -1, 0);
+            pages.usage.count(-1, 0);
         }
     }
 
     /// Frees a page if its stored version is at most `version`; returns whether it was freed.
     pub fn free(&self, tenant: TenantId, key: PageKey, version: u64) -> bool {
-        let ik = IndexKey::new(tenant, key);
-        let mut guard = self.shard(&ik);
+        let ik = IndexKey::from(key);
+        let mut guard = self.shard(tenant, &ik);
         let shard = &mut *guard;
-        match shard.index.get(&ik) {
+        let Some(pages) = shard.tenants.get_mut(&tenant) else {
+            return false;
+        };
+        match pages.index.get(&ik) {
             Some(entry) if entry.version() <= version => {
                 let entry = *entry;
-                shard.index.remove(&ik);
-                self.remove_entry(shard, tenant, entry);
+                pages.index.remove(&ik);
+                self.remove_entry(&mut shard.frames, pages, entry);
                 true
             }
             _ => false,
@@ -300,16 +312,22 @@ impl Store {
         for shard in self.shards.iter() {
             let mut guard = lock(shard);
             let shard = &mut *guard;
-            let doomed: Vec<(IndexKey, Entry)> = shard
+            let Some(pages) = shard.tenants.get_mut(&tenant) else {
+                continue;
+            };
+            let doomed: Vec<(IndexKey, Entry)> = pages
                 .index
                 .iter()
-                .filter(|(k, _)| k.tenant == tenant && k.space == space)
+                .filter(|(k, _)| k.space == space)
                 .map(|(k, e)| (*k, *e))
                 .collect();
             for (k, e) in doomed {
-                shard.index.remove(&k);
-                self.remove_entry(shard, tenant, e);
+                pages.index.remove(&k);
+                self.remove_entry(&mut shard.frames, pages, e);
                 freed += 1;
+            }
+            if pages.index.is_empty() {
+                shard.tenants.remove(&tenant);
             }
         }
         freed
@@ -329,9 +347,9 @@ impl Store {
     pub fn tenant_usage(&self, tenant: TenantId) -> TenantUsage {
         let mut total = TenantUsage::default();
         for shard in self.shards.iter() {
-            if let Some(u) = lock(shard).tenants.get(&tenant) {
-                total.data_pages += u.data_pages;
-                total.zero_pages += u.zero_pages;
+            if let Some(p) = lock(shard).tenants.get(&tenant) {
+                total.data_pages += p.usage.data_pages;
+                total.zero_pages += p.usage.zero_pages;
             }
         }
         total
