@@ -6,6 +6,7 @@ use std::time::Instant;
 use rand::{RngCore, SeedableRng};
 use yonder_common::{
     protocol::{PageData, ReadItem, ReadResult, WriteItem, WriteResult, MAX_BATCH_PAGES},
+    transport::PAGE_MTU,
     PageKey, PAGE_SIZE,
 };
 use yonder_tests::Server;
@@ -22,7 +23,7 @@ pub fn run() -> anyhow::Result<()> {
 
 async fn demo() -> anyhow::Result<()> {
     println!("Starting a memory server on loopback (QUIC, mutual TLS, certificates from `yonder-server certs`)...");
-    let server = Server::start("256MiB", &["demo"], &[])?;
+    let server = Server::start_with_mtu("256MiB", &["demo"], &[], Some(PAGE_MTU))?;
     let client = server.connect("demo").await?;
     println!(
         "Connected to {} at {} as tenant {:?}",

@@ -35,6 +35,10 @@ pub struct Args {
     /// Worker threads of the client runtime (the server uses its own default).
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
+    /// Fixed datagram size on both ends (loopback allows one page per packet with 4400);
+    /// default: path-MTU discovery, as on an unknown network.
+    #[arg(long)]
+    mtu: Option<u16>,
     /// Print JSON instead of tables.
     #[arg(long)]
     json: bool,
@@ -119,7 +123,7 @@ fn random_page(rng: &mut impl RngCore) -> Vec<u8> {
 async fn bench(args: &Args) -> anyhow::Result<Report> {
     let mut throughput = Vec::new();
     {
-        let server = Server::start("8GiB", &["bench"], &[])?;
+        let server = Server::start_with_mtu("8GiB", &["bench"], &[], args.mtu)?;
         let client = Arc::new(server.connect("bench").await?);
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for start in (0..WORKING_SET).step_by(MAX_BATCH_PAGES) {
@@ -142,8 +146,8 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         }
     }
     let memory = vec![
-        memory(args.memory_pages, false).await?,
-        memory(args.memory_pages, true).await?,
+        memory(args.memory_pages, false, args.mtu).await?,
+        memory(args.memory_pages, true, args.mtu).await?,
     ];
     Ok(Report { throughput, memory })
 }
@@ -230,8 +234,8 @@ fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
     Ok(kb * 1024)
 }
 
-async fn memory(pages: u64, zero: bool) -> anyhow::Result<MemoryRow> {
-    let server = Server::start("16GiB", &["bench"], &[])?;
+async fn memory(pages: u64, zero: bool, mtu: Option<u16>) -> anyhow::Result<MemoryRow> {
+    let server = Server::start_with_mtu("16GiB", &["bench"], &[], mtu)?;
     let client = server.connect("bench").await?;
     let before = rss_bytes(server.process.pid())?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(if zero { 2 } else { 3 });

@@ -99,8 +99,9 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// Builds a QUIC server configuration that requires client certificates signed by the CA.
-pub fn server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsError> {
+/// Builds a QUIC server configuration that requires client certificates signed by the CA; `mtu`
+/// as in [`transport::transport_config`].
+pub fn server_config(files: &TlsFiles, mtu: Option<u16>) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
     let verifier =
         WebPkiClientVerifier::builder_with_provider(roots(&files.ca)?, provider.clone()).build()?;
@@ -111,12 +112,13 @@ pub fn server_config(files: &TlsFiles) -> Result<quinn::ServerConfig, TlsError> 
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(Arc::new(transport::transport_config()));
+    config.transport_config(Arc::new(transport::transport_config(mtu)));
     Ok(config)
 }
 
-/// Builds a QUIC client configuration that presents a client certificate and trusts only the CA.
-pub fn client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, TlsError> {
+/// Builds a QUIC client configuration that presents a client certificate and trusts only the CA;
+/// `mtu` as in [`transport::transport_config`].
+pub fn client_config(files: &TlsFiles, mtu: Option<u16>) -> Result<quinn::ClientConfig, TlsError> {
     let mut tls = rustls::ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots(&files.ca)?)
@@ -124,7 +126,7 @@ pub fn client_config(files: &TlsFiles) -> Result<quinn::ClientConfig, TlsError> 
     tls.alpn_protocols = vec![ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(Arc::new(transport::transport_config()));
+    config.transport_config(Arc::new(transport::transport_config(mtu)));
     Ok(config)
 }
 

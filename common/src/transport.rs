@@ -13,11 +13,24 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval of keep-alive packets; well below [`IDLE_TIMEOUT`].
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
+/// Largest UDP payload an endpoint accepts (advertised to peers). Each sender picks its own size.
+pub const MAX_UDP_PAYLOAD: u16 = 9000;
+
+/// Smallest datagram size QUIC allows.
+pub const MIN_MTU: u16 = 1200;
+
+/// A datagram size that carries one 4 KiB page with its frame and QUIC overhead in one packet;
+/// what the embedded loopback setups use.
+pub const PAGE_MTU: u16 = 4400;
+
 /// Transport parameters: many concurrent request streams and windows sized for full write
-/// batches. MTU discovery keeps quinn's defaults (up to 1452 bytes): letting it grow to jumbo
-/// sizes on loopback made packet bursts overflow socket buffers and fall back to 1200 bytes after
-/// black-hole detection, with no gain in latency or throughput (docs/protocol.md).
-pub fn transport_config() -> quinn::TransportConfig {
+/// batches.
+///
+/// `mtu` fixes the datagram size for a network whose path MTU is known (loopback, jumbo frames):
+/// one packet per page instead of three roughly doubles the pages/s of single-page requests.
+/// Without it, quinn's path-MTU discovery runs from 1200 up to 1452 bytes, which is safe on any
+/// network. See docs/protocol.md for the measurements behind this.
+pub fn transport_config(mtu: Option<u16>) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(4096u32.into())
         .max_concurrent_uni_streams(0u32.into())
@@ -26,6 +39,10 @@ pub fn transport_config() -> quinn::TransportConfig {
         .send_window(64 << 20)
         .keep_alive_interval(Some(KEEP_ALIVE))
         .datagram_receive_buffer_size(None);
+    if let Some(mtu) = mtu {
+        // A known path: use that size from the first packet, never probe, never fall below it.
+        t.initial_mtu(mtu).min_mtu(mtu).mtu_discovery_config(None);
+    }
     if let Ok(idle) = IDLE_TIMEOUT.try_into() {
         t.max_idle_timeout(Some(idle));
     }
@@ -35,6 +52,26 @@ pub fn transport_config() -> quinn::TransportConfig {
 /// Socket buffer size asked for; the kernel caps it at `net.core.{r,w}mem_max`. The default
 /// (~208 KiB) overflows under a burst of write batches and turns into losses and retransmits.
 pub const SOCKET_BUFFER_BYTES: usize = 8 << 20;
+
+/// Endpoint settings shared by servers and clients.
+pub fn endpoint_config() -> quinn::EndpointConfig {
+    let mut config = quinn::EndpointConfig::default();
+    config
+        .max_udp_payload_size(MAX_UDP_PAYLOAD)
+        .expect("MAX_UDP_PAYLOAD is within QUIC's limits");
+    config
+}
+
+/// Checks a configured datagram size.
+pub fn check_mtu(mtu: u16) -> Result<u16, String> {
+    if (MIN_MTU..=MAX_UDP_PAYLOAD).contains(&mtu) {
+        Ok(mtu)
+    } else {
+        Err(format!(
+            "mtu {mtu} is outside {MIN_MTU}..={MAX_UDP_PAYLOAD}"
+        ))
+    }
+}
 
 /// Binds a UDP socket with large buffers.
 pub fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
@@ -53,7 +90,7 @@ pub fn endpoint(
     server: Option<quinn::ServerConfig>,
 ) -> io::Result<quinn::Endpoint> {
     quinn::Endpoint::new(
-        quinn::EndpointConfig::default(),
+        endpoint_config(),
         server,
         udp_socket(addr)?,
         Arc::new(quinn::TokioRuntime),

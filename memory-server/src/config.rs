@@ -27,6 +27,9 @@ pub struct ServerConfig {
     /// serves the store without cross-thread wake-ups, which costs less per request than spreading
     /// one connection over several threads. More threads pay off with many busy clients.
     pub threads: usize,
+    /// Fixed datagram size (1200..=9000) for a network whose path MTU is known, such as loopback
+    /// or jumbo frames; 4400 carries a page per packet. None by default: path-MTU discovery.
+    pub mtu: Option<u16>,
 }
 
 impl Default for ServerConfig {
@@ -38,6 +41,7 @@ impl Default for ServerConfig {
             cert_name: yonder_common::certs::DEFAULT_SERVER.into(),
             metrics: None,
             threads: 1,
+            mtu: None,
         }
     }
 }

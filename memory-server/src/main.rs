@@ -5,7 +5,7 @@ use std::{io::Write, net::SocketAddr, path::PathBuf, sync::Arc};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
-use yonder_common::{certs, size::ByteSize, tls};
+use yonder_common::{certs, size::ByteSize, tls, transport};
 use yonder_server::{config::ServerConfig, metrics, server, store::Store};
 
 /// Yonder memory server: keeps node agents' evicted pages in memory, per tenant, over QUIC + mTLS.
@@ -49,6 +49,9 @@ struct ServeArgs {
     /// Worker threads serving requests; 1 serves everything on one thread [default: 1].
     #[arg(long)]
     threads: Option<usize>,
+    /// Fixed datagram size for a known network path (loopback, jumbo frames), e.g. 4400.
+    #[arg(long, value_parser = parse_mtu)]
+    mtu: Option<u16>,
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -141,6 +144,9 @@ fn merge(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(v) = args.threads {
         config.threads = v;
     }
+    if let Some(v) = args.mtu {
+        config.mtu = Some(v);
+    }
     if let Some(v) = args.metrics {
         config.metrics = Some(v);
     }
@@ -158,8 +164,12 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
             );
         }
     }
-    let server_config = tls::server_config(&files).context("loading the TLS certificates")?;
-    let endpoint = yonder_common::transport::endpoint(config.listen, Some(server_config))
+    if let Some(mtu) = config.mtu {
+        transport::check_mtu(mtu).map_err(anyhow::Error::msg)?;
+    }
+    let server_config =
+        tls::server_config(&files, config.mtu).context("loading the TLS certificates")?;
+    let endpoint = transport::endpoint(config.listen, Some(server_config))
         .with_context(|| format!("cannot listen on {}", config.listen))?;
     let local = endpoint.local_addr()?;
     if let Some(addr) = config.metrics {
@@ -174,6 +184,10 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     server::serve(endpoint, store, shutdown_signal()).await;
     info!("stopped");
     Ok(())
+}
+
+fn parse_mtu(s: &str) -> Result<u16, String> {
+    transport::check_mtu(s.parse().map_err(|e| format!("{e}"))?)
 }
 
 async fn shutdown_signal() {

@@ -59,17 +59,23 @@ impl Certs {
         self.dir.path()
     }
 
-    /// A QUIC client configuration for client `name`.
+    /// A QUIC client configuration for client `name` (path-MTU discovery).
     pub fn client_config(&self, name: &str) -> anyhow::Result<quinn::ClientConfig> {
-        Ok(tls::client_config(&tls::TlsFiles::in_dir(
-            self.dir(),
-            name,
-        ))?)
+        Ok(tls::client_config(
+            &tls::TlsFiles::in_dir(self.dir(), name),
+            None,
+        )?)
     }
 
-    /// Connects as client `name` to `addr` and says hello.
-    pub async fn connect(&self, name: &str, addr: SocketAddr) -> anyhow::Result<client::Client> {
-        let endpoint = client::endpoint(self.client_config(name)?, addr.is_ipv6())?;
+    /// Connects as client `name` to `addr` and says hello; `mtu` fixes the datagram size.
+    pub async fn connect(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        mtu: Option<u16>,
+    ) -> anyhow::Result<client::Client> {
+        let config = tls::client_config(&tls::TlsFiles::in_dir(self.dir(), name), mtu)?;
+        let endpoint = client::endpoint(config, addr.is_ipv6())?;
         Ok(client::Client::connect(&endpoint, addr, "localhost", "yonder-tests").await?)
     }
 }
@@ -196,11 +202,23 @@ pub struct Server {
     pub addr: SocketAddr,
     /// Certificates of the cluster it belongs to.
     pub certs: Certs,
+    /// Fixed datagram size both ends use, if any.
+    pub mtu: Option<u16>,
 }
 
 impl Server {
     /// Starts `yonder-server` on an ephemeral loopback port with client certificates `clients`.
     pub fn start(capacity: &str, clients: &[&str], extra: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with_mtu(capacity, clients, extra, None)
+    }
+
+    /// Like [`Server::start`], with a fixed datagram size on both ends when `mtu` is given.
+    pub fn start_with_mtu(
+        capacity: &str,
+        clients: &[&str],
+        extra: &[&str],
+        mtu: Option<u16>,
+    ) -> anyhow::Result<Self> {
         let certs = Certs::new(clients)?;
         let mut cmd = Command::new(bin("yonder-server"));
         cmd.args([
@@ -212,16 +230,20 @@ impl Server {
         ])
         .arg(certs.dir())
         .args(extra);
+        if let Some(mtu) = mtu {
+            cmd.arg("--mtu").arg(mtu.to_string());
+        }
         let (process, addr) = Process::start(cmd, "yonder-server", "listening on", certs.dir())?;
         Ok(Self {
             process,
             addr: addr.parse()?,
             certs,
+            mtu,
         })
     }
 
     /// Connects as client `name`.
     pub async fn connect(&self, name: &str) -> anyhow::Result<client::Client> {
-        self.certs.connect(name, self.addr).await
+        self.certs.connect(name, self.addr, self.mtu).await
     }
 }

@@ -11,6 +11,7 @@ use yonder_common::{
     codec::{decode_payload, encode_frame},
     protocol::*,
     transport::read_frame,
+    transport::PAGE_MTU,
     PageKey, PAGE_SIZE,
 };
 use yonder_tests::{bin, Certs, Server};
@@ -158,8 +159,8 @@ async fn pages_round_trip_with_versions_zero_pages_and_frees() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn many_requests_in_flight_on_one_connection() {
-    let server = Server::start("64MiB", &["client"], &[]).unwrap();
+async fn many_requests_in_flight_on_one_connection_with_a_page_per_packet() {
+    let server = Server::start_with_mtu("64MiB", &["client"], &[], Some(PAGE_MTU)).unwrap();
     let c = Arc::new(server.connect("client").await.unwrap());
     let tasks: Vec<_> = (0..64u64)
         .map(|t| {
@@ -183,6 +184,8 @@ async fn many_requests_in_flight_on_one_connection() {
         t.await.unwrap();
     }
     assert_eq!(c.stats().await.unwrap().data_pages, 512);
+    let path = c.connection().stats().path;
+    assert_eq!(path.current_mtu, PAGE_MTU, "{path:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -368,7 +371,10 @@ async fn clients_without_a_valid_certificate_are_refused() {
 
     // A complete cluster of its own: same names, another CA.
     let other = Certs::new(&["client"]).unwrap();
-    let err = other.connect("client", server.addr).await.unwrap_err();
+    let err = other
+        .connect("client", server.addr, None)
+        .await
+        .unwrap_err();
     assert!(err.downcast_ref::<ClientError>().is_some(), "{err}");
 
     // No client certificate at all.
@@ -513,6 +519,19 @@ fn certs_command_is_safe_to_rerun() {
         client
     );
     assert!(certs.dir().join("node-2.pem").exists());
+}
+
+#[test]
+fn an_impossible_mtu_is_refused_up_front() {
+    let certs = Certs::new(&["client"]).unwrap();
+    let out = Command::new(bin("yonder-server"))
+        .args(["--listen", "127.0.0.1:0", "--mtu", "500", "--tls-dir"])
+        .arg(certs.dir())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("1200..=9000"), "{err}");
 }
 
 #[test]
