@@ -106,8 +106,9 @@ pub fn endpoint(config: quinn::ClientConfig, ipv6: bool) -> std::io::Result<quin
     Ok(endpoint)
 }
 
-/// Idle lanes kept for reuse; beyond this, finished lanes are closed.
-const MAX_IDLE_LANES: usize = 256;
+/// Idle lanes kept for reuse (as many as the server allows open); beyond this, finished lanes
+/// are closed.
+const MAX_IDLE_LANES: usize = crate::transport::MAX_STREAMS as usize;
 
 struct Lane {
     send: SendStream,

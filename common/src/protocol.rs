@@ -231,8 +231,6 @@ pub enum ErrorCode {
     BatchTooLarge,
     /// A page did not hold exactly [`PAGE_SIZE`] bytes.
     InvalidPage,
-    /// The server is shutting down.
-    ShuttingDown,
 }
 
 impl ErrorCode {
@@ -246,7 +244,6 @@ impl ErrorCode {
             ErrorCode::HelloRequired => "hello_required",
             ErrorCode::BatchTooLarge => "batch_too_large",
             ErrorCode::InvalidPage => "invalid_page",
-            ErrorCode::ShuttingDown => "shutting_down",
         }
     }
 }

@@ -13,6 +13,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval of keep-alive packets; well below [`IDLE_TIMEOUT`].
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
+/// Concurrent request streams per connection. Each may buffer one frame (up to ~1.1 MiB), so this
+/// bounds what one authenticated client can make a server hold (~280 MiB).
+pub const MAX_STREAMS: u32 = 256;
+
 /// Largest UDP payload an endpoint accepts (advertised to peers). Each sender picks its own size.
 pub const MAX_UDP_PAYLOAD: u16 = 9000;
 
@@ -32,7 +36,7 @@ pub const PAGE_MTU: u16 = 4400;
 /// network. See docs/protocol.md for the measurements behind this.
 pub fn transport_config(mtu: Option<u16>) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(4096u32.into())
+    t.max_concurrent_bidi_streams(MAX_STREAMS.into())
         .max_concurrent_uni_streams(0u32.into())
         .stream_receive_window((4u32 << 20).into())
         .receive_window((64u32 << 20).into())

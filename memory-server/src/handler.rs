@@ -64,35 +64,16 @@ fn check_pages(pages: &[WriteItem]) -> Result<(), Response> {
 
 /// Answers one request from `session` against `store`.
 pub fn handle(store: &Store, session: &Session, req: Request) -> Response {
-    if let Request::Hello {
-        protocol_version, ..
-    } = req
-    {
-        if protocol_version != PROTOCOL_VERSION {
-            return Response::error(
-                ErrorCode::UnsupportedVersion,
-                format!(
-                    "client speaks protocol version {protocol_version}, this server speaks {PROTOCOL_VERSION}"
-                ),
-            );
-        }
-        session.greeted.store(true, Ordering::Release);
-        return Response::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            server: format!("yonder-server {}", env!("CARGO_PKG_VERSION")),
-            tenant: session.tenant_name.clone(),
-            capacity_bytes: store.usage().capacity_bytes,
-        };
-    }
-    if !session.greeted.load(Ordering::Acquire) {
-        return Response::error(
+    let tenant = session.tenant;
+    let greeted = session.greeted.load(Ordering::Acquire);
+    let result = match req {
+        Request::Hello {
+            protocol_version, ..
+        } => hello(store, session, protocol_version),
+        _ if !greeted => Err(Response::error(
             ErrorCode::HelloRequired,
             "the first request on a connection must be a hello",
-        );
-    }
-    let tenant = session.tenant;
-    let result = match req {
-        Request::Hello { .. } => unreachable!("handled above"),
+        )),
         Request::Read { pages } => check_batch(pages.len()).map(|()| Response::Read {
             pages: pages
                 .iter()
@@ -130,6 +111,24 @@ pub fn handle(store: &Store, session: &Session, req: Request) -> Response {
         }
     };
     result.unwrap_or_else(|e| e)
+}
+
+fn hello(store: &Store, session: &Session, protocol_version: u16) -> Result<Response, Response> {
+    if protocol_version != PROTOCOL_VERSION {
+        return Err(Response::error(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "client speaks protocol version {protocol_version}, this server speaks {PROTOCOL_VERSION}"
+            ),
+        ));
+    }
+    session.greeted.store(true, Ordering::Release);
+    Ok(Response::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        server: format!("yonder-server {}", env!("CARGO_PKG_VERSION")),
+        tenant: session.tenant_name.clone(),
+        capacity_bytes: store.usage().capacity_bytes,
+    })
 }
 
 #[cfg(test)]
