@@ -98,6 +98,7 @@ impl Process {
     ) -> anyhow::Result<(Self, String)> {
         let log = log_dir.join(format!("{name}.log"));
         let stderr = std::fs::File::create(&log)?;
+        die_with_parent(&mut cmd);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -191,6 +192,22 @@ impl Drop for Process {
             self.signal(libc::SIGKILL);
             self.wait_timeout(Duration::from_secs(5));
         }
+    }
+}
+
+/// Makes the child get SIGKILL when the process that started it dies, so a test or benchmark
+/// killed by a signal (where no destructor runs) leaves nothing behind.
+fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: the closure runs between fork and exec and only calls prctl(2), which is
+    // async-signal-safe, and allocates nothing.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
