@@ -1,0 +1,24 @@
+//! The tiny protocol between the preload shim and the agent, over a Unix stream socket.
+//!
+//! Shared by both sides (the agent includes this file). Every message is a sequence of
+//! little-endian `u64` words preceded by its word count. The shim's first message, the hello,
+//! travels with the workload's userfaultfd attached (SCM_RIGHTS).
+
+/// Environment variable naming the agent's socket.
+pub const SOCKET_ENV: &str = "YONDER_AGENT_SOCK";
+/// First word of the hello.
+pub const MAGIC: u64 = 0x594f_4e44_4552_0001;
+/// Protocol version, second word of the hello.
+pub const VERSION: u64 = 1;
+/// Agent → shim: the memory is registered, the program may start.
+pub const READY: u64 = 1;
+/// Agent → shim: this process will not be managed.
+pub const REFUSED: u64 = 2;
+/// Agent → shim: `[DROP, id, n, start, len, ...]`, drop these ranges with MADV_DONTNEED.
+pub const DROP: u64 = 3;
+/// Shim → agent: `[DROPPED, id, errno]`.
+pub const DROPPED: u64 = 4;
+/// Most ranges in one DROP message.
+pub const MAX_RANGES: usize = 64;
+/// Most words in any message.
+pub const MAX_WORDS: usize = 3 + 2 * MAX_RANGES;

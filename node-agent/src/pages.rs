@@ -1,0 +1,539 @@
+//! The agent's page table for one workload: what each managed page is, where its remote copy
+//! lives, and how many pages are resident. Pure logic: the fault loop and the evictor call it and
+//! do the I/O its answers ask for.
+//!
+//! States of a page (a page with no entry was never seen, or was dropped by the program, and
+//! reads as zeros):
+//!
+//! - `Resident`: present in the workload. `dirty` unless its content equals `remote` (it was
+//!   fetched and not written since: it was installed write-protected and no write fault came).
+//! - `Fetching`: not present, a fetch of `remote` is in flight.
+//! - `Evicting`: present and write-protected while its content is saved and then dropped.
+//! - `Evicted`: not present; its content is `remote`.
+
+use std::collections::BTreeMap;
+
+use crate::eviction::EvictionPolicy;
+
+/// Size of a page.
+pub const PAGE: u64 = 4096;
+
+/// Where a page's content lives on the memory servers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Remote {
+    /// Slot of the page in the workload's space (never reused).
+    pub slot: u64,
+    /// Version of the content stored there.
+    pub version: u64,
+}
+
+/// A page under eviction.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Evicting {
+    /// The remote copy it had before (if any).
+    pub old: Option<Remote>,
+    /// Whether its content must be written (no up-to-date remote copy).
+    pub dirty: bool,
+    /// The copy the eviction writes (or reuses), once known.
+    pub new: Option<Remote>,
+    /// The drop has been sent to the shim: the page may already be gone from the workload.
+    pub dropping: bool,
+    /// The program dropped the page meanwhile: it must read as zeros afterwards.
+    pub program_dropped: bool,
+}
+
+/// State of one page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum State {
+    /// Present in the workload.
+    Resident {
+        /// Differs from `remote` (or has none).
+        dirty: bool,
+        /// Last remote copy, if any.
+        remote: Option<Remote>,
+    },
+    /// Being fetched from `remote`.
+    Fetching {
+        /// The copy being fetched.
+        remote: Remote,
+    },
+    /// Being evicted.
+    Evicting(Evicting),
+    /// Only on the servers.
+    Evicted {
+        /// The copy.
+        remote: Remote,
+    },
+}
+
+/// What a write-protect fault asks the agent to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriteFault {
+    /// Remove the write protection (which wakes the writer): the page is now dirty.
+    Unprotect,
+    /// Leave the writer blocked until the eviction of this page ends, then wake it.
+    WaitForEviction,
+    /// Wake the writer; it will retry and take a missing fault.
+    Wake,
+}
+
+/// What a missing fault asks the agent to do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MissingFault {
+    /// Install a zero page.
+    ZeroFill,
+    /// Fetch this copy and install it.
+    Fetch(Remote),
+    /// A fetch is already in flight; its install wakes the thread.
+    InFlight,
+    /// Leave the thread blocked until the eviction of this page ends, then wake it.
+    WaitForEviction,
+}
+
+/// The page table of one workload.
+pub struct PageTable<P> {
+    pages: BTreeMap<u64, State>,
+    policy: P,
+    resident: usize,
+    next_slot: u64,
+    next_version: u64,
+}
+
+impl<P: EvictionPolicy> PageTable<P> {
+    /// An empty table using `policy` to choose victims.
+    pub fn new(policy: P) -> Self {
+        Self {
+            pages: BTreeMap::new(),
+            policy,
+            resident: 0,
+            next_slot: 0,
+            next_version: 1,
+        }
+    }
+
+    /// Pages present in the workload or about to be (resident, being fetched or evicted).
+    pub fn resident(&self) -> usize {
+        self.resident
+    }
+
+    /// The state of a page.
+    pub fn state(&self, page: u64) -> Option<State> {
+        self.pages.get(&page).copied()
+    }
+
+    /// Pages with a remote copy and not present (for statistics).
+    pub fn evicted(&self) -> usize {
+        self.pages
+            .values()
+            .filter(|s| matches!(s, State::Evicted { .. }))
+            .count()
+    }
+
+    fn make_resident(&mut self, page: u64, state: State) {
+        let was_resident = matches!(
+            self.pages.insert(page, state),
+            Some(State::Resident { .. } | State::Fetching { .. } | State::Evicting(_))
+        );
+        if !was_resident {
+            self.resident += 1;
+        }
+        self.policy.inserted(page);
+    }
+
+    /// A page found present when its range was registered.
+    pub fn found_present(&mut self, page: u64) {
+        if !self.pages.contains_key(&page) {
+            self.make_resident(page, State::Resident { dirty: true, remote: None });
+        }
+    }
+
+    /// Decides what a missing fault on `page` needs. Zero-fill and fetch decisions are not applied
+    /// yet: call [`Self::zero_filled`] or [`Self::start_fetch`].
+    pub fn missing_fault(&self, page: u64) -> MissingFault {
+        match self.pages.get(&page) {
+            None => MissingFault::ZeroFill,
+            // A resident page cannot take a missing fault unless the program dropped it without
+            // an event reaching us first: its content is zeros.
+            Some(State::Resident { .. }) => MissingFault::ZeroFill,
+            Some(State::Fetching { .. }) => MissingFault::InFlight,
+            Some(State::Evicted { remote }) => MissingFault::Fetch(*remote),
+            Some(State::Evicting(e)) if !e.dropping => {
+                // Not dropped by us yet, so the program dropped it: zeros, and the eviction
+                // must not keep the old content.
+                MissingFault::ZeroFill
+            }
+            Some(State::Evicting(_)) => MissingFault::WaitForEviction,
+        }
+    }
+
+    /// A zero page was installed. Returns a remote copy that is now garbage, if any.
+    pub fn zero_filled(&mut self, page: u64) -> Option<Remote> {
+        match self.pages.get_mut(&page) {
+            Some(State::Evicting(e)) => {
+                e.program_dropped = true;
+                None
+            }
+            Some(State::Resident { dirty, remote }) => {
+                *dirty = true;
+                remote.take()
+            }
+            _ => {
+                self.make_resident(page, State::Resident { dirty: true, remote: None });
+                None
+            }
+        }
+    }
+
+    /// Starts fetching an evicted page; false if it is not evicted.
+    pub fn start_fetch(&mut self, page: u64) -> bool {
+        match self.pages.get(&page) {
+            Some(&State::Evicted { remote }) => {
+                self.pages.insert(page, State::Fetching { remote });
+                self.resident += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Whether the fetch of `remote` into `page` is still wanted (nothing removed or moved it).
+    pub fn fetch_wanted(&self, page: u64, remote: Remote) -> bool {
+        self.pages.get(&page) == Some(&State::Fetching { remote })
+    }
+
+    /// A fetched page was installed (write-protected unless `dirty`).
+    pub fn fetched(&mut self, page: u64, remote: Remote, dirty: bool) {
+        if self.fetch_wanted(page, remote) {
+            self.pages.insert(page, State::Resident { dirty, remote: Some(remote) });
+            self.policy.inserted(page);
+        }
+    }
+
+    /// A write hit a write-protected page.
+    pub fn write_fault(&mut self, page: u64) -> WriteFault {
+        match self.pages.get_mut(&page) {
+            Some(State::Resident { dirty, .. }) => {
+                *dirty = true;
+                self.policy.touched(page);
+                WriteFault::Unprotect
+            }
+            Some(State::Evicting(_)) => WriteFault::WaitForEviction,
+            _ => WriteFault::Wake,
+        }
+    }
+
+    /// Picks up to `n` resident pages to evict and marks them `Evicting`. For each, returns the
+    /// page and the remote copy the eviction must end with: `(page, remote, write_needed)`.
+    pub fn start_eviction(&mut self, n: usize) -> Vec<(u64, Remote, bool)> {
+        let pages = &self.pages;
+        let victims = self.policy.pick(n, &mut |p| matches!(pages.get(&p), Some(State::Resident { .. })));
+        let mut out = Vec::with_capacity(victims.len());
+        for page in victims {
+            let Some(&State::Resident { dirty, remote }) = self.pages.get(&page) else {
+                continue;
+            };
+            let write = dirty || remote.is_none();
+            let new = match remote {
+                Some(r) if !write => r,
+                _ => {
+                    let slot = remote.map(|r| r.slot).unwrap_or_else(|| {
+                        self.next_slot += 1;
+                        self.next_slot - 1
+                    });
+                    self.next_version += 1;
+                    Remote { slot, version: self.next_version }
+                }
+            };
+            self.pages.insert(
+                page,
+                State::Evicting(Evicting {
+                    old: remote,
+                    dirty: write,
+                    new: Some(new),
+                    dropping: false,
+                    program_dropped: false,
+                }),
+            );
+            out.push((page, new, write));
+        }
+        out
+    }
+
+    /// The eviction of `page` could not save it (server error, full servers): it stays resident.
+    pub fn abort_eviction(&mut self, page: u64) {
+        if let Some(State::Evicting(e)) = self.pages.get(&page).copied() {
+            self.pages.insert(page, State::Resident { dirty: true, remote: e.old });
+            self.policy.inserted(page);
+        }
+    }
+
+    /// The drop of `page` is about to be sent; false if the page is no longer being evicted.
+    pub fn dropping(&mut self, page: u64) -> bool {
+        match self.pages.get_mut(&page) {
+            Some(State::Evicting(e)) => {
+                e.dropping = true;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The drop of `page` is done. Returns remote copies that are now garbage.
+    pub fn finish_eviction(&mut self, page: u64) -> Vec<Remote> {
+        let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
+            return Vec::new();
+        };
+        self.resident -= 1;
+        let mut garbage: Vec<Remote> = e.old.into_iter().filter(|o| Some(*o) != e.new).collect();
+        if e.program_dropped {
+            self.pages.remove(&page);
+            garbage.extend(e.new);
+        } else if let Some(remote) = e.new {
+            self.pages.insert(page, State::Evicted { remote });
+        } else {
+            self.pages.remove(&page);
+        }
+        garbage
+    }
+
+    /// The program dropped `[start, end)` (madvise): those pages read as zeros from now on.
+    /// Returns remote copies that are now garbage.
+    pub fn program_dropped(&mut self, start: u64, end: u64) -> Vec<Remote> {
+        let mut garbage = Vec::new();
+        let pages: Vec<u64> = self.pages.range(start..end).map(|(p, _)| *p).collect();
+        for page in pages {
+            match self.pages.get_mut(&page) {
+                Some(State::Resident { dirty, remote }) => {
+                    // MADV_FREE may leave the page present with its content; DONTNEED does not.
+                    // Either way no remote copy may come back. If the page is gone, its next
+                    // fault zero-fills it.
+                    *dirty = true;
+                    garbage.extend(remote.take());
+                }
+                Some(State::Evicting(e)) => e.program_dropped = true,
+                Some(State::Fetching { remote }) => {
+                    garbage.push(*remote);
+                    self.pages.remove(&page);
+                    self.resident -= 1;
+                }
+                Some(State::Evicted { remote }) => {
+                    garbage.push(*remote);
+                    self.pages.remove(&page);
+                }
+                None => {}
+            }
+        }
+        garbage
+    }
+
+    /// The program unmapped `[start, end)`. Returns remote copies that are now garbage.
+    pub fn unmapped(&mut self, start: u64, end: u64) -> Vec<Remote> {
+        let mut garbage = Vec::new();
+        let pages: Vec<(u64, State)> = self.pages.range(start..end).map(|(p, s)| (*p, *s)).collect();
+        for (page, state) in pages {
+            match state {
+                State::Evicting(mut e) => {
+                    // Left for the eviction to finish; it frees what it wrote.
+                    e.program_dropped = true;
+                    self.pages.insert(page, State::Evicting(e));
+                    continue;
+                }
+                State::Resident { remote, .. } => {
+                    self.resident -= 1;
+                    self.policy.removed(page);
+                    garbage.extend(remote);
+                }
+                State::Fetching { remote } => {
+                    self.resident -= 1;
+                    garbage.push(remote);
+                }
+                State::Evicted { remote } => garbage.push(remote),
+            }
+            self.pages.remove(&page);
+        }
+        garbage
+    }
+
+    /// The program moved `len` bytes from `from` to `to` (mremap): states move with the pages.
+    pub fn remapped(&mut self, from: u64, to: u64, len: u64) {
+        let moved: Vec<(u64, State)> = self.pages.range(from..from + len).map(|(p, s)| (*p, *s)).collect();
+        for (page, _) in &moved {
+            self.pages.remove(page);
+            self.policy.removed(*page);
+        }
+        for (page, state) in moved {
+            let dest = page - from + to;
+            let state = match state {
+                // The fetch in flight targets the old address and will be discarded; the next
+                // fault at the new address fetches again.
+                State::Fetching { remote } => {
+                    self.resident -= 1;
+                    State::Evicted { remote }
+                }
+                // The page moved before the drop: it is still present (and still
+                // write-protected, which a write fault will clear) at the new address.
+                State::Evicting(e) if !e.dropping => State::Resident { dirty: true, remote: e.old },
+                // Already dropped by us: its content is what the eviction wrote.
+                State::Evicting(e) => {
+                    self.resident -= 1;
+                    match e.new {
+                        Some(remote) if !e.program_dropped => State::Evicted { remote },
+                        _ => continue,
+                    }
+                }
+                other => other,
+            };
+            if matches!(state, State::Resident { .. }) {
+                self.policy.inserted(dest);
+            }
+            self.pages.insert(dest, state);
+        }
+    }
+
+    /// Every remote copy the table refers to (for freeing them all at the end).
+    pub fn remotes(&self) -> Vec<Remote> {
+        self.pages
+            .values()
+            .filter_map(|s| match s {
+                State::Resident { remote, .. } => *remote,
+                State::Fetching { remote } | State::Evicted { remote } => Some(*remote),
+                State::Evicting(e) => e.new.or(e.old),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eviction::Clock;
+
+    fn table() -> PageTable<Clock> {
+        PageTable::new(Clock::default())
+    }
+
+    fn evict_all(t: &mut PageTable<Clock>) -> Vec<(u64, Remote, bool)> {
+        let victims = t.start_eviction(usize::MAX);
+        for (page, _, _) in &victims {
+            assert!(t.dropping(*page));
+            t.finish_eviction(*page);
+        }
+        victims
+    }
+
+    #[test]
+    fn zero_fill_evict_fetch_and_clean_drop() {
+        let mut t = table();
+        assert_eq!(t.missing_fault(0), MissingFault::ZeroFill);
+        t.zero_filled(0);
+        assert_eq!(t.resident(), 1);
+        let v = evict_all(&mut t);
+        assert_eq!(v.len(), 1);
+        let (_, remote, write) = v[0];
+        assert!(write, "a page never saved must be written");
+        assert_eq!(t.resident(), 0);
+        assert_eq!(t.missing_fault(0), MissingFault::Fetch(remote));
+        assert!(t.start_fetch(0));
+        assert_eq!(t.missing_fault(0), MissingFault::InFlight);
+        t.fetched(0, remote, false);
+        assert_eq!(t.resident(), 1);
+        // Clean: evicting again writes nothing and keeps the same copy.
+        let v = evict_all(&mut t);
+        assert_eq!(v, vec![(0, remote, false)]);
+        assert_eq!(t.state(0), Some(State::Evicted { remote }));
+    }
+
+    #[test]
+    fn a_written_page_gets_a_newer_version_in_the_same_slot() {
+        let mut t = table();
+        t.zero_filled(0);
+        let (_, first, _) = evict_all(&mut t)[0];
+        t.start_fetch(0);
+        t.fetched(0, first, false);
+        assert_eq!(t.write_fault(0), WriteFault::Unprotect);
+        let (_, second, write) = evict_all(&mut t)[0];
+        assert!(write);
+        assert_eq!(second.slot, first.slot);
+        assert!(second.version > first.version);
+    }
+
+    #[test]
+    fn writes_during_eviction_wait_and_program_drops_win() {
+        let mut t = table();
+        t.zero_filled(0);
+        t.zero_filled(PAGE);
+        let victims = t.start_eviction(2);
+        assert_eq!(victims.len(), 2);
+        assert_eq!(t.write_fault(0), WriteFault::WaitForEviction);
+        // The program drops page 1 before our drop: it must end as zeros, its copy garbage.
+        assert!(t.program_dropped(PAGE, 2 * PAGE).is_empty());
+        for (p, _, _) in &victims {
+            t.dropping(*p);
+        }
+        assert_eq!(t.missing_fault(0), MissingFault::WaitForEviction);
+        t.finish_eviction(0);
+        let garbage = t.finish_eviction(PAGE);
+        assert_eq!(garbage.len(), 1);
+        assert_eq!(t.state(PAGE), None);
+        assert_eq!(t.missing_fault(PAGE), MissingFault::ZeroFill);
+        assert!(matches!(t.state(0), Some(State::Evicted { .. })));
+        assert_eq!(t.resident(), 0);
+    }
+
+    #[test]
+    fn unmap_and_drop_free_remote_copies() {
+        let mut t = table();
+        for i in 0..4 {
+            t.zero_filled(i * PAGE);
+        }
+        evict_all(&mut t);
+        assert_eq!(t.program_dropped(0, 2 * PAGE).len(), 2);
+        assert_eq!(t.missing_fault(0), MissingFault::ZeroFill);
+        assert_eq!(t.unmapped(2 * PAGE, 4 * PAGE).len(), 2);
+        assert!(t.remotes().is_empty());
+    }
+
+    #[test]
+    fn remap_moves_states_and_keeps_counts() {
+        let mut t = table();
+        for i in 0..4 {
+            t.zero_filled(i * PAGE);
+        }
+        let v = t.start_eviction(2);
+        let evicted: Vec<u64> = v.iter().map(|x| x.0).collect();
+        for p in &evicted {
+            t.dropping(*p);
+            t.finish_eviction(*p);
+        }
+        let base = 1 << 30;
+        t.remapped(0, base, 4 * PAGE);
+        assert_eq!(t.resident(), 2);
+        for i in 0..4 {
+            assert_eq!(t.state(i * PAGE), None);
+            let s = t.state(base + i * PAGE).unwrap();
+            if evicted.contains(&(i * PAGE)) {
+                assert!(matches!(s, State::Evicted { .. }));
+            } else {
+                assert!(matches!(s, State::Resident { .. }));
+            }
+        }
+        // A page moved in the middle of its eviction (before the drop) stays resident there.
+        let v = t.start_eviction(1);
+        let (p, _, _) = v[0];
+        t.remapped(p, 2 * base, PAGE);
+        assert!(matches!(t.state(2 * base), Some(State::Resident { dirty: true, .. })));
+        assert!(t.finish_eviction(p).is_empty());
+        assert_eq!(t.resident(), 2);
+    }
+
+    #[test]
+    fn aborted_evictions_keep_the_page_resident_and_dirty() {
+        let mut t = table();
+        t.zero_filled(0);
+        let v = t.start_eviction(1);
+        t.abort_eviction(v[0].0);
+        assert_eq!(t.state(0), Some(State::Resident { dirty: true, remote: None }));
+        assert_eq!(t.resident(), 1);
+        assert_eq!(t.start_eviction(1).len(), 1, "still a candidate");
+    }
+}

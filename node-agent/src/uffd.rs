@@ -1,0 +1,245 @@
+//! Thin wrappers over the userfaultfd ioctls the agent uses, on a uffd received from a workload.
+//!
+//! The uffd belongs to the workload's address space (it was created there by the shim); every
+//! ioctl here acts on that address space, not the agent's. This module holds all the agent's
+//! userfaultfd `unsafe` code.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, OwnedFd, RawFd},
+};
+
+use userfaultfd_sys as sys;
+
+/// Size of a page.
+pub const PAGE: u64 = 4096;
+
+/// Features the agent asks for: write-protect faults, and notice of the program's own
+/// unmapping, moving and dropping of memory.
+pub const FEATURES: u64 = sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP
+    | sys::UFFD_FEATURE_EVENT_REMAP
+    | sys::UFFD_FEATURE_EVENT_REMOVE
+    | sys::UFFD_FEATURE_EVENT_UNMAP;
+
+/// One event read from the uffd.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A thread touched a page it may not (missing, or write-protected).
+    Fault {
+        /// Page-aligned address.
+        page: u64,
+        /// A write access.
+        write: bool,
+        /// A write to a write-protected page (rather than a missing page).
+        wp: bool,
+    },
+    /// The program dropped `[start, end)` (madvise DONTNEED/FREE/REMOVE).
+    Remove {
+        /// Start address.
+        start: u64,
+        /// End address (exclusive).
+        end: u64,
+    },
+    /// The program unmapped `[start, end)`.
+    Unmap {
+        /// Start address.
+        start: u64,
+        /// End address (exclusive).
+        end: u64,
+    },
+    /// The program moved `len` bytes from `from` to `to` (mremap).
+    Remap {
+        /// Old start.
+        from: u64,
+        /// New start.
+        to: u64,
+        /// Length in bytes.
+        len: u64,
+    },
+    /// An event the agent did not ask for.
+    Other(u8),
+}
+
+/// Outcome of installing a page.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Install {
+    /// Installed; waiting threads were woken.
+    Done,
+    /// A page was already there (another path installed it): also success.
+    Exists,
+    /// The address space changed under us (munmap/mremap in flight): retry after reading events.
+    Again,
+    /// The range is no longer registered or mapped: nothing to do.
+    Gone,
+}
+
+/// A userfaultfd received from a workload.
+pub struct Uffd {
+    fd: OwnedFd,
+}
+
+fn ioctl<T>(fd: RawFd, req: u32, arg: &mut T) -> io::Result<()> {
+    // SAFETY: `req` is one of the userfaultfd ioctls whose argument type is `T` (each caller
+    // passes the matching `uffdio_*` struct), and `arg` is a valid exclusive reference for the call.
+    let r = unsafe { libc::ioctl(fd, req as libc::c_ulong, arg as *mut T) };
+    if r == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn install_result(r: io::Result<()>) -> io::Result<Install> {
+    match r {
+        Ok(()) => Ok(Install::Done),
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EEXIST) => Ok(Install::Exists),
+            Some(libc::EAGAIN) => Ok(Install::Again),
+            Some(libc::ENOENT) | Some(libc::ESRCH) | Some(libc::EFAULT) => Ok(Install::Gone),
+            _ => Err(e),
+        },
+    }
+}
+
+impl Uffd {
+    /// Takes ownership of a uffd and performs the API handshake with [`FEATURES`].
+    pub fn new(fd: OwnedFd) -> io::Result<Self> {
+        let uffd = Self { fd };
+        let mut api = sys::uffdio_api {
+            api: sys::UFFD_API,
+            features: FEATURES,
+            ioctls: 0,
+        };
+        ioctl(uffd.fd.as_raw_fd(), sys::UFFDIO_API, &mut api)?;
+        Ok(uffd)
+    }
+
+    /// Registers `[start, start+len)` for missing and write-protect faults.
+    pub fn register(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut reg = sys::uffdio_register {
+            range: sys::uffdio_range { start, len },
+            mode: sys::UFFDIO_REGISTER_MODE_MISSING | sys::UFFDIO_REGISTER_MODE_WP,
+            ioctls: 0,
+        };
+        ioctl(self.fd.as_raw_fd(), sys::UFFDIO_REGISTER, &mut reg)
+    }
+
+    /// Installs `src` (a multiple of [`PAGE`] bytes) at `dst`; write-protected when `wp`.
+    pub fn copy(&self, dst: u64, src: &[u8], wp: bool) -> io::Result<Install> {
+        let mut copy = sys::uffdio_copy {
+            dst,
+            src: src.as_ptr() as u64,
+            len: src.len() as u64,
+            mode: if wp { sys::UFFDIO_COPY_MODE_WP } else { 0 },
+            copy: 0,
+        };
+        // The kernel reads `src` during the call only; `src` outlives it.
+        install_result(ioctl(self.fd.as_raw_fd(), sys::UFFDIO_COPY, &mut copy))
+    }
+
+    /// Maps the shared zero page at `dst` (one page).
+    pub fn zeropage(&self, dst: u64) -> io::Result<Install> {
+        let mut zp = sys::uffdio_zeropage {
+            range: sys::uffdio_range { start: dst, len: PAGE },
+            mode: 0,
+            zeropage: 0,
+        };
+        install_result(ioctl(self.fd.as_raw_fd(), sys::UFFDIO_ZEROPAGE, &mut zp))
+    }
+
+    /// Write-protects (`on`) or un-protects a range; un-protecting wakes threads blocked on it.
+    pub fn write_protect(&self, start: u64, len: u64, on: bool) -> io::Result<Install> {
+        let mut wp = sys::uffdio_writeprotect {
+            range: sys::uffdio_range { start, len },
+            mode: if on { sys::UFFDIO_WRITEPROTECT_MODE_WP } else { 0 },
+        };
+        install_result(ioctl(self.fd.as_raw_fd(), sys::UFFDIO_WRITEPROTECT, &mut wp))
+    }
+
+    /// Wakes threads blocked on faults in a range (they retry their access).
+    pub fn wake(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut range = sys::uffdio_range { start, len };
+        match ioctl(self.fd.as_raw_fd(), sys::UFFDIO_WAKE, &mut range) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Reads the events queued now (non-blocking); empty when none.
+    pub fn read_events(&self, out: &mut Vec<Event>) -> io::Result<()> {
+        const BATCH: usize = 64;
+        // SAFETY: uffd_msg is plain old data (integers and a union of integers): all-zero bytes
+        // are a valid value.
+        let mut msgs: [sys::uffd_msg; BATCH] = unsafe { std::mem::zeroed() };
+        let size = std::mem::size_of::<sys::uffd_msg>();
+        // SAFETY: reads at most BATCH * size bytes into `msgs`, a buffer of exactly that size;
+        // uffd_msg is plain old data, any bytes are a valid value.
+        let n = unsafe {
+            libc::read(
+                self.fd.as_raw_fd(),
+                msgs.as_mut_ptr() as *mut libc::c_void,
+                BATCH * size,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            return if e.kind() == io::ErrorKind::WouldBlock {
+                Ok(())
+            } else {
+                Err(e)
+            };
+        }
+        for msg in &msgs[..n as usize / size] {
+            out.push(decode(msg));
+        }
+        Ok(())
+    }
+}
+
+impl AsRawFd for Uffd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+fn decode(msg: &sys::uffd_msg) -> Event {
+    // SAFETY (for each union read below): the kernel fills the union member that matches
+    // `msg.event`, and every member is plain integers, so reading it is sound.
+    match msg.event {
+        sys::UFFD_EVENT_PAGEFAULT => {
+            // SAFETY: see above; PAGEFAULT carries `pagefault`.
+            let pf = unsafe { msg.arg.pagefault };
+            Event::Fault {
+                page: pf.address & !(PAGE - 1),
+                write: pf.flags & sys::UFFD_PAGEFAULT_FLAG_WRITE != 0,
+                wp: pf.flags & sys::UFFD_PAGEFAULT_FLAG_WP != 0,
+            }
+        }
+        sys::UFFD_EVENT_REMOVE => {
+            // SAFETY: see above; REMOVE carries `remove`.
+            let r = unsafe { msg.arg.remove };
+            Event::Remove {
+                start: r.start,
+                end: r.end,
+            }
+        }
+        sys::UFFD_EVENT_UNMAP => {
+            // SAFETY: see above; UNMAP carries `remove`.
+            let r = unsafe { msg.arg.remove };
+            Event::Unmap {
+                start: r.start,
+                end: r.end,
+            }
+        }
+        sys::UFFD_EVENT_REMAP => {
+            // SAFETY: see above; REMAP carries `remap`.
+            let r = unsafe { msg.arg.remap };
+            Event::Remap {
+                from: r.from,
+                to: r.to,
+                len: r.len,
+            }
+        }
+        other => Event::Other(other),
+    }
+}
