@@ -1,6 +1,15 @@
 //! The Yonder node agent: runs workloads with their anonymous memory under userfaultfd and pages
 //! it to memory servers.
 
+pub mod agent;
+pub mod embedded;
 pub mod eviction;
+pub mod fdpass;
 pub mod pages;
+pub mod procfs;
+pub mod remote;
+pub mod stats;
 pub mod uffd;
+
+#[path = "../shim/src/proto.rs"]
+pub mod shim_proto;

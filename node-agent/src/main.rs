@@ -1,21 +1,98 @@
-//! `yonder-agent`: the node agent. Running workloads under it is the next piece of work; until
-//! then the binary refuses clearly instead of pretending.
+//! `yonder-agent`: runs programs with their anonymous memory paged to Yonder memory servers.
 
-use clap::Parser;
+use std::{
+    ffi::OsString, net::SocketAddr, os::unix::process::ExitStatusExt, path::PathBuf,
+    process::ExitCode,
+};
 
-/// Yonder node agent (not yet implemented: it does not run workloads yet).
+use clap::{Parser, Subcommand};
+use yonder_agent::agent::{self, RunConfig};
+use yonder_common::{size::ByteSize, transport};
+
+/// Yonder node agent.
 #[derive(Parser)]
 #[command(name = "yonder-agent", version)]
 struct Cli {
-    /// Arguments reserved for the agent's subcommands.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    args: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
 }
 
-fn main() -> std::process::ExitCode {
-    let _ = Cli::parse();
-    eprintln!(
-        "yonder-agent: running workloads is not implemented yet; only yonder-server is usable"
-    );
-    std::process::ExitCode::from(2)
+#[derive(Subcommand)]
+enum Command {
+    /// Run a program with its anonymous memory managed by Yonder.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Local memory the program's managed memory may occupy, e.g. 256MiB.
+    #[arg(long)]
+    local_mem: ByteSize,
+    /// Memory servers, HOST:PORT,...; without it a memory server runs on loopback in the agent.
+    #[arg(long, value_delimiter = ',')]
+    servers: Vec<String>,
+    /// Directory with ca.pem and the client certificate (with --servers).
+    #[arg(long, default_value = "/etc/yonder/tls")]
+    tls_dir: PathBuf,
+    /// File stem of the client certificate in the TLS directory.
+    #[arg(long, default_value = yonder_common::certs::DEFAULT_CLIENT)]
+    cert_name: String,
+    /// Fixed datagram size towards the servers on a known path (e.g. 4400).
+    #[arg(long, value_parser = parse_mtu)]
+    mtu: Option<u16>,
+    /// Address for the Prometheus metrics endpoint.
+    #[arg(long)]
+    metrics: Option<SocketAddr>,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<OsString>,
+}
+
+fn parse_mtu(s: &str) -> Result<u16, String> {
+    transport::check_mtu(s.parse().map_err(|e| format!("{e}"))?)
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let Command::Run(args) = Cli::parse().command;
+    // Like a shell waiting for its foreground job: the terminal's ^C and ^\ reach the program
+    // directly (same process group); the agent must outlive it to clean up.
+    // SAFETY: setting signal dispositions to SIG_IGN before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::signal(libc::SIGQUIT, libc::SIG_IGN);
+    }
+    let config = RunConfig {
+        local_mem: args.local_mem.bytes(),
+        servers: args.servers,
+        tls_dir: args.tls_dir,
+        cert_name: args.cert_name,
+        mtu: args.mtu,
+        metrics: args.metrics,
+        command: args.command,
+    };
+    match agent::run(config) {
+        Ok(status) => {
+            if let Some(code) = status.code() {
+                return ExitCode::from(code as u8);
+            }
+            let sig = status.signal().unwrap_or(libc::SIGKILL);
+            // Die of the same signal so that our parent sees what the program's would have.
+            // SAFETY: resetting a disposition and raising a signal on ourselves.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                libc::raise(sig);
+            }
+            ExitCode::from(128 + sig as u8)
+        }
+        Err(e) => {
+            eprintln!("yonder-agent: {e:#}");
+            ExitCode::from(125)
+        }
+    }
 }

@@ -143,7 +143,13 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// A page found present when its range was registered.
     pub fn found_present(&mut self, page: u64) {
         if !self.pages.contains_key(&page) {
-            self.make_resident(page, State::Resident { dirty: true, remote: None });
+            self.make_resident(
+                page,
+                State::Resident {
+                    dirty: true,
+                    remote: None,
+                },
+            );
         }
     }
 
@@ -178,7 +184,13 @@ impl<P: EvictionPolicy> PageTable<P> {
                 remote.take()
             }
             _ => {
-                self.make_resident(page, State::Resident { dirty: true, remote: None });
+                self.make_resident(
+                    page,
+                    State::Resident {
+                        dirty: true,
+                        remote: None,
+                    },
+                );
                 None
             }
         }
@@ -204,7 +216,13 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// A fetched page was installed (write-protected unless `dirty`).
     pub fn fetched(&mut self, page: u64, remote: Remote, dirty: bool) {
         if self.fetch_wanted(page, remote) {
-            self.pages.insert(page, State::Resident { dirty, remote: Some(remote) });
+            self.pages.insert(
+                page,
+                State::Resident {
+                    dirty,
+                    remote: Some(remote),
+                },
+            );
             self.policy.inserted(page);
         }
     }
@@ -226,7 +244,9 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// page and the remote copy the eviction must end with: `(page, remote, write_needed)`.
     pub fn start_eviction(&mut self, n: usize) -> Vec<(u64, Remote, bool)> {
         let pages = &self.pages;
-        let victims = self.policy.pick(n, &mut |p| matches!(pages.get(&p), Some(State::Resident { .. })));
+        let victims = self.policy.pick(n, &mut |p| {
+            matches!(pages.get(&p), Some(State::Resident { .. }))
+        });
         let mut out = Vec::with_capacity(victims.len());
         for page in victims {
             let Some(&State::Resident { dirty, remote }) = self.pages.get(&page) else {
@@ -241,7 +261,10 @@ impl<P: EvictionPolicy> PageTable<P> {
                         self.next_slot - 1
                     });
                     self.next_version += 1;
-                    Remote { slot, version: self.next_version }
+                    Remote {
+                        slot,
+                        version: self.next_version,
+                    }
                 }
             };
             self.pages.insert(
@@ -262,7 +285,13 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// The eviction of `page` could not save it (server error, full servers): it stays resident.
     pub fn abort_eviction(&mut self, page: u64) {
         if let Some(State::Evicting(e)) = self.pages.get(&page).copied() {
-            self.pages.insert(page, State::Resident { dirty: true, remote: e.old });
+            self.pages.insert(
+                page,
+                State::Resident {
+                    dirty: true,
+                    remote: e.old,
+                },
+            );
             self.policy.inserted(page);
         }
     }
@@ -329,7 +358,11 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// The program unmapped `[start, end)`. Returns remote copies that are now garbage.
     pub fn unmapped(&mut self, start: u64, end: u64) -> Vec<Remote> {
         let mut garbage = Vec::new();
-        let pages: Vec<(u64, State)> = self.pages.range(start..end).map(|(p, s)| (*p, *s)).collect();
+        let pages: Vec<(u64, State)> = self
+            .pages
+            .range(start..end)
+            .map(|(p, s)| (*p, *s))
+            .collect();
         for (page, state) in pages {
             match state {
                 State::Evicting(mut e) => {
@@ -356,7 +389,11 @@ impl<P: EvictionPolicy> PageTable<P> {
 
     /// The program moved `len` bytes from `from` to `to` (mremap): states move with the pages.
     pub fn remapped(&mut self, from: u64, to: u64, len: u64) {
-        let moved: Vec<(u64, State)> = self.pages.range(from..from + len).map(|(p, s)| (*p, *s)).collect();
+        let moved: Vec<(u64, State)> = self
+            .pages
+            .range(from..from + len)
+            .map(|(p, s)| (*p, *s))
+            .collect();
         for (page, _) in &moved {
             self.pages.remove(page);
             self.policy.removed(*page);
@@ -372,7 +409,10 @@ impl<P: EvictionPolicy> PageTable<P> {
                 }
                 // The page moved before the drop: it is still present (and still
                 // write-protected, which a write fault will clear) at the new address.
-                State::Evicting(e) if !e.dropping => State::Resident { dirty: true, remote: e.old },
+                State::Evicting(e) if !e.dropping => State::Resident {
+                    dirty: true,
+                    remote: e.old,
+                },
                 // Already dropped by us: its content is what the eviction wrote.
                 State::Evicting(e) => {
                     self.resident -= 1;
@@ -521,7 +561,10 @@ mod tests {
         let v = t.start_eviction(1);
         let (p, _, _) = v[0];
         t.remapped(p, 2 * base, PAGE);
-        assert!(matches!(t.state(2 * base), Some(State::Resident { dirty: true, .. })));
+        assert!(matches!(
+            t.state(2 * base),
+            Some(State::Resident { dirty: true, .. })
+        ));
         assert!(t.finish_eviction(p).is_empty());
         assert_eq!(t.resident(), 2);
     }
@@ -532,7 +575,13 @@ mod tests {
         t.zero_filled(0);
         let v = t.start_eviction(1);
         t.abort_eviction(v[0].0);
-        assert_eq!(t.state(0), Some(State::Resident { dirty: true, remote: None }));
+        assert_eq!(
+            t.state(0),
+            Some(State::Resident {
+                dirty: true,
+                remote: None
+            })
+        );
         assert_eq!(t.resident(), 1);
         assert_eq!(t.start_eviction(1).len(), 1, "still a candidate");
     }

@@ -7,7 +7,10 @@
 use std::{
     io,
     os::fd::{AsRawFd, OwnedFd, RawFd},
+    rc::Rc,
 };
+
+use tokio::io::{unix::AsyncFd, Interest};
 
 use userfaultfd_sys as sys;
 
@@ -19,7 +22,8 @@ pub const PAGE: u64 = 4096;
 pub const FEATURES: u64 = sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP
     | sys::UFFD_FEATURE_EVENT_REMAP
     | sys::UFFD_FEATURE_EVENT_REMOVE
-    | sys::UFFD_FEATURE_EVENT_UNMAP;
+    | sys::UFFD_FEATURE_EVENT_UNMAP
+    | sys::UFFD_FEATURE_THREAD_ID;
 
 /// One event read from the uffd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +144,10 @@ impl Uffd {
     /// Maps the shared zero page at `dst` (one page).
     pub fn zeropage(&self, dst: u64) -> io::Result<Install> {
         let mut zp = sys::uffdio_zeropage {
-            range: sys::uffdio_range { start: dst, len: PAGE },
+            range: sys::uffdio_range {
+                start: dst,
+                len: PAGE,
+            },
             mode: 0,
             zeropage: 0,
         };
@@ -151,9 +158,17 @@ impl Uffd {
     pub fn write_protect(&self, start: u64, len: u64, on: bool) -> io::Result<Install> {
         let mut wp = sys::uffdio_writeprotect {
             range: sys::uffdio_range { start, len },
-            mode: if on { sys::UFFDIO_WRITEPROTECT_MODE_WP } else { 0 },
+            mode: if on {
+                sys::UFFDIO_WRITEPROTECT_MODE_WP
+            } else {
+                0
+            },
         };
-        install_result(ioctl(self.fd.as_raw_fd(), sys::UFFDIO_WRITEPROTECT, &mut wp))
+        install_result(ioctl(
+            self.fd.as_raw_fd(),
+            sys::UFFDIO_WRITEPROTECT,
+            &mut wp,
+        ))
     }
 
     /// Wakes threads blocked on faults in a range (they retry their access).
@@ -202,6 +217,23 @@ impl AsRawFd for Uffd {
     }
 }
 
+/// A uffd shared with a readiness watcher; keeps the descriptor open while watched.
+pub struct Watched(Rc<Uffd>);
+
+impl AsRawFd for Watched {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+/// Registers a uffd with the Tokio reactor to wait for events (inside a runtime).
+pub fn watch(uffd: &Rc<Uffd>) -> io::Result<AsyncFd<Watched>> {
+    // SAFETY: `Watched` holds an `Rc` to the `Uffd` that owns the descriptor, so it stays open
+    // and refers to the same file for as long as the `AsyncFd` exists.
+    unsafe { AsyncFd::register_with_interest(Watched(uffd.clone()), Interest::READABLE) }
+        .map_err(|e| e.into_parts().1)
+}
+
 fn decode(msg: &sys::uffd_msg) -> Event {
     // SAFETY (for each union read below): the kernel fills the union member that matches
     // `msg.event`, and every member is plain integers, so reading it is sound.
@@ -209,6 +241,8 @@ fn decode(msg: &sys::uffd_msg) -> Event {
         sys::UFFD_EVENT_PAGEFAULT => {
             // SAFETY: see above; PAGEFAULT carries `pagefault`.
             let pf = unsafe { msg.arg.pagefault };
+            // SAFETY: see above; with THREAD_ID the `feat` union holds the thread id.
+            tracing::trace!(tid = unsafe { pf.feat.ptid }, addr = pf.address, "fault");
             Event::Fault {
                 page: pf.address & !(PAGE - 1),
                 write: pf.flags & sys::UFFD_PAGEFAULT_FLAG_WRITE != 0,

@@ -13,7 +13,7 @@ use std::{
 use anyhow::{bail, Context};
 use yonder_common::{client, tls};
 
-/// Path of a binary of this workspace, built by `cargo build --workspace --bins`: next to the
+/// Path of a binary of this workspace, built by `cargo build --workspace`: next to the
 /// running executable (a binary such as the bench) or one level up (a test in `deps/`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current executable");
@@ -25,7 +25,7 @@ pub fn bin(name: &str) -> PathBuf {
         }
     }
     panic!(
-        "{name} is missing next to {}: build the binaries first with `cargo build --workspace --bins` (tests/run does)",
+        "{name} is missing next to {}: build the binaries first with `cargo build --workspace` (tests/run does)",
         exe.display()
     );
 }

@@ -6,20 +6,27 @@
 //! from inside the process here). If the agent dies, the helper stops the workload at once with a
 //! message: its memory would otherwise be incomplete.
 //!
+//! The helper must never touch managed memory: a page it touched could be in the very eviction
+//! that waits for it. So it runs on a stack of its own that the agent leaves unmanaged, uses no
+//! heap, and is started with `pthread_create` rather than `std::thread` (which allocates).
+//!
 //! The shim keeps its own copy of the uffd so that the agent dying cannot unregister the memory
 //! (which would make evicted pages read as zeros); faults block instead until the helper acts.
 
 use std::{
     ffi::OsString,
-    io::{self, Read, Write},
+    io::{self, Read},
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
         unix::net::UnixStream,
     },
 };
 
 #[path = "proto.rs"]
 mod proto;
+
+/// Stack of the helper thread.
+const HELPER_STACK: usize = 256 * 1024;
 
 #[used]
 #[link_section = ".init_array"]
@@ -44,11 +51,36 @@ fn new_uffd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-fn send_hello(stream: &UnixStream, uffd: &OwnedFd) -> io::Result<()> {
+fn helper_stack() -> io::Result<*mut libc::c_void> {
+    // SAFETY: a fresh anonymous private mapping; nothing else refers to it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            HELPER_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(p)
+}
+
+fn send_hello(stream: &UnixStream, uffd: &OwnedFd, stack: u64) -> io::Result<()> {
     // SAFETY: getpid(2) cannot fail.
     let pid = unsafe { libc::getpid() } as u64;
-    let words = [3u64, proto::MAGIC, proto::VERSION, pid];
-    let mut data = [0u8; 32];
+    let words = [
+        proto::HELLO_WORDS as u64,
+        proto::MAGIC,
+        proto::VERSION,
+        pid,
+        stack,
+        HELPER_STACK as u64,
+    ];
+    let mut data = [0u8; 8 * (proto::HELLO_WORDS + 1)];
     for (i, w) in words.iter().enumerate() {
         data[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
     }
@@ -84,30 +116,6 @@ fn send_hello(stream: &UnixStream, uffd: &OwnedFd) -> io::Result<()> {
     Ok(())
 }
 
-fn read_message(stream: &mut UnixStream, words: &mut Vec<u64>) -> io::Result<()> {
-    let mut w = [0u8; 8];
-    stream.read_exact(&mut w)?;
-    let n = u64::from_le_bytes(w) as usize;
-    if n == 0 || n > proto::MAX_WORDS {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad message from the agent"));
-    }
-    words.clear();
-    for _ in 0..n {
-        stream.read_exact(&mut w)?;
-        words.push(u64::from_le_bytes(w));
-    }
-    Ok(())
-}
-
-fn write_message(stream: &mut UnixStream, words: &[u64]) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(8 * (words.len() + 1));
-    buf.extend_from_slice(&(words.len() as u64).to_le_bytes());
-    for w in words {
-        buf.extend_from_slice(&w.to_le_bytes());
-    }
-    stream.write_all(&buf)
-}
-
 fn start(path: OsString) -> io::Result<()> {
     let uffd = new_uffd().map_err(|e| {
         io::Error::new(
@@ -115,56 +123,139 @@ fn start(path: OsString) -> io::Result<()> {
             format!("cannot create a userfaultfd ({e}); as non-root, see docs/node-agent.md"),
         )
     })?;
+    let stack = helper_stack()?;
     let mut stream = UnixStream::connect(&path)?;
-    send_hello(&stream, &uffd)?;
-    let mut words = Vec::new();
-    read_message(&mut stream, &mut words)?;
-    match words.first() {
-        Some(&proto::READY) => {}
-        Some(&proto::REFUSED) => {
+    send_hello(&stream, &uffd, stack as u64)?;
+    let mut reply = [0u8; 16];
+    stream.read_exact(&mut reply)?;
+    match u64::from_le_bytes(reply[8..16].try_into().expect("8 bytes")) {
+        proto::READY => {}
+        proto::REFUSED => {
             return Err(io::Error::other(
                 "the agent already manages another process of this workload",
             ))
         }
-        _ => return Err(io::Error::new(io::ErrorKind::InvalidData, "unexpected reply")),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unexpected reply",
+            ))
+        }
     }
-    std::thread::Builder::new()
-        .name("yonder-shim".into())
-        .spawn(move || helper(stream, uffd))?;
+    // The helper owns both descriptors from here on; they travel in its argument, not the heap.
+    let arg = (stream.into_raw_fd() as u64) | ((uffd.into_raw_fd() as u64) << 32);
+    // SAFETY: attr is initialised before use and destroyed after; the stack is a mapping of
+    // HELPER_STACK bytes that stays mapped for the life of the process.
+    unsafe {
+        let mut attr: libc::pthread_attr_t = std::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setstack(&mut attr, stack, HELPER_STACK);
+        let mut tid: libc::pthread_t = 0;
+        let rc = libc::pthread_create(&mut tid, &attr, helper, arg as *mut libc::c_void);
+        libc::pthread_attr_destroy(&mut attr);
+        if rc != 0 {
+            return Err(io::Error::from_raw_os_error(rc));
+        }
+        libc::pthread_detach(tid);
+    }
     Ok(())
 }
 
-/// Runs the agent's drop requests until the agent goes away.
-fn helper(mut stream: UnixStream, uffd: OwnedFd) {
-    let mut words = Vec::new();
+/// Reads exactly `buf.len()` bytes; false on EOF or error.
+fn read_full(fd: i32, buf: &mut [u8]) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        // SAFETY: reads into the unfilled tail of `buf`.
+        let n = unsafe {
+            libc::read(
+                fd,
+                buf[got..].as_mut_ptr() as *mut libc::c_void,
+                buf.len() - got,
+            )
+        };
+        if n > 0 {
+            got += n as usize;
+        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+fn write_full(fd: i32, buf: &[u8]) -> bool {
+    let mut put = 0;
+    while put < buf.len() {
+        // SAFETY: writes from the unwritten tail of `buf`.
+        let n = unsafe {
+            libc::write(
+                fd,
+                buf[put..].as_ptr() as *const libc::c_void,
+                buf.len() - put,
+            )
+        };
+        if n > 0 {
+            put += n as usize;
+        } else if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        } else {
+            return false;
+        }
+    }
+    true
+}
+
+/// The helper thread: runs the agent's drop requests until the agent goes away. Uses only its
+/// own stack.
+extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
+    let sock = (arg as u64 & 0xffff_ffff) as i32;
+    let _uffd_kept_open = (arg as u64 >> 32) as i32;
+    let mut buf = [0u8; 8 * (proto::MAX_WORDS + 1)];
     loop {
-        if let Err(e) = read_message(&mut stream, &mut words) {
-            let _ = writeln!(
-                io::stderr(),
-                "yonder: lost the node agent ({e}); stopping this workload, its memory is incomplete"
-            );
-            // SAFETY: kill(2) on our own pid.
+        let mut head = [0u8; 8];
+        let ok = read_full(sock, &mut head) && {
+            let n = u64::from_le_bytes(head) as usize;
+            (1..=proto::MAX_WORDS).contains(&n) && read_full(sock, &mut buf[..8 * n])
+        };
+        if !ok {
+            let msg =
+                b"yonder: lost the node agent; stopping this workload, its memory is incomplete\n";
+            // SAFETY: write(2) of a static buffer to stderr, then kill(2) on our own pid.
             unsafe {
+                libc::write(2, msg.as_ptr() as *const libc::c_void, msg.len());
                 libc::kill(libc::getpid(), libc::SIGKILL);
             }
-            drop(uffd);
-            return;
+            return std::ptr::null_mut();
         }
-        if words.len() >= 3 && words[0] == proto::DROP {
-            let id = words[1];
-            let n = (words[2] as usize).min(proto::MAX_RANGES);
-            let mut errno = 0u64;
-            for r in words[3..].chunks_exact(2).take(n) {
-                // SAFETY: the agent names page-aligned ranges of this process's own anonymous
-                // memory whose contents it has saved; dropping them is what it asks for.
-                let rc = unsafe { libc::madvise(r[0] as *mut libc::c_void, r[1] as usize, libc::MADV_DONTNEED) };
-                if rc != 0 {
-                    errno = io::Error::last_os_error().raw_os_error().unwrap_or(-1) as u64;
-                }
-            }
-            if write_message(&mut stream, &[proto::DROPPED, id, errno]).is_err() {
-                continue; // the read above will notice the agent is gone
+        let word =
+            |i: usize| u64::from_le_bytes(buf[8 * i..8 * i + 8].try_into().expect("8 bytes"));
+        if word(0) != proto::DROP {
+            continue;
+        }
+        let id = word(1);
+        let n = (word(2) as usize).min(proto::MAX_RANGES);
+        let mut errno = 0u64;
+        for r in 0..n {
+            let (start, len) = (word(3 + 2 * r), word(4 + 2 * r));
+            // SAFETY: the agent names page-aligned ranges of this process's own anonymous
+            // memory whose contents it has saved; dropping them is what it asks for.
+            let rc = unsafe {
+                libc::madvise(
+                    start as *mut libc::c_void,
+                    len as usize,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if rc != 0 {
+                errno = io::Error::last_os_error().raw_os_error().unwrap_or(-1) as u64;
             }
         }
+        let mut reply = [0u8; 32];
+        for (i, w) in [3u64, proto::DROPPED, id, errno].iter().enumerate() {
+            reply[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        // A failed write means the agent is gone: the next read notices.
+        write_full(sock, &reply);
     }
 }

@@ -6,6 +6,8 @@
 
 /// Environment variable naming the agent's socket.
 pub const SOCKET_ENV: &str = "YONDER_AGENT_SOCK";
+/// Words of the hello: `[MAGIC, VERSION, pid, helper stack start, helper stack length]`.
+pub const HELLO_WORDS: usize = 5;
 /// First word of the hello.
 pub const MAGIC: u64 = 0x594f_4e44_4552_0001;
 /// Protocol version, second word of the hello.

@@ -20,7 +20,8 @@ impl Clock {
     fn compact(&mut self) {
         if self.ring.len() > 2 * self.live.len() + 1024 {
             let live = &self.live;
-            self.ring.retain(|(p, g)| live.get(p).is_some_and(|(lg, _)| lg == g));
+            self.ring
+                .retain(|(p, g)| live.get(p).is_some_and(|(lg, _)| lg == g));
         }
     }
 }

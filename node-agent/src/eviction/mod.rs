@@ -44,7 +44,11 @@ pub(crate) mod suite {
         let picked = p.pick(1000, &mut |_| true);
         let set: HashSet<u64> = picked.iter().copied().collect();
         assert_eq!(set.len(), picked.len(), "no page picked twice");
-        assert_eq!(set, (50..100).map(|p| p * 4096).collect(), "every remaining page, nothing else");
+        assert_eq!(
+            set,
+            (50..100).map(|p| p * 4096).collect(),
+            "every remaining page, nothing else"
+        );
         assert!(p.is_empty());
     }
 
@@ -71,7 +75,11 @@ pub(crate) mod suite {
         let picked = p.pick(4, &mut |_| true);
         let mut picked_sorted = picked.clone();
         picked_sorted.sort();
-        assert_eq!(picked_sorted, vec![4, 5, 6, 7], "touched pages get a second chance");
+        assert_eq!(
+            picked_sorted,
+            vec![4, 5, 6, 7],
+            "touched pages get a second chance"
+        );
     }
 
     pub fn reinsertion_is_tracked_once(p: &mut dyn EvictionPolicy) {

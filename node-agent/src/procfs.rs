@@ -1,0 +1,200 @@
+//! What the agent reads about a workload from /proc: its anonymous mappings, which of their
+//! pages are present, and their contents (process_vm_readv).
+
+use std::{
+    fs::File,
+    io::{self, BufRead, BufReader},
+    os::unix::fs::FileExt,
+};
+
+use crate::pages::PAGE;
+
+/// Private, writable, anonymous mappings of `pid` that the agent manages: the brk heap, anonymous
+/// mmaps (malloc arenas, Python and jemalloc heaps, thread stacks). Not the main stack, not file
+/// mappings, not shared memory, and not the `.bss` of libraries (the anonymous mapping right
+/// after a library's writable data): libc keeps state there that the shim's helper thread needs
+/// while it drops pages, and a page it needs must never be part of the eviction it serves.
+pub fn anonymous_ranges(pid: u32) -> io::Result<Vec<(u64, u64)>> {
+    let f = File::open(format!("/proc/{pid}/maps"))?;
+    let mut out = Vec::new();
+    let mut prev_file_end = None;
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        match parse_anonymous(&line) {
+            Some((start, end)) if prev_file_end != Some(start) => out.push((start, end)),
+            _ => {}
+        }
+        prev_file_end = file_writable_end(&line);
+    }
+    Ok(out)
+}
+
+/// The end of a writable file mapping (a library's data segment), if the line is one.
+fn file_writable_end(line: &str) -> Option<u64> {
+    let mut fields = line.split_whitespace();
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let inode = fields.nth(2)?;
+    if !perms.starts_with("rw") || inode == "0" {
+        return None;
+    }
+    u64::from_str_radix(range.split_once('-')?.1, 16).ok()
+}
+
+fn parse_anonymous(line: &str) -> Option<(u64, u64)> {
+    let mut fields = line.split_whitespace();
+    let range = fields.next()?;
+    let perms = fields.next()?;
+    let _offset = fields.next()?;
+    let _dev = fields.next()?;
+    let inode = fields.next()?;
+    let path = fields.collect::<Vec<_>>().join(" ");
+    if !perms.starts_with("rw") || !perms.ends_with('p') || inode != "0" {
+        return None;
+    }
+    if !(path.is_empty() || path == "[heap]" || path.starts_with("[anon:")) {
+        return None;
+    }
+    let (a, b) = range.split_once('-')?;
+    Some((
+        u64::from_str_radix(a, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+/// Pages of `[start, end)` present in memory (from /proc/PID/pagemap; reading it faults nothing).
+pub fn present_pages(pid: u32, start: u64, end: u64) -> io::Result<Vec<u64>> {
+    let f = File::open(format!("/proc/{pid}/pagemap"))?;
+    let mut out = Vec::new();
+    let mut page = start;
+    let mut buf = vec![0u8; 8 * 4096];
+    while page < end {
+        let n = (((end - page) / PAGE) as usize).min(4096);
+        let bytes = &mut buf[..n * 8];
+        f.read_exact_at(bytes, page / PAGE * 8)?;
+        for (i, e) in bytes.chunks_exact(8).enumerate() {
+            let entry = u64::from_le_bytes(e.try_into().expect("8-byte chunk"));
+            if entry & (1 << 63) != 0 {
+                out.push(page + i as u64 * PAGE);
+            }
+        }
+        page += n as u64 * PAGE;
+    }
+    Ok(out)
+}
+
+/// Anonymous resident memory of `pid` in bytes (RssAnon), if the process still exists.
+pub fn rss_anon(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Copies the given pages of `pid` into `out` (one page each, in order). The pages must be
+/// present: reading a missing page of a registered range would wait on the agent's own fault
+/// service, so callers run this off the fault loop's thread.
+pub fn read_pages(pid: u32, pages: &[u64], out: &mut [u8]) -> io::Result<()> {
+    assert_eq!(out.len(), pages.len() * PAGE as usize);
+    const IOV_MAX: usize = 1024;
+    for (chunk_no, chunk) in pages.chunks(IOV_MAX).enumerate() {
+        let local_buf =
+            &mut out[chunk_no * IOV_MAX * PAGE as usize..][..chunk.len() * PAGE as usize];
+        let local = libc::iovec {
+            iov_base: local_buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: local_buf.len(),
+        };
+        let remote: Vec<libc::iovec> = chunk
+            .iter()
+            .map(|&p| libc::iovec {
+                iov_base: p as *mut libc::c_void,
+                iov_len: PAGE as usize,
+            })
+            .collect();
+        // SAFETY: `local` covers exactly `local_buf`, which we own mutably; the remote iovecs
+        // only name addresses in the other process, which the kernel checks.
+        let n = unsafe {
+            libc::process_vm_readv(
+                pid as libc::pid_t,
+                &local,
+                1,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != local_buf.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!(
+                    "read {n} of {} bytes of the workload's memory",
+                    local_buf.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_only_private_anonymous_writable_mappings() {
+        assert_eq!(
+            parse_anonymous("7f00-7f10 rw-p 00000000 00:00 0 "),
+            Some((0x7f00, 0x7f10))
+        );
+        assert_eq!(
+            parse_anonymous("5500-5600 rw-p 00000000 00:00 0  [heap]"),
+            Some((0x5500, 0x5600))
+        );
+        assert_eq!(
+            parse_anonymous("7ffc-7ffd rw-p 00000000 00:00 0  [stack]"),
+            None
+        );
+        assert_eq!(parse_anonymous("7f00-7f10 r--p 00000000 00:00 0 "), None);
+        assert_eq!(
+            parse_anonymous("7f00-7f10 rw-s 00000000 00:05 123 /dev/zero"),
+            None
+        );
+        assert_eq!(
+            parse_anonymous("7f00-7f10 rw-p 00001000 08:01 4242 /usr/lib/libc.so.6"),
+            None
+        );
+    }
+
+    #[test]
+    fn library_bss_is_recognised() {
+        let data = "7f00-7f10 rw-p 001d3000 fe:00 326279 /usr/lib/x86_64-linux-gnu/libc.so.6";
+        assert_eq!(file_writable_end(data), Some(0x7f10));
+        assert_eq!(
+            file_writable_end("7f00-7f10 r--p 001d3000 fe:00 326279 /usr/lib/libc.so.6"),
+            None
+        );
+        assert_eq!(file_writable_end("7f00-7f10 rw-p 00000000 00:00 0"), None);
+    }
+
+    #[test]
+    fn reads_own_pages_and_presence() {
+        let pid = std::process::id();
+        let mut data = vec![0u8; 3 * PAGE as usize];
+        let base = (data.as_ptr() as u64 + PAGE - 1) & !(PAGE - 1);
+        let off = (base - data.as_ptr() as u64) as usize;
+        data[off..off + PAGE as usize].fill(7);
+        let present = present_pages(pid, base, base + PAGE).unwrap();
+        assert_eq!(present, vec![base]);
+        let mut out = vec![0u8; PAGE as usize];
+        read_pages(pid, &[base], &mut out).unwrap();
+        assert!(out.iter().all(|&b| b == 7));
+    }
+}

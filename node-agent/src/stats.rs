@@ -1,0 +1,123 @@
+//! Counters of one workload run: Prometheus metrics while it runs, a summary when it ends.
+
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use metrics::{counter, gauge, histogram};
+
+/// Counters of one run.
+pub struct Stats {
+    /// Missing faults served with a zero page.
+    pub zero_faults: u64,
+    /// Missing faults served from a memory server.
+    pub remote_faults: u64,
+    /// Writes to write-protected (clean fetched) pages.
+    pub wp_faults: u64,
+    /// Pages evicted.
+    pub evicted: u64,
+    /// Of those, pages dropped without a write because the server copy was current.
+    pub clean_drops: u64,
+    /// Bytes fetched from servers.
+    pub bytes_in: u64,
+    /// Bytes written to servers.
+    pub bytes_out: u64,
+    /// Highest resident managed page count.
+    pub peak_resident: usize,
+    /// Remote-fault service time, nanoseconds (fault read to page installed).
+    pub remote_latency: Histogram<u64>,
+    /// Samples of (managed resident bytes, RssAnon bytes).
+    pub share_samples: Vec<(u64, u64)>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self {
+            zero_faults: 0,
+            remote_faults: 0,
+            wp_faults: 0,
+            evicted: 0,
+            clean_drops: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            peak_resident: 0,
+            remote_latency: Histogram::new(3).expect("valid histogram precision"),
+            share_samples: Vec::new(),
+        }
+    }
+}
+
+impl Stats {
+    /// Records a zero-fill fault.
+    pub fn zero_fault(&mut self) {
+        self.zero_faults += 1;
+        counter!("yonder_agent_faults_total", "kind" => "zero").increment(1);
+    }
+
+    /// Records a remote fault and its service time.
+    pub fn remote_fault(&mut self, took: Duration) {
+        self.remote_faults += 1;
+        self.bytes_in += 4096;
+        let _ = self.remote_latency.record(took.as_nanos() as u64);
+        counter!("yonder_agent_faults_total", "kind" => "remote").increment(1);
+        histogram!("yonder_agent_remote_fault_duration_seconds").record(took.as_secs_f64());
+    }
+
+    /// Records a write-protect fault.
+    pub fn wp_fault(&mut self) {
+        self.wp_faults += 1;
+        counter!("yonder_agent_faults_total", "kind" => "write_protect").increment(1);
+    }
+
+    /// Records evicted pages.
+    pub fn evictions(&mut self, pages: u64, written: u64) {
+        self.evicted += pages;
+        self.clean_drops += pages - written;
+        self.bytes_out += written * 4096;
+        counter!("yonder_agent_evicted_pages_total").increment(pages);
+        counter!("yonder_agent_clean_drops_total").increment(pages - written);
+        counter!("yonder_agent_written_bytes_total").increment(written * 4096);
+    }
+
+    /// Records the resident page count.
+    pub fn resident(&mut self, pages: usize) {
+        self.peak_resident = self.peak_resident.max(pages);
+        gauge!("yonder_agent_resident_pages").set(pages as f64);
+    }
+
+    /// The end-of-run summary.
+    pub fn summary(&self, budget_pages: usize, slack_pages: usize) -> String {
+        let mib = |pages: u64| pages as f64 * 4096.0 / (1 << 20) as f64;
+        let q = |x: f64| self.remote_latency.value_at_quantile(x) as f64 / 1e3;
+        let mut s = String::new();
+        s += &format!(
+            "yonder: faults: {} zero-fill, {} remote (p50 {:.0} µs, p99 {:.0} µs), {} write-protect\n",
+            self.zero_faults,
+            self.remote_faults,
+            q(0.5),
+            q(0.99),
+            self.wp_faults
+        );
+        s += &format!(
+            "yonder: evicted {} pages ({} clean drops without a write); {:.1} MiB out, {:.1} MiB in\n",
+            self.evicted,
+            self.clean_drops,
+            self.bytes_out as f64 / (1 << 20) as f64,
+            self.bytes_in as f64 / (1 << 20) as f64
+        );
+        s += &format!(
+            "yonder: resident managed memory peaked at {:.1} MiB; budget {:.1} MiB (+{:.1} MiB slack)\n",
+            mib(self.peak_resident as u64),
+            mib(budget_pages as u64),
+            mib(slack_pages as u64)
+        );
+        if let Some(&(managed, rss)) = self.share_samples.iter().max_by_key(|(_, rss)| *rss) {
+            s += &format!(
+                "yonder: managed share of anonymous RSS: {:.1}% ({:.1} of {:.1} MiB, at the largest RSS seen)\n",
+                100.0 * managed.min(rss) as f64 / rss.max(1) as f64,
+                managed as f64 / (1 << 20) as f64,
+                rss as f64 / (1 << 20) as f64
+            );
+        }
+        s
+    }
+}
