@@ -43,7 +43,7 @@ use crate::{
 /// Pages evicted per batch.
 const EVICT_BATCH: usize = 256;
 /// How often the agent looks for new anonymous mappings of the workload.
-const SCAN_INTERVAL: Duration = Duration::from_millis(20);
+const SCAN_INTERVAL: Duration = Duration::from_millis(10);
 
 /// What `yonder-agent run` was asked to do.
 #[derive(Clone, Debug)]

@@ -20,6 +20,7 @@ use std::{
         fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
         unix::net::UnixStream,
     },
+    sync::atomic::{AtomicI32, AtomicUsize, Ordering},
 };
 
 #[path = "proto.rs"]
@@ -27,6 +28,97 @@ mod proto;
 
 /// Stack of the helper thread.
 const HELPER_STACK: usize = 256 * 1024;
+
+/// The workload's uffd once the agent manages it; -1 before.
+static UFFD: AtomicI32 = AtomicI32::new(-1);
+
+/// The C library's mmap, found with dlsym(RTLD_NEXT).
+static REAL_MMAP: AtomicUsize = AtomicUsize::new(0);
+
+type MmapFn =
+    unsafe extern "C" fn(*mut libc::c_void, usize, i32, i32, i32, i64) -> *mut libc::c_void;
+
+fn real_mmap() -> MmapFn {
+    let mut f = REAL_MMAP.load(Ordering::Acquire);
+    if f == 0 {
+        // SAFETY: dlsym with RTLD_NEXT and a NUL-terminated name; the C library always defines
+        // mmap, whose signature is MmapFn.
+        f = unsafe { libc::dlsym(libc::RTLD_NEXT, c"mmap".as_ptr()) } as usize;
+        REAL_MMAP.store(f, Ordering::Release);
+    }
+    // SAFETY: `f` is the address of the C library's mmap (non-null: libc defines it).
+    unsafe { std::mem::transmute::<usize, MmapFn>(f) }
+}
+
+/// Interposed `mmap`: a new private anonymous writable mapping is registered with the agent's
+/// userfaultfd before the caller can touch it, so its pages are managed from the first byte.
+/// Mappings made inside the C library (malloc's large blocks, brk) do not pass here; the agent's
+/// scanner picks those up.
+///
+/// # Safety
+///
+/// Same contract as mmap(2).
+#[no_mangle]
+pub unsafe extern "C" fn mmap(
+    addr: *mut libc::c_void,
+    len: usize,
+    prot: i32,
+    flags: i32,
+    fd: i32,
+    off: i64,
+) -> *mut libc::c_void {
+    // SAFETY: forwards the caller's arguments unchanged to the real mmap.
+    let p = unsafe { real_mmap()(addr, len, prot, flags, fd, off) };
+    let uffd = UFFD.load(Ordering::Acquire);
+    let anon_private = flags & libc::MAP_ANONYMOUS != 0 && flags & libc::MAP_PRIVATE != 0;
+    if uffd >= 0 && p != libc::MAP_FAILED && anon_private && prot & libc::PROT_WRITE != 0 {
+        register(uffd, p as u64, len as u64);
+    }
+    p
+}
+
+/// Interposed `mmap64` (the same function on 64-bit targets).
+///
+/// # Safety
+///
+/// Same contract as mmap(2).
+#[no_mangle]
+pub unsafe extern "C" fn mmap64(
+    addr: *mut libc::c_void,
+    len: usize,
+    prot: i32,
+    flags: i32,
+    fd: i32,
+    off: i64,
+) -> *mut libc::c_void {
+    // SAFETY: same contract, forwarded.
+    unsafe { mmap(addr, len, prot, flags, fd, off) }
+}
+
+/// Registers a range for missing and write-protect faults; failure leaves it to the scanner.
+fn register(uffd: i32, start: u64, len: u64) {
+    #[repr(C)]
+    struct UffdioRegister {
+        start: u64,
+        len: u64,
+        mode: u64,
+        ioctls: u64,
+    }
+    const UFFDIO_REGISTER: libc::c_ulong = 0xc020_aa00;
+    const MODE_MISSING_WP: u64 = 1 | 2;
+    let len = (len + 4095) & !4095;
+    let mut reg = UffdioRegister {
+        start,
+        len,
+        mode: MODE_MISSING_WP,
+        ioctls: 0,
+    };
+    // SAFETY: UFFDIO_REGISTER takes a uffdio_register, whose layout UffdioRegister repeats; the
+    // range is a mapping this process just created.
+    unsafe {
+        libc::ioctl(uffd, UFFDIO_REGISTER, &mut reg);
+    }
+}
 
 #[used]
 #[link_section = ".init_array"]
@@ -143,7 +235,9 @@ fn start(path: OsString) -> io::Result<()> {
         }
     }
     // The helper owns both descriptors from here on; they travel in its argument, not the heap.
-    let arg = (stream.into_raw_fd() as u64) | ((uffd.into_raw_fd() as u64) << 32);
+    let uffd = uffd.into_raw_fd();
+    UFFD.store(uffd, Ordering::Release);
+    let arg = (stream.into_raw_fd() as u64) | ((uffd as u64) << 32);
     // SAFETY: attr is initialised before use and destroyed after; the stack is a mapping of
     // HELPER_STACK bytes that stays mapped for the life of the process.
     unsafe {
