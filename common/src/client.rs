@@ -106,8 +106,8 @@ pub fn endpoint(config: quinn::ClientConfig, ipv6: bool) -> std::io::Result<quin
     Ok(endpoint)
 }
 
-/// Idle lanes kept for reuse (as many as the server allows open); beyond this, finished lanes
-/// are closed.
+/// Lanes (requests in flight and idle streams together): as many streams as the server lets a
+/// connection keep open.
 const MAX_IDLE_LANES: usize = crate::transport::MAX_STREAMS as usize;
 
 struct Lane {
@@ -122,6 +122,9 @@ pub struct Client {
     conn: quinn::Connection,
     info: ServerInfo,
     lanes: Arc<Mutex<Vec<Lane>>>,
+    /// One permit per stream the server lets us open. Lanes stay open while pooled, so without
+    /// this bound a burst of requests would wait forever for a stream that never closes.
+    in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Client {
@@ -150,6 +153,7 @@ impl Client {
                 capacity_bytes: 0,
             },
             lanes: Arc::default(),
+            in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IDLE_LANES)),
         };
         let hello = Request::Hello {
             protocol_version: PROTOCOL_VERSION,
@@ -185,6 +189,11 @@ impl Client {
 
     /// Sends one request and waits for its reply; error replies become [`ClientError::Server`].
     pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ClientError::NoReply)?;
         let idle = self.lanes.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut lane = match idle {
             Some(lane) => lane,

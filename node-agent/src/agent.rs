@@ -92,7 +92,7 @@ struct Workload {
     uffd: Rc<Uffd>,
     servers: Rc<Servers>,
     table: RefCell<PageTable<Clock>>,
-    stats: RefCell<Stats>,
+    stats: Rc<RefCell<Stats>>,
     budget: usize,
     slack: usize,
     /// Ranges registered with the uffd: start -> end.
@@ -141,77 +141,43 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         eprintln!("yonder: the program did not load the shim within 10 s (statically linked?): it runs unmanaged");
         return Ok(child.wait().await?);
     };
-    let std_stream = stream.into_std()?;
-    std_stream.set_nonblocking(false)?;
-    let hello = fdpass::recv_hello(&std_stream).context("handshake with the shim")?;
-    std_stream.set_nonblocking(true)?;
-    let mut shim = UnixStream::from_std(std_stream)?;
-    if hello.pid != child_pid {
-        debug!(
-            child_pid,
-            shim_pid = hello.pid,
-            "the shim runs in a descendant of the program"
-        );
-    }
-    let uffd = Uffd::new(hello.uffd).context("userfaultfd API handshake")?;
-    let helper_stack = hello.helper_stack;
-    let w = Rc::new(Workload {
-        pid: hello.pid,
-        space: hello.pid,
-        uffd: Rc::new(uffd),
-        servers: servers.clone(),
-        table: RefCell::new(PageTable::new(Clock::default())),
-        stats: RefCell::new(Stats::default()),
-        budget: config.budget_pages(),
-        slack: config.slack_pages(),
-        registered: RefCell::default(),
-        refused: RefCell::default(),
-        our_drops: RefCell::default(),
-        deferred: RefCell::default(),
-        pressure: Notify::new(),
-        stuck_warned: Cell::new(false),
-        fatal: RefCell::default(),
-    });
-    let (stack, stack_len) = helper_stack;
-    debug!("shim helper stack {stack:#x}+{stack_len:#x}");
-    w.refused.borrow_mut().insert(stack, stack + stack_len);
-    w.scan_maps();
-    write_words(&mut shim, &[proto::READY]).await?;
-    info!(
-        pid = w.pid,
-        budget_pages = w.budget,
-        "workload under management"
-    );
-
+    let stats = Rc::new(RefCell::new(Stats::default()));
     let started = Instant::now();
-    let tasks = [
-        tokio::task::spawn_local(fault_loop(w.clone())),
-        tokio::task::spawn_local(scanner(w.clone())),
-        tokio::task::spawn_local(evictor(w.clone(), shim)),
-        tokio::task::spawn_local(refuse_others(listener)),
-    ];
+    let mut current = Attached::start(&config, &servers, &stats, stream, child_pid).await?;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
+            conn = listener.accept() => {
+                let Ok((stream, _)) = conn else { continue };
+                match Attached::start(&config, &servers, &stats, stream, current.w.pid).await {
+                    // The same process exec'd a new program: its old address space is gone.
+                    Ok(next) => {
+                        let old = std::mem::replace(&mut current, next);
+                        old.stop().await;
+                    }
+                    Err(e) => debug!("another process of the workload stays unmanaged: {e:#}"),
+                }
+            }
             () = tokio::time::sleep(Duration::from_millis(100)) => {
-                let fatal = w.fatal.borrow().clone();
+                let fatal = current.w.fatal.borrow().clone();
                 if let Some(msg) = fatal {
                     eprintln!("yonder: {msg}; stopping the workload");
                     let _ = child.start_kill();
                 }
-                let resident = w.table.borrow().resident();
-                if let Some(rss) = procfs::rss_anon(w.pid) {
-                    w.stats.borrow_mut().share_samples.push((resident as u64 * PAGE, rss));
+                let resident = current.w.table.borrow().resident();
+                if let Some(rss) = procfs::rss_anon(current.w.pid) {
+                    stats.borrow_mut().share_samples.push((resident as u64 * PAGE, rss));
                 }
             }
         }
     };
-    for t in tasks {
-        t.abort();
-    }
-    let freed = servers.drop_space(w.space).await;
-    let stats = w.stats.borrow();
-    eprint!("{}", stats.summary(w.budget, w.slack));
+    let freed = current.stop().await;
+    eprint!(
+        "{}",
+        stats
+            .borrow()
+            .summary(config.budget_pages(), config.slack_pages())
+    );
     eprintln!(
         "yonder: workload {} after {:.1} s; {} remote pages freed",
         describe(status),
@@ -219,6 +185,84 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         freed
     );
     Ok(status)
+}
+
+/// A process under management and the tasks serving it.
+struct Attached {
+    w: Rc<Workload>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Attached {
+    /// Completes the handshake on `stream` and starts serving the process. Only `expected_pid`
+    /// (the program, possibly after an exec) is accepted; anyone else is told to run unmanaged.
+    async fn start(
+        config: &RunConfig,
+        servers: &Rc<Servers>,
+        stats: &Rc<RefCell<Stats>>,
+        stream: UnixStream,
+        expected_pid: u32,
+    ) -> anyhow::Result<Self> {
+        let std_stream = stream.into_std()?;
+        std_stream.set_nonblocking(false)?;
+        std_stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let hello = fdpass::recv_hello(&std_stream).context("handshake with the shim")?;
+        std_stream.set_read_timeout(None)?;
+        std_stream.set_nonblocking(true)?;
+        let mut shim = UnixStream::from_std(std_stream)?;
+        if hello.pid != expected_pid {
+            let _ = write_words(&mut shim, &[proto::REFUSED]).await;
+            bail!(
+                "process {} is not the managed program (fork and exec are not managed yet)",
+                hello.pid
+            );
+        }
+        let uffd = Uffd::new(hello.uffd).context("userfaultfd API handshake")?;
+        // A space per address space: the pid (22 bits on Linux) plus how many programs this
+        // process has exec'd, so the old program's pages can be dropped without the new one's.
+        let generation = stats.borrow().attached;
+        stats.borrow_mut().attached += 1;
+        let w = Rc::new(Workload {
+            pid: hello.pid,
+            space: (generation << 22) | (hello.pid & 0x3f_ffff),
+            uffd: Rc::new(uffd),
+            servers: servers.clone(),
+            table: RefCell::new(PageTable::new(Clock::default())),
+            stats: stats.clone(),
+            budget: config.budget_pages(),
+            slack: config.slack_pages(),
+            registered: RefCell::default(),
+            refused: RefCell::default(),
+            our_drops: RefCell::default(),
+            deferred: RefCell::default(),
+            pressure: Notify::new(),
+            stuck_warned: Cell::new(false),
+            fatal: RefCell::default(),
+        });
+        let (stack, stack_len) = hello.helper_stack;
+        w.refused.borrow_mut().insert(stack, stack + stack_len);
+        w.scan_maps();
+        write_words(&mut shim, &[proto::READY]).await?;
+        info!(
+            pid = w.pid,
+            budget_pages = w.budget,
+            "workload under management"
+        );
+        let tasks = vec![
+            tokio::task::spawn_local(fault_loop(w.clone())),
+            tokio::task::spawn_local(scanner(w.clone())),
+            tokio::task::spawn_local(evictor(w.clone(), shim)),
+        ];
+        Ok(Self { w, tasks })
+    }
+
+    /// Stops serving and frees the process's pages on the servers; returns how many.
+    async fn stop(self) -> u64 {
+        for t in self.tasks {
+            t.abort();
+        }
+        self.w.servers.drop_space(self.w.space).await
+    }
 }
 
 fn describe(status: ExitStatus) -> String {
@@ -329,13 +373,6 @@ async fn read_words(stream: &mut UnixStream) -> io::Result<Vec<u64>> {
         words.push(stream.read_u64_le().await?);
     }
     Ok(words)
-}
-
-/// Later processes of the same workload (exec'd children) are told to run unmanaged.
-async fn refuse_others(listener: UnixListener) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        let _ = write_words(&mut stream, &[proto::REFUSED]).await;
-    }
 }
 
 fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
@@ -469,7 +506,19 @@ impl Workload {
             self.stats.borrow_mut().wp_fault();
             let action = self.table.borrow_mut().write_fault(page);
             let r = match action {
-                WriteFault::Unprotect => self.uffd.write_protect(page, PAGE, false).map(|_| ()),
+                WriteFault::Unprotect => match self.uffd.write_protect(page, PAGE, false) {
+                    // The address space is changing (an event is pending): retry after the fault
+                    // loop has read it, or the writer would stay blocked.
+                    Ok(Install::Again) => {
+                        let w = self.clone();
+                        tokio::task::spawn_local(async move {
+                            tokio::task::yield_now().await;
+                            w.handle_fault(page, true, true, Instant::now());
+                        });
+                        Ok(())
+                    }
+                    r => r.map(|_| ()),
+                },
                 // Woken when the eviction ends.
                 WriteFault::WaitForEviction => Ok(()),
                 WriteFault::Wake => self.uffd.wake(page, PAGE),
@@ -480,6 +529,7 @@ impl Workload {
             return;
         }
         let decision = self.table.borrow().missing_fault(page);
+        tracing::trace!(page, ?decision, state = ?self.table.borrow().state(page), "missing fault");
         match decision {
             MissingFault::InFlight | MissingFault::WaitForEviction => {}
             MissingFault::ZeroFill | MissingFault::Fetch(_) if self.over_hard_limit() => {
@@ -619,6 +669,7 @@ async fn fault_loop(w: Rc<Workload>) {
 }
 
 async fn fetch(w: Rc<Workload>, page: u64, remote: Remote, write: bool, at: Instant) {
+    tracing::debug!(page, ?remote, "fetch start");
     let data = match w.servers.read(w.space, remote).await {
         Ok(d) => d,
         Err(e) => {
@@ -632,7 +683,8 @@ async fn fetch(w: Rc<Workload>, page: u64, remote: Remote, write: bool, at: Inst
         }
         // A read fault installs the page write-protected: it is clean until a write says otherwise.
         match w.uffd.copy(page, &data, !write) {
-            Ok(Install::Done | Install::Exists) => {
+            Ok(r @ (Install::Done | Install::Exists)) => {
+                tracing::debug!(page, ?r, "fetch done");
                 w.table.borrow_mut().fetched(page, remote, write);
                 w.stats.borrow_mut().remote_fault(at.elapsed());
                 return;
@@ -693,6 +745,17 @@ async fn evictor(w: Rc<Workload>, mut shim: UnixStream) {
     }
 }
 
+/// Sets or clears write protection, retrying while the address space is changing (EAGAIN: the
+/// fault loop must read a pending event first). A range that vanished is not an error.
+async fn write_protect(w: &Workload, start: u64, len: u64, on: bool) -> io::Result<()> {
+    loop {
+        match w.uffd.write_protect(start, len, on)? {
+            Install::Again => tokio::task::yield_now().await,
+            Install::Done | Install::Exists | Install::Gone => return Ok(()),
+        }
+    }
+}
+
 /// Evicts a batch without losing a racing write: write-protect, copy out, write to the servers,
 /// drop inside the workload, then wake whoever blocked meanwhile.
 async fn evict(
@@ -705,9 +768,9 @@ async fn evict(
     pages.sort_unstable();
     let all_runs = runs(&pages);
     for &(start, len) in &all_runs {
-        if let Err(e) = w.uffd.write_protect(start, len, true) {
-            bail!("write-protecting {start:#x}+{len:#x}: {e}");
-        }
+        write_protect(w, start, len, true)
+            .await
+            .with_context(|| format!("write-protecting {start:#x}+{len:#x}"))?;
     }
 
     // Copy out the pages that need writing; pages no longer present were dropped by the program.
@@ -757,7 +820,7 @@ async fn evict(
         );
         for &p in &failed {
             w.table.borrow_mut().abort_eviction(p);
-            w.uffd.write_protect(p, PAGE, false)?;
+            write_protect(w, p, PAGE, false).await?;
         }
     }
 
@@ -797,22 +860,18 @@ async fn evict(
             ours.remove(p);
         }
     }
-    // A failed madvise (part of the range vanished) may leave pages present: keep those resident.
-    let still_present: std::collections::HashSet<u64> = if errno != 0 {
-        let mut s = std::collections::HashSet::new();
-        for &(start, len) in &drop_runs {
-            s.extend(procfs::present_pages(w.pid, start, start + len).unwrap_or_default());
-        }
-        s
-    } else {
-        Default::default()
-    };
+    // Pages the shim did not drop (no longer ours, or madvise failed) are still present: those
+    // still being evicted stay resident.
+    let mut still_present = std::collections::HashSet::new();
+    for &(start, len) in &drop_runs {
+        still_present.extend(procfs::present_pages(w.pid, start, start + len)?);
+    }
     let mut garbage = Vec::new();
     let mut done = 0u64;
     for &p in &drop_pages {
         if still_present.contains(&p) {
             w.table.borrow_mut().abort_eviction(p);
-            w.uffd.write_protect(p, PAGE, false)?;
+            write_protect(w, p, PAGE, false).await?;
         } else {
             garbage.extend(w.table.borrow_mut().finish_eviction(p));
             done += 1;
@@ -822,6 +881,16 @@ async fn evict(
         w.uffd.wake(start, len)?;
     }
     let written = to_write.len() as u64 - failed.len() as u64;
+    debug!(
+        victims = pages.len(),
+        written,
+        failed = failed.len(),
+        dropped = drop_pages.len(),
+        done,
+        errno,
+        still_present = still_present.len(),
+        "evicted"
+    );
     w.stats.borrow_mut().evictions(done, written.min(done));
     let resident = w.table.borrow().resident();
     w.stats.borrow_mut().resident(resident);

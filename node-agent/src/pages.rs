@@ -365,11 +365,12 @@ impl<P: EvictionPolicy> PageTable<P> {
             .collect();
         for (page, state) in pages {
             match state {
-                State::Evicting(mut e) => {
-                    // Left for the eviction to finish; it frees what it wrote.
-                    e.program_dropped = true;
-                    self.pages.insert(page, State::Evicting(e));
-                    continue;
+                State::Evicting(e) => {
+                    // Out of the eviction at once: the address may be mapped again by the time
+                    // the eviction would drop it, and a drop must never hit new memory.
+                    self.resident -= 1;
+                    garbage.extend(e.old);
+                    garbage.extend(e.new.filter(|n| Some(*n) != e.old));
                 }
                 State::Resident { remote, .. } => {
                     self.resident -= 1;

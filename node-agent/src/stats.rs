@@ -27,6 +27,8 @@ pub struct Stats {
     pub remote_latency: Histogram<u64>,
     /// Samples of (managed resident bytes, RssAnon bytes).
     pub share_samples: Vec<(u64, u64)>,
+    /// Address spaces attached so far (more than one after an exec).
+    pub attached: u32,
 }
 
 impl Default for Stats {
@@ -42,6 +44,7 @@ impl Default for Stats {
             peak_resident: 0,
             remote_latency: Histogram::new(3).expect("valid histogram precision"),
             share_samples: Vec::new(),
+            attached: 0,
         }
     }
 }

@@ -300,11 +300,82 @@ fn write_full(fd: i32, buf: &[u8]) -> bool {
     true
 }
 
+/// Bit of a /proc/PID/pagemap entry: the page is write-protected by userfaultfd.
+const PM_UFFD_WP: u64 = 1 << 57;
+
+/// Drops the pages of `[start, start+len)` that still carry the agent's write protection.
+///
+/// The agent write-protects every page it evicts before asking for the drop. A page without the
+/// mark is not the page the agent saved: the program unmapped the range and mapped new memory
+/// at the same address meanwhile, and that memory must not be dropped.
+fn drop_protected(pagemap: i32, start: u64, len: u64) -> u64 {
+    const CHUNK: usize = 512;
+    let mut entries = [0u8; 8 * CHUNK];
+    let mut errno = 0;
+    let pages = len / 4096;
+    let mut done = 0u64;
+    while done < pages {
+        let n = ((pages - done) as usize).min(CHUNK);
+        let first = start + done * 4096;
+        let bytes = &mut entries[..8 * n];
+        // SAFETY: pread into a stack buffer of exactly `bytes.len()` bytes.
+        let got = unsafe {
+            libc::pread(
+                pagemap,
+                bytes.as_mut_ptr() as *mut libc::c_void,
+                bytes.len(),
+                (first / 4096 * 8) as i64,
+            )
+        };
+        if got != bytes.len() as isize {
+            return libc::EIO as u64;
+        }
+        let mut i = 0;
+        while i < n {
+            let marked = |k: usize| {
+                u64::from_le_bytes(bytes[8 * k..8 * k + 8].try_into().expect("8 bytes"))
+                    & PM_UFFD_WP
+                    != 0
+            };
+            if !marked(i) {
+                i += 1;
+                continue;
+            }
+            let run_start = i;
+            while i < n && marked(i) {
+                i += 1;
+            }
+            let addr = first + run_start as u64 * 4096;
+            // SAFETY: the run is page-aligned memory of this process that the agent saved and
+            // write-protected (checked just above); dropping it is what the agent asks for.
+            let rc = unsafe {
+                libc::madvise(
+                    addr as *mut libc::c_void,
+                    (i - run_start) * 4096,
+                    libc::MADV_DONTNEED,
+                )
+            };
+            if rc != 0 {
+                errno = io::Error::last_os_error().raw_os_error().unwrap_or(-1) as u64;
+            }
+        }
+        done += n as u64;
+    }
+    errno
+}
+
 /// The helper thread: runs the agent's drop requests until the agent goes away. Uses only its
 /// own stack.
 extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
     let sock = (arg as u64 & 0xffff_ffff) as i32;
     let _uffd_kept_open = (arg as u64 >> 32) as i32;
+    // SAFETY: open(2) of a NUL-terminated path.
+    let pagemap = unsafe {
+        libc::open(
+            c"/proc/self/pagemap".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
     let mut buf = [0u8; 8 * (proto::MAX_WORDS + 1)];
     loop {
         let mut head = [0u8; 8];
@@ -332,17 +403,13 @@ extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
         let mut errno = 0u64;
         for r in 0..n {
             let (start, len) = (word(3 + 2 * r), word(4 + 2 * r));
-            // SAFETY: the agent names page-aligned ranges of this process's own anonymous
-            // memory whose contents it has saved; dropping them is what it asks for.
-            let rc = unsafe {
-                libc::madvise(
-                    start as *mut libc::c_void,
-                    len as usize,
-                    libc::MADV_DONTNEED,
-                )
+            let e = if pagemap >= 0 {
+                drop_protected(pagemap, start, len)
+            } else {
+                libc::EIO as u64
             };
-            if rc != 0 {
-                errno = io::Error::last_os_error().raw_os_error().unwrap_or(-1) as u64;
+            if e != 0 {
+                errno = e;
             }
         }
         let mut reply = [0u8; 32];
