@@ -1,0 +1,318 @@
+//! The node agent with real programs: C workloads written for these tests, and Python. Each test
+//! runs `yonder-agent run` with its embedded memory server, so the pages really travel over QUIC
+//! with mutual TLS, and samples the workload's resident memory from /proc while it runs.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::{
+    io::Write,
+    os::unix::process::ExitStatusExt,
+    path::PathBuf,
+    process::{Command, ExitStatus, Stdio},
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+use yonder_tests::bin;
+
+/// Compiles a C workload from tests/workloads once per test run.
+fn workload(name: &str) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
+    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().unwrap();
+    if !built.iter().any(|n| n == name) {
+        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("workloads")
+            .join(format!("{name}.c"));
+        let status = Command::new("cc")
+            .args(["-O2", "-pthread", "-o"])
+            .arg(&out)
+            .arg(&src)
+            .status()
+            .expect("a C compiler (cc) is needed to build the test workloads");
+        assert!(status.success(), "compiling {}", src.display());
+        built.push(name.to_string());
+    }
+    out
+}
+
+struct Run {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+    /// RssAnon samples of the workload: (time since start, bytes).
+    samples: Vec<(Duration, u64)>,
+}
+
+impl Run {
+    /// Largest RssAnon seen after `settle` from the start.
+    fn max_rss_anon_after(&self, settle: Duration) -> u64 {
+        self.samples
+            .iter()
+            .filter(|(t, _)| *t >= settle)
+            .map(|(_, r)| *r)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn rss_anon(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Runs `yonder-agent run --local-mem BUDGET -- ARGS`, feeding `stdin`, sampling the workload's
+/// RssAnon every 5 ms, and killing everything after `limit`.
+fn run_agent(budget: &str, args: &[&str], stdin: &str, limit: Duration) -> Run {
+    let mut child = Command::new(bin("yonder-agent"))
+        .args(["run", "--local-mem", budget, "--"])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let agent_pid = child.id();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let read = |mut r: Box<dyn std::io::Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            r.read_to_string(&mut s).unwrap();
+            s
+        })
+    };
+    let (out, err) = (read(Box::new(out)), read(Box::new(err)));
+    let started = Instant::now();
+    let mut samples = Vec::new();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        for pid in children(agent_pid) {
+            if let Some(r) = rss_anon(pid) {
+                samples.push((started.elapsed(), r));
+            }
+        }
+        if started.elapsed() > limit {
+            for pid in children(agent_pid) {
+                // SAFETY: kill(2) of a process this test started (the agent's child).
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "the workload did not finish within {limit:?}; its output:\n{}",
+                err.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Run {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+        samples,
+    }
+}
+
+/// A number from the agent's summary line that contains `label`, e.g. "evicted 12 pages".
+fn summary_number(stderr: &str, before: &str) -> u64 {
+    let at = stderr
+        .find(before)
+        .unwrap_or_else(|| panic!("no {before:?} in:\n{stderr}"));
+    stderr[at + before.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Resident anonymous memory allowed over the budget: the documented slack (2 MiB), plus what
+/// is not managed (the main stack, libraries' .bss, memory touched before the shim loaded, and
+/// memory a glibc-internal mmap hands out before the agent's next scan).
+const UNMANAGED_ALLOWANCE: u64 = 2 * MIB + 6 * MIB;
+
+/// Checks a run that paged: success, evictions, remote faults, and the workload's resident
+/// anonymous memory within budget + allowance from `settle` on. Memory a glibc-internal mmap
+/// hands to several threads at once can be touched before the agent's next scan registers it
+/// (docs/node-agent.md); `settle` skips that start-up burst where a test has one.
+fn check_paged_run(run: &Run, budget_mib: u64, settle: Duration) {
+    assert!(
+        run.status.success(),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        summary_number(&run.stderr, "evicted ") > 0,
+        "{}",
+        run.stderr
+    );
+    assert!(
+        summary_number(&run.stderr, "zero-fill, ") > 0,
+        "no remote faults:\n{}",
+        run.stderr
+    );
+    assert!(
+        run.samples.len() > 10,
+        "too few samples of the workload's memory"
+    );
+    let max = run.max_rss_anon_after(settle);
+    assert!(
+        max <= budget_mib * MIB + UNMANAGED_ALLOWANCE,
+        "workload RssAnon reached {} MiB with a {budget_mib} MiB budget\n{}",
+        max / MIB,
+        run.stderr
+    );
+}
+
+#[test]
+fn malloc_heavy_program_four_times_its_budget_one_thread() {
+    let prog = workload("pattern");
+    let run = run_agent(
+        "8MiB",
+        &[prog.to_str().unwrap(), "32", "1", "20000"],
+        "",
+        Duration::from_secs(240),
+    );
+    assert!(run.stdout.contains("0 bad words"), "{}", run.stdout);
+    check_paged_run(&run, 8, Duration::ZERO);
+}
+
+#[test]
+fn malloc_heavy_program_four_times_its_budget_four_threads() {
+    let prog = workload("pattern");
+    let run = run_agent(
+        "8MiB",
+        &[prog.to_str().unwrap(), "32", "4", "5000"],
+        "",
+        Duration::from_secs(240),
+    );
+    assert!(run.stdout.contains("0 bad words"), "{}", run.stdout);
+    // Four threads write fresh 8 MiB malloc blocks (glibc-internal mmaps) at once.
+    check_paged_run(&run, 8, Duration::from_secs(1));
+}
+
+fn semantics(mode: &str) {
+    let prog = workload("semantics");
+    let run = run_agent(
+        "4MiB",
+        &[prog.to_str().unwrap(), mode, "8", "16"],
+        "",
+        Duration::from_secs(240),
+    );
+    assert!(!run.stdout.contains("FAIL"), "{}", run.stdout);
+    check_paged_run(&run, 4, Duration::ZERO);
+}
+
+#[test]
+fn dropped_and_unmapped_memory_reads_as_zeros() {
+    semantics("drop");
+}
+
+#[test]
+fn mremap_keeps_the_contents() {
+    semantics("remap");
+}
+
+#[test]
+fn faults_inside_system_calls_are_served() {
+    semantics("syscall");
+}
+
+fn python() -> String {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 is needed for the Python workload test (tests/run installs it)");
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn python_program_several_times_its_budget_computes_the_same_result() {
+    let py = python();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads/python_work.py");
+    let script = script.to_str().unwrap();
+    let plain = Command::new(&py).args([script, "60000"]).output().unwrap();
+    assert!(plain.status.success());
+    let expected = String::from_utf8(plain.stdout).unwrap();
+    let maxrss_kib: u64 = summary_number(&String::from_utf8_lossy(&plain.stderr), "maxrss_kib ");
+    let budget_mib = 8;
+    assert!(
+        maxrss_kib * 1024 >= 3 * budget_mib * MIB,
+        "the workload ({maxrss_kib} KiB) must be several times the budget"
+    );
+    let run = run_agent(
+        &format!("{budget_mib}MiB"),
+        &[&py, script, "60000"],
+        "",
+        Duration::from_secs(600),
+    );
+    assert_eq!(run.stdout, expected, "stderr:\n{}", run.stderr);
+    check_paged_run(&run, budget_mib, Duration::ZERO);
+}
+
+#[test]
+fn exit_status_stdin_stdout_and_signals_pass_through() {
+    let run = run_agent(
+        "8MiB",
+        &["sh", "-c", "read x; echo \"got $x\"; echo err >&2; exit 7"],
+        "hello\n",
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.status.code(), Some(7), "{}", run.stderr);
+    assert_eq!(run.stdout, "got hello\n");
+    assert!(run.stderr.starts_with("err\n"), "{}", run.stderr);
+    let run = run_agent(
+        "8MiB",
+        &["sh", "-c", "kill -USR1 $$"],
+        "",
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        run.status.signal(),
+        Some(libc::SIGUSR1),
+        "{:?}\n{}",
+        run.status,
+        run.stderr
+    );
+    std::env::set_var("YONDER_TEST_ENV", "kept");
+    let run = run_agent(
+        "8MiB",
+        &["sh", "-c", "test \"$YONDER_TEST_ENV\" = kept"],
+        "",
+        Duration::from_secs(60),
+    );
+    assert!(
+        run.status.success(),
+        "the environment passes through\n{}",
+        run.stderr
+    );
+}
