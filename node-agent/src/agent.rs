@@ -155,7 +155,10 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
                         let old = std::mem::replace(&mut current, next);
                         old.stop().await;
                     }
-                    Err(e) => debug!("another process of the workload stays unmanaged: {e:#}"),
+                    Err(e) => {
+                        debug!("another process of the workload stays unmanaged: {e:#}");
+                        stats.borrow_mut().unmanaged_processes += 1;
+                    }
                 }
             }
             () = tokio::time::sleep(Duration::from_millis(100)) => {

@@ -29,6 +29,8 @@ pub struct Stats {
     pub share_samples: Vec<(u64, u64)>,
     /// Address spaces attached so far (more than one after an exec).
     pub attached: u32,
+    /// Other processes of the workload (fork/exec children) that ran unmanaged.
+    pub unmanaged_processes: u64,
 }
 
 impl Default for Stats {
@@ -45,6 +47,7 @@ impl Default for Stats {
             remote_latency: Histogram::new(3).expect("valid histogram precision"),
             share_samples: Vec::new(),
             attached: 0,
+            unmanaged_processes: 0,
         }
     }
 }
@@ -113,6 +116,12 @@ impl Stats {
             mib(budget_pages as u64),
             mib(slack_pages as u64)
         );
+        if self.unmanaged_processes > 0 {
+            s += &format!(
+                "yonder: {} other processes of the workload (forked children) ran unmanaged\n",
+                self.unmanaged_processes
+            );
+        }
         if let Some(&(managed, rss)) = self.share_samples.iter().max_by_key(|(_, rss)| *rss) {
             s += &format!(
                 "yonder: managed share of anonymous RSS: {:.1}% ({:.1} of {:.1} MiB, at the largest RSS seen)\n",

@@ -128,8 +128,11 @@ extern "C" fn yonder_shim_init() {
     let Some(path) = std::env::var_os(proto::SOCKET_ENV) else {
         return;
     };
-    if let Err(e) = start(path) {
-        eprintln!("yonder: this process runs unmanaged: {e}");
+    match start(path) {
+        Ok(()) => {}
+        // Another process of the workload (a child): the agent counts these in its summary.
+        Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {}
+        Err(e) => eprintln!("yonder: this process runs unmanaged: {e}"),
     }
 }
 
@@ -223,7 +226,8 @@ fn start(path: OsString) -> io::Result<()> {
     match u64::from_le_bytes(reply[8..16].try_into().expect("8 bytes")) {
         proto::READY => {}
         proto::REFUSED => {
-            return Err(io::Error::other(
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
                 "the agent already manages another process of this workload",
             ))
         }
