@@ -316,3 +316,50 @@ fn exit_status_stdin_stdout_and_signals_pass_through() {
         run.stderr
     );
 }
+
+#[test]
+fn prometheus_metrics_are_served_while_the_workload_runs() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut agent = Command::new(bin("yonder-agent"))
+        .args([
+            "run",
+            "--local-mem",
+            "8MiB",
+            "--metrics",
+            &addr,
+            "--",
+            "sh",
+            "-c",
+            "sleep 3",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut body = String::new();
+    for _ in 0..40 {
+        std::thread::sleep(Duration::from_millis(100));
+        use std::io::Read;
+        if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+            s.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+                .unwrap();
+            body.clear();
+            let _ = s.read_to_string(&mut body);
+            if body.contains("yonder_agent_faults_total") {
+                break;
+            }
+        }
+    }
+    let status = agent.wait().unwrap();
+    assert!(status.success());
+    assert!(
+        body.contains("yonder_agent_faults_total{kind=\"zero\"}"),
+        "{body}"
+    );
+    assert!(body.contains("yonder_agent_resident_pages"), "{body}");
+}
