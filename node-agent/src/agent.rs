@@ -391,6 +391,12 @@ fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
 
 impl Workload {
     fn fail(&self, msg: String) {
+        // A workload that is exiting (or already a zombie) makes the work in flight fail; that is
+        // not an error worth reporting.
+        if procfs::rss_anon(self.pid).is_none() {
+            debug!("after the workload ended: {msg}");
+            return;
+        }
         let mut f = self.fatal.borrow_mut();
         if f.is_none() {
             tracing::error!("{msg}");
