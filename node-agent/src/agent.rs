@@ -42,6 +42,8 @@ use crate::{
 
 /// Pages evicted per batch.
 const EVICT_BATCH: usize = 256;
+/// Most pages fetched ahead of a sequential run of remote faults.
+const PREFETCH_MAX: u64 = 16;
 /// How often the agent looks for new anonymous mappings of the workload.
 const SCAN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -109,6 +111,8 @@ struct Workload {
     stuck_warned: Cell<bool>,
     /// First fatal error; the workload is killed when it is set.
     fatal: RefCell<Option<String>>,
+    /// Last remote fault and how many remote faults in a row were on consecutive pages.
+    last_remote: Cell<(u64, u32)>,
 }
 
 const ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
@@ -241,6 +245,7 @@ impl Attached {
             pressure: Notify::new(),
             stuck_warned: Cell::new(false),
             fatal: RefCell::default(),
+            last_remote: Cell::new((0, 0)),
         });
         let (stack, stack_len) = hello.helper_stack;
         w.refused.borrow_mut().insert(stack, stack + stack_len);
@@ -570,11 +575,39 @@ impl Workload {
             }
             MissingFault::Fetch(remote) => {
                 if self.table.borrow_mut().start_fetch(page) {
+                    let batch = self.with_prefetch(page, remote);
                     self.after_resident_change();
-                    tokio::task::spawn_local(fetch(self.clone(), page, remote, write, at));
+                    tokio::task::spawn_local(fetch(self.clone(), batch, write, at));
                 }
             }
         }
+    }
+
+    /// The faulting page plus, after consecutive remote faults, the evicted pages that follow it
+    /// (a window doubling up to PREFETCH_MAX), all marked as being fetched.
+    fn with_prefetch(&self, page: u64, remote: Remote) -> Vec<(u64, Remote)> {
+        let (last, run) = self.last_remote.get();
+        let run = if page == last + PAGE { run + 1 } else { 0 };
+        self.last_remote.set((page, run));
+        let mut batch = vec![(page, remote)];
+        if run < 2 {
+            return batch;
+        }
+        let window = (1u64 << run.min(4)).min(PREFETCH_MAX);
+        let mut t = self.table.borrow_mut();
+        for i in 1..=window {
+            let next = page + i * PAGE;
+            if t.resident() + 1 >= self.budget {
+                break;
+            }
+            match t.state(next) {
+                Some(crate::pages::State::Evicted { remote }) if t.start_fetch(next) => {
+                    batch.push((next, remote))
+                }
+                _ => break,
+            }
+        }
+        batch
     }
 
     fn over_hard_limit(&self) -> bool {
@@ -677,32 +710,45 @@ async fn fault_loop(w: Rc<Workload>) {
     }
 }
 
-async fn fetch(w: Rc<Workload>, page: u64, remote: Remote, write: bool, at: Instant) {
-    tracing::trace!(page, ?remote, "fetch start");
-    let data = match w.servers.read(w.space, remote).await {
+/// Fetches the faulting page (first in `batch`) and any prefetched ones in one request, and
+/// installs them; prefetched pages are installed write-protected, as clean copies.
+async fn fetch(w: Rc<Workload>, batch: Vec<(u64, Remote)>, write: bool, at: Instant) {
+    let remotes: Vec<Remote> = batch.iter().map(|b| b.1).collect();
+    let pages = match w.servers.read_many(w.space, &remotes).await {
         Ok(d) => d,
         Err(e) => {
-            w.fail(format!("the page at {page:#x} cannot be read back: {e}"));
+            w.fail(format!(
+                "the page at {:#x} cannot be read back: {e}",
+                batch[0].0
+            ));
             return;
         }
     };
-    loop {
-        if !w.table.borrow().fetch_wanted(page, remote) {
-            return;
-        }
-        // A read fault installs the page write-protected: it is clean until a write says otherwise.
-        match w.uffd.copy(page, &data, !write) {
-            Ok(r @ (Install::Done | Install::Exists)) => {
-                tracing::trace!(page, ?r, "fetch done");
-                w.table.borrow_mut().fetched(page, remote, write);
-                w.stats.borrow_mut().remote_fault(at.elapsed());
-                return;
+    for (i, ((page, remote), data)) in batch.into_iter().zip(pages).enumerate() {
+        let faulting = i == 0;
+        let dirty = faulting && write;
+        loop {
+            if !w.table.borrow().fetch_wanted(page, remote) {
+                break;
             }
-            Ok(Install::Again) => tokio::task::yield_now().await,
-            Ok(Install::Gone) => return,
-            Err(e) => {
-                w.fail(format!("cannot install the page at {page:#x}: {e}"));
-                return;
+            // A read installs the page write-protected: it is clean until a write says otherwise.
+            match w.uffd.copy(page, &data, !dirty) {
+                Ok(Install::Done | Install::Exists) => {
+                    w.table.borrow_mut().fetched(page, remote, dirty);
+                    let mut stats = w.stats.borrow_mut();
+                    if faulting {
+                        stats.remote_fault(at.elapsed());
+                    } else {
+                        stats.prefetched();
+                    }
+                    break;
+                }
+                Ok(Install::Again) => tokio::task::yield_now().await,
+                Ok(Install::Gone) => break,
+                Err(e) => {
+                    w.fail(format!("cannot install the page at {page:#x}: {e}"));
+                    return;
+                }
             }
         }
     }

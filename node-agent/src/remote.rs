@@ -63,34 +63,71 @@ impl Servers {
             .expect("at least one server")
     }
 
-    /// Reads one page at the version the agent last wrote.
-    pub async fn read(&self, space: u32, remote: Remote) -> Result<Vec<u8>, FetchError> {
-        let (name, client) = &self.clients[self.place(remote.slot)];
-        let item = ReadItem {
-            key: PageKey::new(space, remote.slot),
-            version: remote.version,
-        };
-        let mut results = client
-            .read(vec![item])
-            .await
-            .map_err(|source| FetchError::Request {
-                server: name.clone(),
-                source,
-            })?;
-        let lost = |what: String| FetchError::Lost {
-            server: name.clone(),
-            slot: remote.slot,
-            version: remote.version,
-            what,
-        };
-        match results.pop() {
-            Some(ReadResult::Found { version, data }) if version == remote.version => match data {
-                PageData::Zero => Ok(vec![0; PAGE_SIZE]),
-                PageData::Bytes(b) if b.len() == PAGE_SIZE => Ok(b),
-                PageData::Bytes(b) => Err(lost(format!("a page of {} bytes", b.len()))),
-            },
-            other => Err(lost(format!("{other:?}"))),
+    /// Reads several pages (one request per server involved); contents in the order asked.
+    pub async fn read_many(
+        &self,
+        space: u32,
+        remotes: &[Remote],
+    ) -> Result<Vec<Vec<u8>>, FetchError> {
+        let mut per_server: Vec<Vec<usize>> = vec![Vec::new(); self.clients.len()];
+        for (i, r) in remotes.iter().enumerate() {
+            per_server[self.place(r.slot)].push(i);
         }
+        let futures = per_server
+            .into_iter()
+            .enumerate()
+            .filter(|(_, idx)| !idx.is_empty())
+            .map(|(s, idx)| async move {
+                let (name, client) = &self.clients[s];
+                let items = idx
+                    .iter()
+                    .map(|&i| ReadItem {
+                        key: PageKey::new(space, remotes[i].slot),
+                        version: remotes[i].version,
+                    })
+                    .collect();
+                let results = client
+                    .read(items)
+                    .await
+                    .map_err(|source| FetchError::Request {
+                        server: name.clone(),
+                        source,
+                    })?;
+                let mut out = Vec::with_capacity(idx.len());
+                for (&i, r) in idx.iter().zip(results) {
+                    let remote = remotes[i];
+                    let lost = |what: String| FetchError::Lost {
+                        server: name.clone(),
+                        slot: remote.slot,
+                        version: remote.version,
+                        what,
+                    };
+                    let data = match r {
+                        ReadResult::Found { version, data } if version == remote.version => {
+                            match data {
+                                PageData::Zero => vec![0; PAGE_SIZE],
+                                PageData::Bytes(b) if b.len() == PAGE_SIZE => b,
+                                PageData::Bytes(b) => {
+                                    return Err(lost(format!("a page of {} bytes", b.len())))
+                                }
+                            }
+                        }
+                        other => return Err(lost(format!("{other:?}"))),
+                    };
+                    out.push((i, data));
+                }
+                Ok(out)
+            });
+        let mut pages: Vec<Option<Vec<u8>>> = vec![None; remotes.len()];
+        for result in futures_util::future::join_all(futures).await {
+            for (i, data) in result? {
+                pages[i] = Some(data);
+            }
+        }
+        Ok(pages
+            .into_iter()
+            .map(|p| p.expect("every page answered"))
+            .collect())
     }
 
     /// Writes pages; returns, per page in order, whether it is stored.

@@ -11,6 +11,8 @@ pub struct Stats {
     pub zero_faults: u64,
     /// Missing faults served from a memory server.
     pub remote_faults: u64,
+    /// Pages fetched ahead of a sequential run of faults.
+    pub prefetched: u64,
     /// Writes to write-protected (clean fetched) pages.
     pub wp_faults: u64,
     /// Pages evicted.
@@ -38,6 +40,7 @@ impl Default for Stats {
         Self {
             zero_faults: 0,
             remote_faults: 0,
+            prefetched: 0,
             wp_faults: 0,
             evicted: 0,
             clean_drops: 0,
@@ -68,6 +71,13 @@ impl Stats {
         histogram!("yonder_agent_remote_fault_duration_seconds").record(took.as_secs_f64());
     }
 
+    /// Records a page fetched ahead.
+    pub fn prefetched(&mut self) {
+        self.prefetched += 1;
+        self.bytes_in += 4096;
+        counter!("yonder_agent_prefetched_pages_total").increment(1);
+    }
+
     /// Records a write-protect fault.
     pub fn wp_fault(&mut self) {
         self.wp_faults += 1;
@@ -96,12 +106,13 @@ impl Stats {
         let q = |x: f64| self.remote_latency.value_at_quantile(x) as f64 / 1e3;
         let mut s = String::new();
         s += &format!(
-            "yonder: faults: {} zero-fill, {} remote (p50 {:.0} µs, p99 {:.0} µs), {} write-protect\n",
+            "yonder: faults: {} zero-fill, {} remote (p50 {:.0} µs, p99 {:.0} µs), {} write-protect; {} pages prefetched\n",
             self.zero_faults,
             self.remote_faults,
             q(0.5),
             q(0.99),
-            self.wp_faults
+            self.wp_faults,
+            self.prefetched
         );
         s += &format!(
             "yonder: evicted {} pages ({} clean drops without a write); {:.1} MiB out, {:.1} MiB in\n",
