@@ -121,14 +121,6 @@ impl<P: EvictionPolicy> PageTable<P> {
         self.pages.get(&page).copied()
     }
 
-    /// Pages with a remote copy and not present (for statistics).
-    pub fn evicted(&self) -> usize {
-        self.pages
-            .values()
-            .filter(|s| matches!(s, State::Evicted { .. }))
-            .count()
-    }
-
     fn make_resident(&mut self, page: u64, state: State) {
         let was_resident = matches!(
             self.pages.insert(page, state),
@@ -431,7 +423,8 @@ impl<P: EvictionPolicy> PageTable<P> {
         }
     }
 
-    /// Every remote copy the table refers to (for freeing them all at the end).
+    /// Every remote copy the table refers to.
+    #[cfg(test)]
     pub fn remotes(&self) -> Vec<Remote> {
         self.pages
             .values()

@@ -206,17 +206,6 @@ impl Servers {
         }
         freed
     }
-
-    /// Pages of this agent's tenant stored on all servers.
-    pub async fn tenant_pages(&self) -> u64 {
-        let mut total = 0;
-        for (_, client) in &self.clients {
-            if let Ok(s) = client.stats().await {
-                total += s.tenant_data_pages + s.tenant_zero_pages;
-            }
-        }
-        total
-    }
 }
 
 #[cfg(test)]
