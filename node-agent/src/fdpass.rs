@@ -1,28 +1,42 @@
-//! Receives the shim's hello and the workload's userfaultfd (SCM_RIGHTS) on a Unix stream.
+//! The shim's hello (with the workload's userfaultfd, SCM_RIGHTS) and the reply that hands a
+//! forked child its userfaultfd, on a Unix stream.
 
 use std::{
     io,
     os::{
-        fd::{AsRawFd, FromRawFd, OwnedFd},
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
         unix::net::UnixStream,
     },
 };
 
 use crate::shim_proto as proto;
 
-/// The hello of a shim: the workload's pid, its userfaultfd, and memory to leave unmanaged.
+/// The hello of a shim: the process, how it came to be, and memory to leave unmanaged.
 pub struct Hello {
-    /// Process id of the workload.
+    /// Process id.
     pub pid: u32,
-    /// The workload's userfaultfd.
-    pub uffd: OwnedFd,
+    /// A program started (or exec'd) with its new userfaultfd, or a forked child.
+    pub kind: HelloKind,
     /// The shim helper's stack `(start, len)`: never registered.
     pub helper_stack: (u64, u64),
 }
 
+/// How the process that says hello came to be.
+pub enum HelloKind {
+    /// A program that loaded the shim: its userfaultfd.
+    Program(OwnedFd),
+    /// A child forked by a managed process: whose, and which of its forks (from 1).
+    Forked {
+        /// Parent's pid.
+        ppid: u32,
+        /// The parent's fork number.
+        seq: u64,
+    },
+}
+
 /// Reads the hello (blocking). Fails on anything but a well-formed hello with one descriptor.
 pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
-    let mut data = [0u8; 8 * (proto::HELLO_WORDS + 1)];
+    let mut data = [0u8; 8 * (proto::FORK_HELLO_WORDS + 1)];
     let mut iov = libc::iovec {
         iov_base: data.as_mut_ptr() as *mut libc::c_void,
         iov_len: data.len(),
@@ -60,8 +74,14 @@ pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
         .collect();
-    if n as usize != data.len() || words[0] != proto::HELLO_WORDS as u64 || words[1] != proto::MAGIC
-    {
+    let n = n as usize;
+    let program = n == 8 * (proto::HELLO_WORDS + 1)
+        && words[0] == proto::HELLO_WORDS as u64
+        && words[1] == proto::MAGIC;
+    let forked = n == 8 * (proto::FORK_HELLO_WORDS + 1)
+        && words[0] == proto::FORK_HELLO_WORDS as u64
+        && words[1] == proto::FORK_MAGIC;
+    if !program && !forked {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             "not a Yonder shim hello",
@@ -77,11 +97,58 @@ pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
             ),
         ));
     }
+    if forked {
+        return Ok(Hello {
+            pid: words[3] as u32,
+            kind: HelloKind::Forked {
+                ppid: words[4] as u32,
+                seq: words[5],
+            },
+            helper_stack: (words[6], words[7]),
+        });
+    }
     let uffd = fd
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "hello without a userfaultfd"))?;
     Ok(Hello {
         pid: words[3] as u32,
-        uffd,
+        kind: HelloKind::Program(uffd),
         helper_stack: (words[4], words[5]),
     })
+}
+
+/// Sends `words` (with their count first, as every shim message) and one descriptor (blocking).
+pub fn send_with_fd(stream: &UnixStream, words: &[u64], fd: RawFd) -> io::Result<()> {
+    let mut data = Vec::with_capacity(8 * (words.len() + 1));
+    data.extend_from_slice(&(words.len() as u64).to_le_bytes());
+    for w in words {
+        data.extend_from_slice(&w.to_le_bytes());
+    }
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    let mut cmsg_buf = [0u64; 8];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space;
+    // SAFETY: `cmsg_buf` has room for CMSG_SPACE(4) bytes, so the first header and its data lie
+    // inside it; the data written is one i32.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut i32, fd);
+    }
+    // SAFETY: `msg` and everything it points to live across the call.
+    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+    if n != data.len() as isize {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }

@@ -10,6 +10,7 @@ pub mod procfs;
 pub mod remote;
 pub mod stats;
 pub mod uffd;
+pub mod workload;
 
 #[path = "../shim/src/proto.rs"]
 pub mod shim_proto;

@@ -11,12 +11,90 @@
 //! - `Evicting`: present and write-protected while its content is saved and then dropped.
 //! - `Evicted`: not present; its content is `remote`.
 
-use std::collections::BTreeMap;
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+    rc::Rc,
+};
 
 use crate::eviction::EvictionPolicy;
 
 /// Size of a page.
 pub const PAGE: u64 = 4096;
+
+/// The remote slots of one workload (all its processes), with how many page-table entries refer
+/// to each. After a fork, parent and child refer to the same slots; a slot referred to by more
+/// than one entry is never written again (copy-on-write at the remote level), and it is freed on
+/// the servers when the last reference goes.
+#[derive(Debug)]
+pub struct Slots {
+    next_slot: u64,
+    next_version: u64,
+    refs: HashMap<u64, u32>,
+}
+
+impl Default for Slots {
+    fn default() -> Self {
+        Self {
+            next_slot: 0,
+            next_version: 1,
+            refs: HashMap::new(),
+        }
+    }
+}
+
+impl Slots {
+    /// A new slot with one reference.
+    fn alloc(&mut self) -> u64 {
+        let slot = self.next_slot;
+        self.next_slot += 1;
+        self.refs.insert(slot, 1);
+        slot
+    }
+
+    /// A version newer than every one handed out before.
+    fn version(&mut self) -> u64 {
+        self.next_version += 1;
+        self.next_version
+    }
+
+    /// One more reference to `slot`.
+    fn share(&mut self, slot: u64) {
+        *self.refs.entry(slot).or_insert(0) += 1;
+    }
+
+    /// References to `slot`.
+    fn refs(&self, slot: u64) -> u32 {
+        self.refs.get(&slot).copied().unwrap_or(0)
+    }
+
+    /// Drops one reference per copy in `released`; returns the copies no one refers to any more
+    /// (to free on the servers). Their version is `u64::MAX`: slots are never reused, so the
+    /// free may remove whatever version the servers hold.
+    pub fn release(&mut self, released: Vec<Remote>) -> Vec<Remote> {
+        let mut free = Vec::new();
+        for r in released {
+            match self.refs.get_mut(&r.slot) {
+                Some(n) if *n > 1 => *n -= 1,
+                Some(_) => {
+                    self.refs.remove(&r.slot);
+                    free.push(Remote {
+                        slot: r.slot,
+                        version: u64::MAX,
+                    });
+                }
+                // Not counted (never shared): free it as it is.
+                None => free.push(r),
+            }
+        }
+        free
+    }
+
+    /// Slots with at least one reference.
+    pub fn live(&self) -> usize {
+        self.refs.len()
+    }
+}
 
 /// Where a page's content lives on the memory servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -95,20 +173,87 @@ pub struct PageTable<P> {
     pages: BTreeMap<u64, State>,
     policy: P,
     resident: usize,
-    next_slot: u64,
-    next_version: u64,
+    slots: Rc<RefCell<Slots>>,
 }
 
 impl<P: EvictionPolicy> PageTable<P> {
-    /// An empty table using `policy` to choose victims.
+    /// An empty table using `policy` to choose victims, with slots of its own.
     pub fn new(policy: P) -> Self {
+        Self::with_slots(policy, Rc::default())
+    }
+
+    /// An empty table whose remote copies live in the shared `slots`.
+    pub fn with_slots(policy: P, slots: Rc<RefCell<Slots>>) -> Self {
         Self {
             pages: BTreeMap::new(),
             policy,
             resident: 0,
-            next_slot: 0,
-            next_version: 1,
+            slots,
         }
+    }
+
+    /// The slots this table's remote copies live in.
+    pub fn slots(&self) -> &Rc<RefCell<Slots>> {
+        &self.slots
+    }
+
+    /// The table of a child forked while this table was current: every remote copy is shared
+    /// (one more reference each), and each page is in the state the child's memory can be in.
+    ///
+    /// The kernel copied the address space before the agent read the fork event, but while it
+    /// waited for us no ioctl on the parent's uffd could succeed (`mmap_changing`), so installs
+    /// and write protections match the copy. Only the shim's drops could run meanwhile: a page
+    /// whose drop was under way is taken as evicted (its saved copy equals its content, and a
+    /// write to it if it is still present comes as a write-protect fault, which repairs the
+    /// state in [`Self::write_fault`]).
+    pub fn fork_clone(&self, policy: P) -> Self {
+        let mut child = Self::with_slots(policy, self.slots.clone());
+        let mut slots = self.slots.borrow_mut();
+        for (&page, &state) in &self.pages {
+            let state = match state {
+                State::Resident { .. } => state,
+                State::Fetching { remote } | State::Evicted { remote } => State::Evicted { remote },
+                State::Evicting(e) if e.program_dropped => continue,
+                State::Evicting(e) if !e.dropping => State::Resident {
+                    dirty: true,
+                    remote: e.old,
+                },
+                State::Evicting(e) => match e.new {
+                    Some(remote) => State::Evicted { remote },
+                    None => continue,
+                },
+            };
+            match state {
+                State::Resident { remote, .. } => {
+                    if let Some(r) = remote {
+                        slots.share(r.slot);
+                    }
+                    child.resident += 1;
+                    child.policy.inserted(page);
+                }
+                State::Evicted { remote } => slots.share(remote.slot),
+                _ => {}
+            }
+            child.pages.insert(page, state);
+        }
+        child
+    }
+
+    /// Every remote copy the table refers to, one per reference it holds (to release them all
+    /// when the process is gone).
+    pub fn all_references(&self) -> Vec<Remote> {
+        let mut out = Vec::new();
+        for s in self.pages.values() {
+            match *s {
+                State::Resident { remote, .. } => out.extend(remote),
+                State::Fetching { remote } | State::Evicted { remote } => out.push(remote),
+                State::Evicting(e) => {
+                    out.extend(e.old);
+                    out.extend(e.new.filter(|n| Some(n.slot) != e.old.map(|o| o.slot)));
+                }
+            }
+        }
+        out
     }
 
     /// Pages present in the workload or about to be (resident, being fetched or evicted).
@@ -228,7 +373,23 @@ impl<P: EvictionPolicy> PageTable<P> {
                 WriteFault::Unprotect
             }
             Some(State::Evicting(_)) => WriteFault::WaitForEviction,
-            _ => WriteFault::Wake,
+            Some(State::Fetching { .. }) => WriteFault::Wake,
+            // A write-protect fault proves the page is present: a page the table took as
+            // evicted or unknown (a fork child's page whose drop raced the fork) is resident.
+            other => {
+                let remote = match other {
+                    Some(State::Evicted { remote }) => Some(*remote),
+                    _ => None,
+                };
+                self.make_resident(
+                    page,
+                    State::Resident {
+                        dirty: true,
+                        remote,
+                    },
+                );
+                WriteFault::Unprotect
+            }
         }
     }
 
@@ -248,14 +409,15 @@ impl<P: EvictionPolicy> PageTable<P> {
             let new = match remote {
                 Some(r) if !write => r,
                 _ => {
-                    let slot = remote.map(|r| r.slot).unwrap_or_else(|| {
-                        self.next_slot += 1;
-                        self.next_slot - 1
-                    });
-                    self.next_version += 1;
+                    let mut slots = self.slots.borrow_mut();
+                    // Rewrite the slot only if no other process refers to it.
+                    let slot = match remote {
+                        Some(r) if slots.refs(r.slot) <= 1 => r.slot,
+                        _ => slots.alloc(),
+                    };
                     Remote {
                         slot,
-                        version: self.next_version,
+                        version: slots.version(),
                     }
                 }
             };
@@ -275,17 +437,20 @@ impl<P: EvictionPolicy> PageTable<P> {
     }
 
     /// The eviction of `page` could not save it (server error, full servers): it stays resident.
-    pub fn abort_eviction(&mut self, page: u64) {
-        if let Some(State::Evicting(e)) = self.pages.get(&page).copied() {
-            self.pages.insert(
-                page,
-                State::Resident {
-                    dirty: true,
-                    remote: e.old,
-                },
-            );
-            self.policy.inserted(page);
-        }
+    /// Returns a remote copy that is now garbage (the new slot it did not fill), if any.
+    pub fn abort_eviction(&mut self, page: u64) -> Option<Remote> {
+        let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
+            return None;
+        };
+        self.pages.insert(
+            page,
+            State::Resident {
+                dirty: true,
+                remote: e.old,
+            },
+        );
+        self.policy.inserted(page);
+        new_slot(&e)
     }
 
     /// The drop of `page` is about to be sent; false if the page is no longer being evicted.
@@ -305,7 +470,11 @@ impl<P: EvictionPolicy> PageTable<P> {
             return Vec::new();
         };
         self.resident -= 1;
-        let mut garbage: Vec<Remote> = e.old.into_iter().filter(|o| Some(*o) != e.new).collect();
+        let mut garbage: Vec<Remote> = e
+            .old
+            .into_iter()
+            .filter(|o| Some(o.slot) != e.new.map(|n| n.slot))
+            .collect();
         if e.program_dropped {
             self.pages.remove(&page);
             garbage.extend(e.new);
@@ -362,7 +531,7 @@ impl<P: EvictionPolicy> PageTable<P> {
                     // the eviction would drop it, and a drop must never hit new memory.
                     self.resident -= 1;
                     garbage.extend(e.old);
-                    garbage.extend(e.new.filter(|n| Some(*n) != e.old));
+                    garbage.extend(new_slot(&e));
                 }
                 State::Resident { remote, .. } => {
                     self.resident -= 1;
@@ -381,7 +550,9 @@ impl<P: EvictionPolicy> PageTable<P> {
     }
 
     /// The program moved `len` bytes from `from` to `to` (mremap): states move with the pages.
-    pub fn remapped(&mut self, from: u64, to: u64, len: u64) {
+    /// Returns remote copies that are now garbage.
+    pub fn remapped(&mut self, from: u64, to: u64, len: u64) -> Vec<Remote> {
+        let mut garbage = Vec::new();
         let moved: Vec<(u64, State)> = self
             .pages
             .range(from..from + len)
@@ -402,16 +573,23 @@ impl<P: EvictionPolicy> PageTable<P> {
                 }
                 // The page moved before the drop: it is still present (and still
                 // write-protected, which a write fault will clear) at the new address.
-                State::Evicting(e) if !e.dropping => State::Resident {
-                    dirty: true,
-                    remote: e.old,
-                },
+                State::Evicting(e) if !e.dropping => {
+                    garbage.extend(new_slot(&e));
+                    State::Resident {
+                        dirty: true,
+                        remote: e.old,
+                    }
+                }
                 // Already dropped by us: its content is what the eviction wrote.
                 State::Evicting(e) => {
                     self.resident -= 1;
+                    garbage.extend(e.old.filter(|o| Some(o.slot) != e.new.map(|n| n.slot)));
                     match e.new {
                         Some(remote) if !e.program_dropped => State::Evicted { remote },
-                        _ => continue,
+                        _ => {
+                            garbage.extend(e.new);
+                            continue;
+                        }
                     }
                 }
                 other => other,
@@ -421,6 +599,7 @@ impl<P: EvictionPolicy> PageTable<P> {
             }
             self.pages.insert(dest, state);
         }
+        garbage
     }
 
     /// Every remote copy the table refers to.
@@ -435,6 +614,11 @@ impl<P: EvictionPolicy> PageTable<P> {
             })
             .collect()
     }
+}
+
+/// The slot an eviction allocated beyond the page's old one, if it did.
+fn new_slot(e: &Evicting) -> Option<Remote> {
+    e.new.filter(|n| Some(n.slot) != e.old.map(|o| o.slot))
 }
 
 #[cfg(test)]

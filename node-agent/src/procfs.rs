@@ -83,6 +83,29 @@ pub fn present_pages(pid: u32, start: u64, end: u64) -> io::Result<Vec<u64>> {
     Ok(out)
 }
 
+/// Parent pid of `pid`, if the process exists.
+pub fn ppid(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (in parentheses) may hold spaces: the fields after it are fixed.
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether `pid` is `ancestor` or descends from it.
+pub fn descends_from(pid: u32, ancestor: u32) -> bool {
+    let mut p = pid;
+    for _ in 0..128 {
+        if p == ancestor {
+            return true;
+        }
+        match ppid(p) {
+            Some(q) if q > 1 && q != p => p = q,
+            _ => return false,
+        }
+    }
+    false
+}
+
 /// Anonymous resident memory of `pid` in bytes (RssAnon), if the process still exists.
 pub fn rss_anon(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -182,6 +205,15 @@ mod tests {
             None
         );
         assert_eq!(file_writable_end("7f00-7f10 rw-p 00000000 00:00 0"), None);
+    }
+
+    #[test]
+    fn finds_its_own_ancestry() {
+        let me = std::process::id();
+        let parent = ppid(me).unwrap();
+        assert!(descends_from(me, me));
+        assert!(descends_from(me, parent));
+        assert!(!descends_from(parent, me));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 
 use std::{
     io,
-    os::fd::{AsRawFd, OwnedFd, RawFd},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
     rc::Rc,
 };
 
@@ -23,6 +23,7 @@ pub const FEATURES: u64 = sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP
     | sys::UFFD_FEATURE_EVENT_REMAP
     | sys::UFFD_FEATURE_EVENT_REMOVE
     | sys::UFFD_FEATURE_EVENT_UNMAP
+    | sys::UFFD_FEATURE_EVENT_FORK
     | sys::UFFD_FEATURE_THREAD_ID;
 
 /// One event read from the uffd.
@@ -59,6 +60,12 @@ pub enum Event {
         to: u64,
         /// Length in bytes.
         len: u64,
+    },
+    /// The process forked: the child's memory has a new uffd, installed in the agent as this
+    /// descriptor (owned by whoever handles the event).
+    Fork {
+        /// The child's uffd, already initialised with the parent's features.
+        ufd: RawFd,
     },
     /// An event the agent did not ask for.
     Other(u8),
@@ -116,6 +123,29 @@ impl Uffd {
         };
         ioctl(uffd.fd.as_raw_fd(), sys::UFFDIO_API, &mut api)?;
         Ok(uffd)
+    }
+
+    /// Takes ownership of a uffd the kernel created at a fork (already past the handshake).
+    pub fn forked(fd: OwnedFd) -> Self {
+        Self { fd }
+    }
+
+    /// Whether the address space of this uffd still exists (false once its process exited or
+    /// exec'd). Probes with a zero-page request at `unregistered`, an address no range of this
+    /// uffd covers: a live address space answers ENOENT (or EAGAIN), a gone one ESRCH.
+    pub fn mm_alive(&self, unregistered: u64) -> bool {
+        let mut zp = sys::uffdio_zeropage {
+            range: sys::uffdio_range {
+                start: unregistered,
+                len: PAGE,
+            },
+            mode: sys::UFFDIO_ZEROPAGE_MODE_DONTWAKE,
+            zeropage: 0,
+        };
+        match ioctl(self.fd.as_raw_fd(), sys::UFFDIO_ZEROPAGE, &mut zp) {
+            Err(e) => e.raw_os_error() != Some(libc::ESRCH),
+            Ok(()) => true,
+        }
     }
 
     /// Registers `[start, start+len)` for missing and write-protect faults.
@@ -217,6 +247,13 @@ impl AsRawFd for Uffd {
     }
 }
 
+/// Takes ownership of the child's uffd that a fork event installed in the agent.
+pub fn adopt_fork_fd(ufd: RawFd) -> OwnedFd {
+    // SAFETY: reading the fork event installed this descriptor in our table for us; nothing
+    // else refers to it, and each event is handled once.
+    unsafe { OwnedFd::from_raw_fd(ufd) }
+}
+
 /// A uffd shared with a readiness watcher; keeps the descriptor open while watched.
 pub struct Watched(Rc<Uffd>);
 
@@ -272,6 +309,13 @@ fn decode(msg: &sys::uffd_msg) -> Event {
                 from: r.from,
                 to: r.to,
                 len: r.len,
+            }
+        }
+        sys::UFFD_EVENT_FORK => {
+            // SAFETY: see above; FORK carries `fork`.
+            let f = unsafe { msg.arg.fork };
+            Event::Fork {
+                ufd: f.ufd as RawFd,
             }
         }
         other => Event::Other(other),

@@ -12,6 +12,12 @@
 //!
 //! The shim keeps its own copy of the uffd so that the agent dying cannot unregister the memory
 //! (which would make evicted pages read as zeros); faults block instead until the helper acts.
+//!
+//! After a `fork`, the child has no helper thread and the kernel gave the child's new uffd to the
+//! agent (UFFD_EVENT_FORK). A `pthread_atfork` child handler reconnects: it tells the agent its
+//! pid, its parent and which of the parent's forks it is (forks are numbered under a lock, so the
+//! agent can pair it with the n-th fork event), receives its uffd back and starts a helper. It
+//! uses no heap: the C library's allocator state in a forked child is not ours to rely on.
 
 use std::{
     ffi::OsString,
@@ -20,7 +26,7 @@ use std::{
         fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd},
         unix::net::UnixStream,
     },
-    sync::atomic::{AtomicI32, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
 };
 
 #[path = "proto.rs"]
@@ -31,6 +37,26 @@ const HELPER_STACK: usize = 256 * 1024;
 
 /// The workload's uffd once the agent manages it; -1 before.
 static UFFD: AtomicI32 = AtomicI32::new(-1);
+
+/// The socket to the agent that the helper serves; -1 before.
+static SOCK: AtomicI32 = AtomicI32::new(-1);
+
+/// Held from the prepare to the parent/child handler of a fork: forks are numbered one at a time.
+static FORK_LOCK: AtomicBool = AtomicBool::new(false);
+
+/// Forks this process made since it came under management.
+static FORK_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// The agent's socket address, saved at load time for forked children.
+struct SockAddr(std::cell::UnsafeCell<libc::sockaddr_un>);
+
+// SAFETY: written once by the constructor before any thread or fork exists, read-only after.
+unsafe impl Sync for SockAddr {}
+
+static AGENT_ADDR: SockAddr = SockAddr(std::cell::UnsafeCell::new(libc::sockaddr_un {
+    sun_family: 0,
+    sun_path: [0; 108],
+}));
 
 /// The C library's mmap, found with dlsym(RTLD_NEXT).
 static REAL_MMAP: AtomicUsize = AtomicUsize::new(0);
@@ -219,6 +245,7 @@ fn start(path: OsString) -> io::Result<()> {
         )
     })?;
     let stack = helper_stack()?;
+    save_agent_addr(&path)?;
     let mut stream = UnixStream::connect(&path)?;
     send_hello(&stream, &uffd, stack as u64)?;
     let mut reply = [0u8; 16];
@@ -238,10 +265,45 @@ fn start(path: OsString) -> io::Result<()> {
             ))
         }
     }
-    // The helper owns both descriptors from here on; they travel in its argument, not the heap.
-    let uffd = uffd.into_raw_fd();
+    start_helper(stream.into_raw_fd(), uffd.into_raw_fd(), stack)?;
+    // SAFETY: registers three extern "C" functions that live as long as the process.
+    let rc = unsafe {
+        libc::pthread_atfork(
+            Some(before_fork),
+            Some(after_fork_parent),
+            Some(after_fork_child),
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    Ok(())
+}
+
+fn save_agent_addr(path: &OsString) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = path.as_bytes();
+    // SAFETY: only the constructor writes AGENT_ADDR, before any other thread exists.
+    let addr = unsafe { &mut *AGENT_ADDR.0.get() };
+    if bytes.len() >= addr.sun_path.len() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "agent socket path too long",
+        ));
+    }
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, &b) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = b as libc::c_char;
+    }
+    Ok(())
+}
+
+/// Starts the helper thread on `stack`, serving `sock`; it keeps `uffd` open. Both descriptors
+/// travel in its argument, not the heap.
+fn start_helper(sock: i32, uffd: i32, stack: *mut libc::c_void) -> io::Result<()> {
     UFFD.store(uffd, Ordering::Release);
-    let arg = (stream.into_raw_fd() as u64) | ((uffd as u64) << 32);
+    SOCK.store(sock, Ordering::Release);
+    let arg = (sock as u64) | ((uffd as u64) << 32);
     // SAFETY: attr is initialised before use and destroyed after; the stack is a mapping of
     // HELPER_STACK bytes that stays mapped for the life of the process.
     unsafe {
@@ -257,6 +319,133 @@ fn start(path: OsString) -> io::Result<()> {
         libc::pthread_detach(tid);
     }
     Ok(())
+}
+
+extern "C" fn before_fork() {
+    while FORK_LOCK
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
+        // SAFETY: sched_yield(2) has no preconditions.
+        unsafe { libc::sched_yield() };
+    }
+    FORK_SEQ.fetch_add(1, Ordering::Relaxed);
+}
+
+extern "C" fn after_fork_parent() {
+    FORK_LOCK.store(false, Ordering::Release);
+}
+
+extern "C" fn after_fork_child() {
+    FORK_LOCK.store(false, Ordering::Release);
+    let seq = FORK_SEQ.swap(0, Ordering::Relaxed);
+    // The parent's uffd and agent connection are the parent's business.
+    for fd in [
+        SOCK.swap(-1, Ordering::AcqRel),
+        UFFD.swap(-1, Ordering::AcqRel),
+    ] {
+        if fd >= 0 {
+            // SAFETY: closes descriptors this child inherited and no one else here uses.
+            unsafe { libc::close(fd) };
+        }
+    }
+    if !attach_forked(seq) {
+        // Our memory is only complete through the agent: running on could read zeros.
+        die(b"yonder: a forked child could not reach the node agent; stopping it, its memory would be incomplete\n");
+    }
+}
+
+/// Writes `msg` to stderr and kills this process.
+fn die(msg: &[u8]) {
+    // SAFETY: write(2) of a caller's buffer to stderr, then kill(2) on our own pid.
+    unsafe {
+        libc::write(2, msg.as_ptr() as *const libc::c_void, msg.len());
+        libc::kill(libc::getpid(), libc::SIGKILL);
+    }
+}
+
+/// The forked child's side of the handshake (no heap); false if the agent cannot take it.
+fn attach_forked(seq: u64) -> bool {
+    let Ok(stack) = helper_stack() else {
+        return false;
+    };
+    // SAFETY: socket(2) with constant arguments.
+    let sock = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return false;
+    }
+    // SAFETY: AGENT_ADDR was filled by the constructor and is only read now; connect(2) reads
+    // exactly size_of::<sockaddr_un>() bytes of it.
+    let rc = unsafe {
+        libc::connect(
+            sock,
+            AGENT_ADDR.0.get() as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return false;
+    }
+    // SAFETY: getpid(2) and getppid(2) cannot fail.
+    let (pid, ppid) = unsafe { (libc::getpid() as u64, libc::getppid() as u64) };
+    let words = [
+        proto::FORK_HELLO_WORDS as u64,
+        proto::FORK_MAGIC,
+        proto::VERSION,
+        pid,
+        ppid,
+        seq,
+        stack as u64,
+        HELPER_STACK as u64,
+    ];
+    let mut data = [0u8; 8 * (proto::FORK_HELLO_WORDS + 1)];
+    for (i, w) in words.iter().enumerate() {
+        data[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    if !write_full(sock, &data) {
+        return false;
+    }
+    let mut reply = [0u8; 16];
+    let Some(uffd) = recv_with_fd(sock, &mut reply) else {
+        return false;
+    };
+    if u64::from_le_bytes(reply[8..16].try_into().expect("8 bytes")) != proto::READY {
+        return false;
+    }
+    start_helper(sock, uffd, stack).is_ok()
+}
+
+/// Receives exactly `buf.len()` bytes with one descriptor attached; the descriptor, or None.
+fn recv_with_fd(sock: i32, buf: &mut [u8]) -> Option<i32> {
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut cmsg_buf = [0u64; 8];
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = std::mem::size_of_val(&cmsg_buf);
+    // SAFETY: `msg` points at buffers that live across the call and whose sizes it states.
+    let n = unsafe { libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_WAITALL) };
+    if n != buf.len() as isize {
+        return None;
+    }
+    let mut fd = None;
+    // SAFETY: the kernel filled `msg_controllen` bytes of `cmsg_buf`; CMSG_FIRSTHDR/NXTHDR stay
+    // within them, and an SCM_RIGHTS payload holds whole descriptors.
+    unsafe {
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                fd = Some(std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const i32));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+    }
+    fd
 }
 
 /// Reads exactly `buf.len()` bytes; false on EOF or error.
@@ -381,6 +570,12 @@ extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
         )
     };
     let mut buf = [0u8; 8 * (proto::MAX_WORDS + 1)];
+    let mut up = [0u8; 16];
+    up[..8].copy_from_slice(&1u64.to_le_bytes());
+    up[8..].copy_from_slice(&proto::HELPER_UP.to_le_bytes());
+    // Creating this thread may have faulted on managed memory (the C library allocates its
+    // thread-local storage); only now can the agent count on drops being served.
+    write_full(sock, &up);
     loop {
         let mut head = [0u8; 8];
         let ok = read_full(sock, &mut head) && {
@@ -388,13 +583,7 @@ extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
             (1..=proto::MAX_WORDS).contains(&n) && read_full(sock, &mut buf[..8 * n])
         };
         if !ok {
-            let msg =
-                b"yonder: lost the node agent; stopping this workload, its memory is incomplete\n";
-            // SAFETY: write(2) of a static buffer to stderr, then kill(2) on our own pid.
-            unsafe {
-                libc::write(2, msg.as_ptr() as *const libc::c_void, msg.len());
-                libc::kill(libc::getpid(), libc::SIGKILL);
-            }
+            die(b"yonder: lost the node agent; stopping this workload, its memory is incomplete\n");
             return std::ptr::null_mut();
         }
         let word =

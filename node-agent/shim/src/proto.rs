@@ -12,6 +12,12 @@ pub const HELLO_WORDS: usize = 5;
 pub const MAGIC: u64 = 0x594f_4e44_4552_0001;
 /// Protocol version, second word of the hello.
 pub const VERSION: u64 = 1;
+/// Words of the hello of a forked child (no descriptor attached): `[FORK_MAGIC, VERSION, pid,
+/// parent pid, fork number in the parent, helper stack start, helper stack length]`. The agent
+/// answers `READY` with the child's userfaultfd attached (the kernel gave it to the agent).
+pub const FORK_HELLO_WORDS: usize = 7;
+/// First word of a forked child's hello.
+pub const FORK_MAGIC: u64 = 0x594f_4e44_4552_0002;
 /// Agent → shim: the memory is registered, the program may start.
 pub const READY: u64 = 1;
 /// Agent → shim: this process will not be managed.
@@ -20,6 +26,8 @@ pub const REFUSED: u64 = 2;
 pub const DROP: u64 = 3;
 /// Shim → agent: `[DROPPED, id, errno]`.
 pub const DROPPED: u64 = 4;
+/// Shim → agent, the helper's first message: `[HELPER_UP]`; drops may be sent from now on.
+pub const HELPER_UP: u64 = 5;
 /// Most ranges in one DROP message.
 pub const MAX_RANGES: usize = 64;
 /// Most words in any message.

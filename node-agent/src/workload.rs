@@ -1,0 +1,1079 @@
+//! One managed workload: a process tree whose anonymous memory shares one local-memory budget and
+//! one remote space, and the tasks that serve it (fault loops, scanners, the evictor).
+//!
+//! Everything runs on one thread (a current-thread runtime): reading the uffds, fetching over
+//! QUIC, installing pages, evicting. A wake-up on another vCPU costs ~20-25 µs on the machines
+//! this was measured on, so the fault path has no thread hop. Only copying victims out of a
+//! process (`process_vm_readv`) runs on a blocking thread, because it could fault on the
+//! process's memory and must never wait for the very loop that serves that fault.
+//!
+//! Processes: the program the workload started is attached by the shim's hello. A `fork` reaches
+//! the agent as UFFD_EVENT_FORK on the parent's uffd, with the child's uffd: the child gets a copy
+//! of the parent's page table (sharing every remote slot, see [`crate::pages::Slots`]) and is
+//! served at once; its shim then says hello with its pid, which pairs it with that fork event and
+//! lets the agent scan and evict its memory. A descendant that execs a program loading the shim
+//! attaches like the first program.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::{BTreeMap, HashMap, HashSet},
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+    rc::Rc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{UnixListener, UnixStream},
+    sync::Notify,
+};
+use tracing::{debug, info, warn};
+use yonder_common::protocol::PageData;
+
+use crate::{
+    eviction::Clock,
+    fdpass::{self, HelloKind},
+    pages::{MissingFault, PageTable, Remote, Slots, State, WriteFault, PAGE},
+    procfs,
+    remote::Servers,
+    shim_proto as proto,
+    stats::Stats,
+    uffd::{Event, Install, Uffd},
+};
+
+/// Pages evicted per batch.
+pub const EVICT_BATCH: usize = 256;
+/// Most pages fetched ahead of a sequential run of remote faults.
+const PREFETCH_MAX: u64 = 16;
+/// How often the agent looks for new anonymous mappings of a process.
+const SCAN_INTERVAL: Duration = Duration::from_millis(10);
+
+const ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
+
+/// A workload: its processes, budget and remote space.
+pub struct Group {
+    /// Name shown in logs and status (the program).
+    pub name: String,
+    /// Remote space of all its pages.
+    pub space: u32,
+    servers: Rc<Servers>,
+    slots: Rc<RefCell<Slots>>,
+    /// Counters.
+    pub stats: Rc<RefCell<Stats>>,
+    /// Budget in pages.
+    pub budget: usize,
+    /// Pages it may be over budget while the evictor catches up.
+    pub slack: usize,
+    /// The first program's pid: processes that descend from it may attach.
+    root: Cell<u32>,
+    procs: RefCell<Vec<Rc<Proc>>>,
+    pressure: Notify,
+    stuck_warned: Cell<bool>,
+    fatal: RefCell<Option<String>>,
+    tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// One process of a workload (one address space, one uffd).
+struct Proc {
+    g: Rc<Group>,
+    /// 0 for a forked child until its shim says hello.
+    pid: Cell<u32>,
+    /// For a forked child not paired yet: its parent and which of the parent's forks it is.
+    forked_from: Cell<Option<(u32, u64)>>,
+    /// Fork events seen on this process's uffd.
+    forks: Cell<u64>,
+    uffd: Rc<Uffd>,
+    table: RefCell<PageTable<Clock>>,
+    /// Ranges registered with the uffd: start -> end.
+    registered: RefCell<BTreeMap<u64, u64>>,
+    /// Ranges that could not be registered (left alone): start -> end.
+    refused: RefCell<BTreeMap<u64, u64>>,
+    /// Per page, how many REMOVE events our own drops still owe us.
+    our_drops: RefCell<HashMap<u64, u32>>,
+    /// Faults that wait for room under the budget.
+    deferred: RefCell<Vec<(u64, bool)>>,
+    /// Last remote fault and how many remote faults in a row were on consecutive pages.
+    last_remote: Cell<(u64, u32)>,
+    /// The shim's helper, once attached (taken out while an eviction talks to it).
+    shim: RefCell<Option<UnixStream>>,
+    tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+    /// No longer part of the workload (exited, or replaced by an exec).
+    removed: Cell<bool>,
+}
+
+/// A random space id, so that agents sharing a client certificate do not collide.
+fn random_space() -> u32 {
+    let mut b = [0u8; 4];
+    use std::io::Read;
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return t.subsec_nanos() ^ std::process::id();
+    }
+    u32::from_le_bytes(b)
+}
+
+impl Group {
+    /// A workload with no process yet.
+    pub fn new(name: String, servers: Rc<Servers>, budget: usize, slack: usize) -> Rc<Self> {
+        Rc::new(Self {
+            name,
+            space: random_space(),
+            servers,
+            slots: Rc::default(),
+            stats: Rc::new(RefCell::new(Stats::default())),
+            budget,
+            slack,
+            root: Cell::new(0),
+            procs: RefCell::default(),
+            pressure: Notify::new(),
+            stuck_warned: Cell::new(false),
+            fatal: RefCell::default(),
+            tasks: RefCell::default(),
+        })
+    }
+
+    /// Sets the pid of the program the workload runs (before its shim says hello).
+    pub fn set_root(&self, pid: u32) {
+        self.root.set(pid);
+    }
+
+    /// Pages resident (or about to be) in all its processes.
+    pub fn resident(&self) -> usize {
+        self.procs
+            .borrow()
+            .iter()
+            .map(|p| p.table.borrow().resident())
+            .sum()
+    }
+
+    /// Pids of its attached processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs
+            .borrow()
+            .iter()
+            .map(|p| p.pid.get())
+            .filter(|&p| p != 0)
+            .collect()
+    }
+
+    /// Processes under management (attached or forked and not paired yet).
+    pub fn process_count(&self) -> usize {
+        self.procs.borrow().len()
+    }
+
+    /// The first fatal error, if any: the workload must be stopped.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.borrow().clone()
+    }
+
+    /// Starts the evictor and the listener for shims connecting to `listener`.
+    pub fn start(self: &Rc<Self>, listener: UnixListener) {
+        let mut tasks = self.tasks.borrow_mut();
+        tasks.push(tokio::task::spawn_local(evictor(self.clone())));
+        tasks.push(tokio::task::spawn_local(accept_loop(
+            self.clone(),
+            listener,
+        )));
+    }
+
+    /// Handles one shim connection: attaches the program or forked child that says hello.
+    pub async fn hello(self: &Rc<Self>, stream: UnixStream) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(5), stream.readable())
+            .await
+            .context("no hello from the shim within 5 s")??;
+        let std_stream = stream.into_std()?;
+        std_stream.set_nonblocking(false)?;
+        std_stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let hello = fdpass::recv_hello(&std_stream).context("handshake with the shim")?;
+        std_stream.set_read_timeout(None)?;
+        let (stack, stack_len) = hello.helper_stack;
+        match hello.kind {
+            HelloKind::Program(fd) => {
+                let root = self.root.get();
+                let known = self.procs.borrow().iter().any(|p| p.pid.get() == hello.pid);
+                if !known && !procfs::descends_from(hello.pid, root) {
+                    std_stream.set_nonblocking(true)?;
+                    let mut shim = UnixStream::from_std(std_stream)?;
+                    let _ = write_words(&mut shim, &[proto::REFUSED]).await;
+                    self.stats.borrow_mut().unmanaged_processes += 1;
+                    bail!("process {} is not part of this workload", hello.pid);
+                }
+                // The same process exec'd: its old address space is gone.
+                let old: Vec<Rc<Proc>> = self
+                    .procs
+                    .borrow()
+                    .iter()
+                    .filter(|p| p.pid.get() == hello.pid)
+                    .cloned()
+                    .collect();
+                for p in old {
+                    p.remove();
+                }
+                let uffd = Uffd::new(fd).context("userfaultfd API handshake")?;
+                let p = Proc::new(
+                    self,
+                    uffd,
+                    PageTable::with_slots(Clock::default(), self.slots.clone()),
+                    BTreeMap::new(),
+                    BTreeMap::new(),
+                );
+                p.pid.set(hello.pid);
+                p.refused.borrow_mut().insert(stack, stack + stack_len);
+                p.scan_maps();
+                std_stream.set_nonblocking(true)?;
+                let mut shim = UnixStream::from_std(std_stream)?;
+                write_words(&mut shim, &[proto::READY]).await?;
+                p.start_fault_loop();
+                p.start_scanner();
+                p.wait_for_helper(shim).await?;
+                self.stats.borrow_mut().attached += 1;
+                info!(pid = hello.pid, workload = %self.name, "process under management");
+            }
+            HelloKind::Forked { ppid, seq } => {
+                let child = self
+                    .procs
+                    .borrow()
+                    .iter()
+                    .find(|p| p.pid.get() == 0 && p.forked_from.get() == Some((ppid, seq)))
+                    .cloned();
+                let Some(p) = child else {
+                    let _ = fdpass::send_with_fd(&std_stream, &[proto::REFUSED], -1);
+                    bail!(
+                        "process {} says it is fork {seq} of {ppid}, which is unknown",
+                        hello.pid
+                    );
+                };
+                p.pid.set(hello.pid);
+                p.forked_from.set(None);
+                p.refused.borrow_mut().insert(stack, stack + stack_len);
+                // The child keeps its own copy of its uffd, as the first program does.
+                fdpass::send_with_fd(&std_stream, &[proto::READY], p.uffd.as_raw_fd())
+                    .context("handing the forked child its userfaultfd")?;
+                std_stream.set_nonblocking(true)?;
+                p.start_scanner();
+                p.wait_for_helper(UnixStream::from_std(std_stream)?).await?;
+                self.stats.borrow_mut().attached += 1;
+                debug!(pid = hello.pid, ppid, seq, "forked child under management");
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes processes whose address space is gone (exited or exec'd without the shim) and
+    /// releases their remote pages. Returns how many processes remain.
+    pub fn reap(&self) -> usize {
+        let gone: Vec<Rc<Proc>> = self
+            .procs
+            .borrow()
+            .iter()
+            .filter(|p| !p.uffd.mm_alive(p.unregistered_page()))
+            .cloned()
+            .collect();
+        for p in gone {
+            debug!(pid = p.pid.get(), "address space gone");
+            p.remove();
+        }
+        self.procs.borrow().len()
+    }
+
+    /// Resident managed bytes and RssAnon bytes of its processes (for the managed share).
+    pub fn sample_share(&self) {
+        let mut rss = 0;
+        for pid in self.pids() {
+            rss += procfs::rss_anon(pid).unwrap_or(0);
+        }
+        let resident = self.resident() as u64 * PAGE;
+        if rss > 0 {
+            self.stats.borrow_mut().share_samples.push((resident, rss));
+        }
+    }
+
+    /// Stops serving and frees every page of the workload on the servers; returns how many.
+    pub async fn stop(&self) -> u64 {
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+        let procs: Vec<Rc<Proc>> = self.procs.borrow_mut().drain(..).collect();
+        for p in procs {
+            p.abort_tasks();
+        }
+        self.servers.drop_space(self.space).await
+    }
+
+    fn fail(&self, msg: String) {
+        let mut f = self.fatal.borrow_mut();
+        if f.is_none() {
+            tracing::error!("{msg}");
+            *f = Some(msg);
+        }
+    }
+
+    fn free_later(self: &Rc<Self>, released: Vec<Remote>) {
+        if released.is_empty() {
+            return;
+        }
+        let free = self.slots.borrow_mut().release(released);
+        if free.is_empty() {
+            return;
+        }
+        let g = self.clone();
+        tokio::task::spawn_local(async move { g.servers.free(g.space, free).await });
+    }
+
+    fn after_resident_change(&self) {
+        let resident = self.resident();
+        self.stats.borrow_mut().resident(resident);
+        if resident > self.budget {
+            self.pressure.notify_one();
+        }
+    }
+
+    fn over_hard_limit(&self) -> bool {
+        self.resident() >= self.budget + self.slack && !self.stuck_warned.get()
+    }
+
+    fn retry_deferred(&self) {
+        let procs: Vec<Rc<Proc>> = self.procs.borrow().clone();
+        for p in procs {
+            p.retry_deferred();
+        }
+    }
+}
+
+async fn accept_loop(g: Rc<Group>, listener: UnixListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let g2 = g.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = g2.hello(stream).await {
+                debug!("a process of the workload stays unmanaged: {e:#}");
+            }
+        });
+    }
+}
+
+impl Proc {
+    fn new(
+        g: &Rc<Group>,
+        uffd: Uffd,
+        table: PageTable<Clock>,
+        registered: BTreeMap<u64, u64>,
+        refused: BTreeMap<u64, u64>,
+    ) -> Rc<Self> {
+        let p = Rc::new(Self {
+            g: g.clone(),
+            pid: Cell::new(0),
+            forked_from: Cell::new(None),
+            forks: Cell::new(0),
+            uffd: Rc::new(uffd),
+            table: RefCell::new(table),
+            registered: RefCell::new(registered),
+            refused: RefCell::new(refused),
+            our_drops: RefCell::default(),
+            deferred: RefCell::default(),
+            last_remote: Cell::new((0, 0)),
+            shim: RefCell::default(),
+            tasks: RefCell::default(),
+            removed: Cell::new(false),
+        });
+        g.procs.borrow_mut().push(p.clone());
+        p
+    }
+
+    /// Enables eviction once the shim's helper runs (its thread may need faults served first).
+    async fn wait_for_helper(&self, mut shim: UnixStream) -> anyhow::Result<()> {
+        let up = tokio::time::timeout(Duration::from_secs(30), read_words(&mut shim))
+            .await
+            .context("the shim's helper did not start within 30 s")?
+            .context("the shim's helper did not start")?;
+        if up != [proto::HELPER_UP] {
+            bail!("unexpected first message from the shim's helper: {up:?}");
+        }
+        *self.shim.borrow_mut() = Some(shim);
+        Ok(())
+    }
+
+    fn start_fault_loop(self: &Rc<Self>) {
+        self.tasks
+            .borrow_mut()
+            .push(tokio::task::spawn_local(fault_loop(self.clone())));
+    }
+
+    fn start_scanner(self: &Rc<Self>) {
+        self.tasks
+            .borrow_mut()
+            .push(tokio::task::spawn_local(scanner(self.clone())));
+    }
+
+    fn abort_tasks(&self) {
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// The process is gone (or replaced by an exec): stop serving it, release its pages.
+    fn remove(self: &Rc<Self>) {
+        if self.removed.replace(true) {
+            return;
+        }
+        self.abort_tasks();
+        self.g.procs.borrow_mut().retain(|p| !Rc::ptr_eq(p, self));
+        let refs = self.table.borrow().all_references();
+        self.g.free_later(refs);
+        self.shim.borrow_mut().take();
+        self.g.pressure.notify_one();
+    }
+
+    /// A page no registered range of this process covers (for [`Uffd::mm_alive`]).
+    fn unregistered_page(&self) -> u64 {
+        let mut a = 0x10000;
+        for (&s, &e) in self.registered.borrow().iter() {
+            if s <= a && a < e {
+                a = e;
+            }
+        }
+        a
+    }
+
+    fn fail(&self, msg: String) {
+        // A process that is exiting (or already a zombie) makes the work in flight fail; that is
+        // not an error worth reporting.
+        let pid = self.pid.get();
+        if self.removed.get() || pid == 0 || procfs::rss_anon(pid).is_none() {
+            debug!("after the process ended: {msg}");
+            return;
+        }
+        self.g.fail(msg);
+    }
+
+    /// Registers anonymous mappings not registered yet, and counts their present pages.
+    fn scan_maps(&self) {
+        let pid = self.pid.get();
+        let ranges = match procfs::anonymous_ranges(pid) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("reading the mappings of {pid}: {e}");
+                return;
+            }
+        };
+        for (start, end) in ranges {
+            let gaps = uncovered(
+                &self.registered.borrow(),
+                &self.refused.borrow(),
+                start,
+                end,
+            );
+            for (s, e) in gaps {
+                match self.uffd.register(s, e - s) {
+                    Ok(()) => {
+                        self.registered.borrow_mut().insert(s, e);
+                        if let Ok(present) = procfs::present_pages(pid, s, e) {
+                            let mut t = self.table.borrow_mut();
+                            for p in present {
+                                t.found_present(p);
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        debug!("cannot register {s:#x}-{e:#x}: {err}");
+                        self.refused.borrow_mut().insert(s, e);
+                    }
+                }
+            }
+        }
+        self.g.after_resident_change();
+    }
+
+    fn forget_range(&self, start: u64, end: u64) {
+        for map in [&self.registered, &self.refused] {
+            let mut m = map.borrow_mut();
+            let overlapping: Vec<(u64, u64)> = m
+                .range(..end)
+                .filter(|(_, &e)| e > start)
+                .map(|(&s, &e)| (s, e))
+                .collect();
+            for (s, e) in overlapping {
+                m.remove(&s);
+                if s < start {
+                    m.insert(s, start);
+                }
+                if e > end {
+                    m.insert(end, e);
+                }
+            }
+        }
+    }
+
+    /// The process forked: serve the child's memory from now on, with a copy of this table.
+    fn forked(self: &Rc<Self>, fd: OwnedFd) {
+        let seq = self.forks.get() + 1;
+        self.forks.set(seq);
+        let table = self.table.borrow().fork_clone(Clock::default());
+        let child = Proc::new(
+            &self.g,
+            Uffd::forked(fd),
+            table,
+            self.registered.borrow().clone(),
+            self.refused.borrow().clone(),
+        );
+        child.forked_from.set(Some((self.pid.get(), seq)));
+        child.start_fault_loop();
+        debug!(parent = self.pid.get(), seq, "fork");
+        self.g.after_resident_change();
+    }
+
+    fn handle_event(self: &Rc<Self>, event: Event) {
+        match event {
+            Event::Remove { start, end } => {
+                let mut program = Vec::new();
+                {
+                    let mut ours = self.our_drops.borrow_mut();
+                    let mut p = start;
+                    while p < end {
+                        match ours.get_mut(&p) {
+                            Some(n) if *n > 0 => *n -= 1,
+                            _ => program.push(p),
+                        }
+                        p += PAGE;
+                    }
+                }
+                let mut garbage = Vec::new();
+                for (s, len) in runs(&program) {
+                    garbage.extend(self.table.borrow_mut().program_dropped(s, s + len));
+                }
+                self.g.free_later(garbage);
+            }
+            Event::Unmap { start, end } => {
+                let garbage = self.table.borrow_mut().unmapped(start, end);
+                self.forget_range(start, end);
+                self.g.free_later(garbage);
+            }
+            Event::Remap { from, to, len } => {
+                let garbage = self.table.borrow_mut().remapped(from, to, len);
+                self.forget_range(from, from + len);
+                // The new range keeps its registration; record it so the scanner skips it.
+                self.registered.borrow_mut().insert(to, to + len);
+                self.g.free_later(garbage);
+            }
+            Event::Fork { ufd } => self.forked(crate::uffd::adopt_fork_fd(ufd)),
+            Event::Fault { .. } => unreachable!("faults are handled by handle_fault"),
+            Event::Other(kind) => warn!("unexpected userfaultfd event {kind}"),
+        }
+    }
+
+    fn handle_fault(self: &Rc<Self>, page: u64, write: bool, wp: bool, at: Instant) {
+        if wp {
+            self.g.stats.borrow_mut().wp_fault();
+            let action = self.table.borrow_mut().write_fault(page);
+            let r = match action {
+                WriteFault::Unprotect => match self.uffd.write_protect(page, PAGE, false) {
+                    // The address space is changing (an event is pending): retry after the fault
+                    // loop has read it, or the writer would stay blocked.
+                    Ok(Install::Again) => {
+                        let p = self.clone();
+                        tokio::task::spawn_local(async move {
+                            tokio::task::yield_now().await;
+                            p.handle_fault(page, true, true, Instant::now());
+                        });
+                        Ok(())
+                    }
+                    r => r.map(|_| ()),
+                },
+                // Woken when the eviction ends.
+                WriteFault::WaitForEviction => Ok(()),
+                WriteFault::Wake => self.uffd.wake(page, PAGE),
+            };
+            if let Err(e) = r {
+                self.fail(format!("write-protect fault at {page:#x}: {e}"));
+            }
+            return;
+        }
+        let decision = self.table.borrow().missing_fault(page);
+        tracing::trace!(page, ?decision, "missing fault");
+        match decision {
+            MissingFault::InFlight | MissingFault::WaitForEviction => {}
+            MissingFault::ZeroFill | MissingFault::Fetch(_) if self.g.over_hard_limit() => {
+                self.deferred.borrow_mut().push((page, write));
+                self.g.pressure.notify_one();
+            }
+            MissingFault::ZeroFill => {
+                let evicting = matches!(self.table.borrow().state(page), Some(State::Evicting(_)));
+                // Under eviction the page must stay write-protected, so install zeros with WP.
+                let r = if write || evicting {
+                    self.uffd.copy(page, &ZEROS, evicting)
+                } else {
+                    self.uffd.zeropage(page)
+                };
+                match r {
+                    Ok(Install::Done | Install::Exists) => {
+                        let garbage = self.table.borrow_mut().zero_filled(page);
+                        self.g.free_later(garbage.into_iter().collect());
+                        self.g.stats.borrow_mut().zero_fault();
+                        self.g.after_resident_change();
+                    }
+                    Ok(Install::Again) => self.retry_fault(page, write),
+                    Ok(Install::Gone) => {}
+                    Err(e) => self.fail(format!("cannot zero-fill {page:#x}: {e}")),
+                }
+            }
+            MissingFault::Fetch(remote) => {
+                if self.table.borrow_mut().start_fetch(page) {
+                    let batch = self.with_prefetch(page, remote);
+                    self.g.after_resident_change();
+                    tokio::task::spawn_local(fetch(self.clone(), batch, write, at));
+                }
+            }
+        }
+    }
+
+    /// The faulting page plus, after consecutive remote faults, the evicted pages that follow it
+    /// (a window doubling up to PREFETCH_MAX), all marked as being fetched.
+    fn with_prefetch(&self, page: u64, remote: Remote) -> Vec<(u64, Remote)> {
+        let (last, run) = self.last_remote.get();
+        let run = if page == last + PAGE { run + 1 } else { 0 };
+        self.last_remote.set((page, run));
+        let mut batch = vec![(page, remote)];
+        if run < 2 {
+            return batch;
+        }
+        let window = (1u64 << run.min(4)).min(PREFETCH_MAX);
+        let mut room = self.g.budget.saturating_sub(self.g.resident() + 1);
+        let mut t = self.table.borrow_mut();
+        for i in 1..=window {
+            let next = page + i * PAGE;
+            if room == 0 {
+                break;
+            }
+            match t.state(next) {
+                Some(State::Evicted { remote }) if t.start_fetch(next) => {
+                    batch.push((next, remote));
+                    room -= 1;
+                }
+                _ => break,
+            }
+        }
+        batch
+    }
+
+    fn retry_fault(self: &Rc<Self>, page: u64, write: bool) {
+        let p = self.clone();
+        tokio::task::spawn_local(async move {
+            // EAGAIN: the address space is changing; let the fault loop read the events first.
+            tokio::task::yield_now().await;
+            p.handle_fault(page, write, false, Instant::now());
+        });
+    }
+
+    fn retry_deferred(self: &Rc<Self>) {
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        for (page, write) in deferred {
+            self.handle_fault(page, write, false, Instant::now());
+        }
+    }
+}
+
+/// Parts of `[start, end)` not in `registered` nor `refused`.
+fn uncovered(
+    registered: &BTreeMap<u64, u64>,
+    refused: &BTreeMap<u64, u64>,
+    start: u64,
+    end: u64,
+) -> Vec<(u64, u64)> {
+    let mut covered: Vec<(u64, u64)> = registered
+        .range(..end)
+        .chain(refused.range(..end))
+        .filter(|(_, &e)| e > start)
+        .map(|(&s, &e)| (s.max(start), e.min(end)))
+        .collect();
+    covered.sort();
+    let mut out = Vec::new();
+    let mut at = start;
+    for (s, e) in covered {
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
+async fn fault_loop(p: Rc<Proc>) {
+    let afd = match crate::uffd::watch(&p.uffd) {
+        Ok(a) => a,
+        Err(e) => {
+            p.fail(format!("watching the userfaultfd: {e}"));
+            return;
+        }
+    };
+    let mut events = Vec::with_capacity(64);
+    loop {
+        let mut guard = match afd.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                p.fail(format!("userfaultfd: {e}"));
+                return;
+            }
+        };
+        events.clear();
+        if let Err(e) = p.uffd.read_events(&mut events) {
+            p.fail(format!("reading the userfaultfd: {e}"));
+            return;
+        }
+        if events.is_empty() {
+            guard.clear_ready();
+            continue;
+        }
+        drop(guard);
+        tracing::trace!(?events, "uffd events");
+        let now = Instant::now();
+        // Changes to the address space first, so that faults in the same batch see them.
+        for &e in &events {
+            if !matches!(e, Event::Fault { .. }) {
+                p.handle_event(e);
+            }
+        }
+        for &e in &events {
+            if let Event::Fault { page, write, wp } = e {
+                p.handle_fault(page, write, wp, now);
+            }
+        }
+    }
+}
+
+/// Fetches the faulting page (first in `batch`) and any prefetched ones in one request, and
+/// installs them; prefetched pages are installed write-protected, as clean copies.
+async fn fetch(p: Rc<Proc>, batch: Vec<(u64, Remote)>, write: bool, at: Instant) {
+    let remotes: Vec<Remote> = batch.iter().map(|b| b.1).collect();
+    let pages = match p.g.servers.read_many(p.g.space, &remotes).await {
+        Ok(d) => d,
+        Err(e) => {
+            p.fail(format!(
+                "the page at {:#x} cannot be read back: {e}",
+                batch[0].0
+            ));
+            return;
+        }
+    };
+    for (i, ((page, remote), data)) in batch.into_iter().zip(pages).enumerate() {
+        let faulting = i == 0;
+        let dirty = faulting && write;
+        loop {
+            if !p.table.borrow().fetch_wanted(page, remote) {
+                break;
+            }
+            // A read installs the page write-protected: it is clean until a write says otherwise.
+            match p.uffd.copy(page, &data, !dirty) {
+                Ok(Install::Done | Install::Exists) => {
+                    p.table.borrow_mut().fetched(page, remote, dirty);
+                    let mut stats = p.g.stats.borrow_mut();
+                    if faulting {
+                        stats.remote_fault(at.elapsed());
+                    } else {
+                        stats.prefetched();
+                    }
+                    break;
+                }
+                Ok(Install::Again) => tokio::task::yield_now().await,
+                Ok(Install::Gone) => break,
+                Err(e) => {
+                    p.fail(format!("cannot install the page at {page:#x}: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn scanner(p: Rc<Proc>) {
+    loop {
+        p.scan_maps();
+        tokio::time::sleep(SCAN_INTERVAL).await;
+    }
+}
+
+/// Evicts from the process with the most resident pages while the workload is over budget.
+async fn evictor(g: Rc<Group>) {
+    let mut next_id = 0u64;
+    loop {
+        tokio::select! {
+            () = g.pressure.notified() => {}
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        let low = g
+            .budget
+            .saturating_sub((g.budget / 16).max(EVICT_BATCH / 4));
+        while g.resident() > g.budget {
+            let want = (g.resident() - low).min(EVICT_BATCH);
+            let mut procs: Vec<Rc<Proc>> = g
+                .procs
+                .borrow()
+                .iter()
+                .filter(|p| p.shim.borrow().is_some())
+                .cloned()
+                .collect();
+            procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
+            let mut chosen = None;
+            for p in procs {
+                let victims = p.table.borrow_mut().start_eviction(want);
+                if !victims.is_empty() {
+                    chosen = Some((p, victims));
+                    break;
+                }
+            }
+            let Some((p, victims)) = chosen else {
+                if !g.stuck_warned.replace(true) {
+                    eprintln!(
+                        "yonder: nothing can be evicted right now (every resident page is in flight); the workload runs over its budget"
+                    );
+                }
+                g.retry_deferred();
+                break;
+            };
+            g.stuck_warned.set(false);
+            next_id += 1;
+            debug!(batch = victims.len(), pid = p.pid.get(), "evicting");
+            let Some(mut shim) = p.shim.borrow_mut().take() else {
+                continue;
+            };
+            let r = evict(&p, victims, &mut shim, next_id).await;
+            match r {
+                Ok(()) => *p.shim.borrow_mut() = Some(shim),
+                Err(e) => {
+                    // A process that ended mid-eviction is reaped; anything else is fatal.
+                    p.fail(format!("eviction failed: {e:#}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+            g.retry_deferred();
+        }
+        g.retry_deferred();
+    }
+}
+
+/// Sets or clears write protection, retrying while the address space is changing (EAGAIN: the
+/// fault loop must read a pending event first). A range that vanished is not an error.
+async fn write_protect(p: &Proc, start: u64, len: u64, on: bool) -> io::Result<()> {
+    loop {
+        match p.uffd.write_protect(start, len, on)? {
+            Install::Again => tokio::task::yield_now().await,
+            Install::Done | Install::Exists | Install::Gone => return Ok(()),
+        }
+    }
+}
+
+/// Evicts a batch without losing a racing write: write-protect, copy out, write to the servers,
+/// drop inside the process, then wake whoever blocked meanwhile.
+async fn evict(
+    p: &Rc<Proc>,
+    victims: Vec<(u64, Remote, bool)>,
+    shim: &mut UnixStream,
+    id: u64,
+) -> anyhow::Result<()> {
+    let pid = p.pid.get();
+    let mut pages: Vec<u64> = victims.iter().map(|v| v.0).collect();
+    pages.sort_unstable();
+    let all_runs = runs(&pages);
+    for &(start, len) in &all_runs {
+        write_protect(p, start, len, true)
+            .await
+            .with_context(|| format!("write-protecting {start:#x}+{len:#x}"))?;
+    }
+
+    // Copy out the pages that need writing; pages no longer present were dropped by the program.
+    let to_write: Vec<(u64, Remote)> = victims.iter().filter(|v| v.2).map(|v| (v.0, v.1)).collect();
+    let mut present = HashSet::new();
+    for &(start, len) in &runs(&to_write.iter().map(|x| x.0).collect::<Vec<_>>()) {
+        present.extend(procfs::present_pages(pid, start, start + len)?);
+    }
+    let readable: Vec<u64> = to_write
+        .iter()
+        .map(|x| x.0)
+        .filter(|pg| present.contains(pg))
+        .collect();
+    let (readable, contents) = tokio::task::spawn_blocking(move || {
+        let mut buf = vec![0u8; readable.len() * PAGE as usize];
+        procfs::read_pages(pid, &readable, &mut buf).map(|()| (readable, buf))
+    })
+    .await??;
+    let mut content_of: HashMap<u64, &[u8]> = HashMap::new();
+    for (i, pg) in readable.iter().enumerate() {
+        content_of.insert(*pg, &contents[i * PAGE as usize..(i + 1) * PAGE as usize]);
+    }
+    let items: Vec<(Remote, PageData)> = to_write
+        .iter()
+        .map(|(pg, r)| {
+            (
+                *r,
+                content_of
+                    .get(pg)
+                    .map_or(PageData::Zero, |b| PageData::from_bytes(b)),
+            )
+        })
+        .collect();
+    let stored = p.g.servers.write(p.g.space, items).await;
+
+    let mut garbage = Vec::new();
+    let mut failed = Vec::new();
+    for ((page, _), ok) in to_write.iter().zip(&stored) {
+        if !ok {
+            failed.push(*page);
+        }
+    }
+    if !failed.is_empty() {
+        warn!(
+            "{} pages could not be stored; they stay resident",
+            failed.len()
+        );
+        for &pg in &failed {
+            garbage.extend(p.table.borrow_mut().abort_eviction(pg));
+            write_protect(p, pg, PAGE, false).await?;
+        }
+    }
+
+    // Drop what is still being evicted (the program may have unmapped or moved pages meanwhile).
+    let mut drop_pages = Vec::new();
+    {
+        let mut t = p.table.borrow_mut();
+        let mut ours = p.our_drops.borrow_mut();
+        for &pg in &pages {
+            if t.dropping(pg) {
+                drop_pages.push(pg);
+                *ours.entry(pg).or_default() += 1;
+            }
+        }
+    }
+    let drop_runs = runs(&drop_pages);
+    let mut errno = 0;
+    for chunk in drop_runs.chunks(proto::MAX_RANGES) {
+        let mut words = vec![proto::DROP, id, chunk.len() as u64];
+        for &(s, l) in chunk {
+            words.extend([s, l]);
+        }
+        write_words(shim, &words)
+            .await
+            .context("sending a drop to the shim")?;
+        let reply = read_words(shim)
+            .await
+            .context("the shim did not answer a drop (process gone?)")?;
+        if reply.len() != 3 || reply[0] != proto::DROPPED || reply[1] != id {
+            bail!("unexpected reply from the shim: {reply:?}");
+        }
+        errno = errno.max(reply[2]);
+    }
+    {
+        let mut ours = p.our_drops.borrow_mut();
+        for pg in &drop_pages {
+            ours.remove(pg);
+        }
+    }
+    // Pages the shim did not drop (no longer ours, or madvise failed) are still present: those
+    // still being evicted stay resident.
+    let mut still_present = HashSet::new();
+    for &(start, len) in &drop_runs {
+        still_present.extend(procfs::present_pages(pid, start, start + len)?);
+    }
+    let mut done = 0u64;
+    for &pg in &drop_pages {
+        if still_present.contains(&pg) {
+            garbage.extend(p.table.borrow_mut().abort_eviction(pg));
+            write_protect(p, pg, PAGE, false).await?;
+        } else {
+            garbage.extend(p.table.borrow_mut().finish_eviction(pg));
+            done += 1;
+        }
+    }
+    for &(start, len) in &all_runs {
+        p.uffd.wake(start, len)?;
+    }
+    let written = to_write.len() as u64 - failed.len() as u64;
+    debug!(
+        victims = pages.len(),
+        written,
+        failed = failed.len(),
+        dropped = drop_pages.len(),
+        done,
+        errno,
+        still_present = still_present.len(),
+        "evicted"
+    );
+    p.g.stats.borrow_mut().evictions(done, written.min(done));
+    let resident = p.g.resident();
+    p.g.stats.borrow_mut().resident(resident);
+    p.g.free_later(garbage);
+    Ok(())
+}
+
+async fn write_words(stream: &mut UnixStream, words: &[u64]) -> io::Result<()> {
+    let mut buf = Vec::with_capacity(8 * (words.len() + 1));
+    buf.extend_from_slice(&(words.len() as u64).to_le_bytes());
+    for w in words {
+        buf.extend_from_slice(&w.to_le_bytes());
+    }
+    stream.write_all(&buf).await
+}
+
+async fn read_words(stream: &mut UnixStream) -> io::Result<Vec<u64>> {
+    let n = stream.read_u64_le().await? as usize;
+    if n == 0 || n > proto::MAX_WORDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "bad message from the shim",
+        ));
+    }
+    let mut words = Vec::with_capacity(n);
+    for _ in 0..n {
+        words.push(stream.read_u64_le().await?);
+    }
+    Ok(words)
+}
+
+fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for &pg in pages {
+        match out.last_mut() {
+            Some((start, len)) if *start + *len == pg => *len += PAGE,
+            _ => out.push((pg, PAGE)),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runs_merge_neighbours() {
+        assert_eq!(
+            runs(&[0, PAGE, 2 * PAGE, 5 * PAGE]),
+            vec![(0, 3 * PAGE), (5 * PAGE, PAGE)]
+        );
+        assert!(runs(&[]).is_empty());
+    }
+
+    #[test]
+    fn uncovered_finds_the_gaps() {
+        let mut reg = BTreeMap::new();
+        reg.insert(10, 20);
+        reg.insert(30, 40);
+        let refused = BTreeMap::new();
+        assert_eq!(
+            uncovered(&reg, &refused, 0, 50),
+            vec![(0, 10), (20, 30), (40, 50)]
+        );
+        assert_eq!(uncovered(&reg, &refused, 12, 18), vec![]);
+        assert_eq!(uncovered(&reg, &refused, 15, 35), vec![(20, 30)]);
+    }
+}
