@@ -100,7 +100,12 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         return Ok(child.wait().await?);
     };
     let started = Instant::now();
-    group.hello(stream).await?;
+    if let Err(e) = group.hello(stream).await {
+        eprintln!(
+            "yonder: the program could not be put under management ({e:#}): it runs unmanaged"
+        );
+        return Ok(child.wait().await?);
+    }
     group.start(listener);
     let status = loop {
         tokio::select! {

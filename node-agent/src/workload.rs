@@ -232,7 +232,7 @@ impl Group {
                 write_words(&mut shim, &[proto::READY]).await?;
                 p.start_fault_loop();
                 p.start_scanner();
-                p.wait_for_helper(shim).await?;
+                p.wait_for_helper(shim).await;
                 self.stats.borrow_mut().attached += 1;
                 info!(pid = hello.pid, workload = %self.name, "process under management");
             }
@@ -258,7 +258,7 @@ impl Group {
                     .context("handing the forked child its userfaultfd")?;
                 std_stream.set_nonblocking(true)?;
                 p.start_scanner();
-                p.wait_for_helper(UnixStream::from_std(std_stream)?).await?;
+                p.wait_for_helper(UnixStream::from_std(std_stream)?).await;
                 self.stats.borrow_mut().attached += 1;
                 debug!(pid = hello.pid, ppid, seq, "forked child under management");
             }
@@ -390,16 +390,23 @@ impl Proc {
     }
 
     /// Enables eviction once the shim's helper runs (its thread may need faults served first).
-    async fn wait_for_helper(&self, mut shim: UnixStream) -> anyhow::Result<()> {
-        let up = tokio::time::timeout(Duration::from_secs(30), read_words(&mut shim))
-            .await
-            .context("the shim's helper did not start within 30 s")?
-            .context("the shim's helper did not start")?;
-        if up != [proto::HELPER_UP] {
-            bail!("unexpected first message from the shim's helper: {up:?}");
+    /// Without a helper (the process ended first, or the helper failed) nothing is evicted
+    /// from this process; its faults are still served.
+    async fn wait_for_helper(&self, mut shim: UnixStream) {
+        let up = tokio::time::timeout(Duration::from_secs(30), read_words(&mut shim)).await;
+        match up {
+            Ok(Ok(words)) if words == [proto::HELPER_UP] => {
+                *self.shim.borrow_mut() = Some(shim);
+            }
+            other => {
+                let pid = self.pid.get();
+                if procfs::rss_anon(pid).is_some() {
+                    warn!("the shim's helper in process {pid} did not start ({other:?}): nothing will be evicted from it");
+                } else {
+                    debug!("process {pid} ended before its shim's helper started");
+                }
+            }
         }
-        *self.shim.borrow_mut() = Some(shim);
-        Ok(())
     }
 
     fn start_fault_loop(self: &Rc<Self>) {

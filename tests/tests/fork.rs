@@ -1,0 +1,108 @@
+//! fork under the pager: parent and child each keep their own copy-on-write memory, also for
+//! pages evicted before the fork and pages evicted by either side after it; exec after fork
+//! works; a child's remote pages are freed when it exits, and the workload's when it ends.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::{
+    io::{BufRead, BufReader},
+    path::Path,
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use yonder_tests::{bin, compile_workload, Server};
+
+const MIB: u64 = 1 << 20;
+
+/// Pages the server holds for the agent's tenant.
+fn stored_pages(rt: &tokio::runtime::Runtime, server: &Server) -> u64 {
+    rt.block_on(async {
+        let c = server.connect("yonder-agent").await.unwrap();
+        let s = c.stats().await.unwrap();
+        s.tenant_data_pages + s.tenant_zero_pages
+    })
+}
+
+#[test]
+fn parent_and_children_keep_their_own_memory_across_fork() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let server = Server::start("1GiB", &["yonder-agent"], &[]).unwrap();
+    let forker = compile_workload("forker", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    let data_mib = 24;
+    let mut agent = Command::new(bin("yonder-agent"))
+        .args(["run", "--local-mem", "6MiB", "--servers"])
+        .arg(server.addr.to_string())
+        .arg("--tls-dir")
+        .arg(server.certs.dir())
+        .args(["--cert-name", "yonder-agent", "--"])
+        .arg(&forker)
+        .arg(data_mib.to_string())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Killed by pid if anything below fails.
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            // SAFETY: kill(2) of the agent this test started; its workload dies with it.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+    let _guard = Kill(agent.id());
+    let stdout = agent.stdout.take().unwrap();
+    let mut stderr = agent.stderr.take().unwrap();
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut stderr, &mut s).unwrap();
+        s
+    });
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut during = None;
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        if line == "CHILDREN_DONE" {
+            // The children have exited; only the parent's pages may remain on the server once
+            // the agent has noticed (it probes every 100 ms) and the frees have landed.
+            std::thread::sleep(Duration::from_secs(1));
+            during = Some(stored_pages(&rt, &server));
+        }
+        lines.push(line);
+    }
+    let status = agent.wait().unwrap();
+    let err = err.join().unwrap();
+    assert!(
+        status.success(),
+        "status {status}; stdout {lines:?}; stderr:\n{err}"
+    );
+    assert_eq!(lines, ["CHILDREN_DONE", "OK"], "stderr:\n{err}");
+
+    // Children rewrote their whole copy (two full copies beyond the parent's): had their pages
+    // not been freed at their exit, the server would hold about three times the parent's.
+    let parent_pages = data_mib * MIB / 4096;
+    let during = during.unwrap();
+    assert!(
+        during > parent_pages / 2 && during <= parent_pages + parent_pages / 4,
+        "{during} pages stored after the children exited; the parent has {parent_pages}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let n = stored_pages(&rt, &server);
+        if n == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} pages left after the workload ended"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
