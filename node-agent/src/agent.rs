@@ -41,6 +41,8 @@ pub struct RunConfig {
     pub metrics: Option<SocketAddr>,
     /// The program and its arguments.
     pub command: Vec<OsString>,
+    /// The node daemon's control socket: the daemon serves the workload instead of this process.
+    pub daemon: Option<PathBuf>,
 }
 
 impl RunConfig {
@@ -65,13 +67,22 @@ pub fn run(config: RunConfig) -> anyhow::Result<ExitStatus> {
 }
 
 async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
+    if let Some(socket) = config.daemon.clone() {
+        return run_via_daemon(config, &socket).await;
+    }
     if let Some(addr) = config.metrics {
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
             .install()
             .with_context(|| format!("metrics endpoint on {addr}"))?;
     }
-    let (servers, _embedded) = connect_servers(&config).await?;
+    let (servers, _embedded) = connect_servers(
+        &config.servers,
+        &config.tls_dir,
+        &config.cert_name,
+        config.mtu,
+    )
+    .await?;
     let servers = Rc::new(servers);
 
     let dir = tempfile::Builder::new().prefix("yonder-run-").tempdir()?;
@@ -154,8 +165,76 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
     Ok(status)
 }
 
+/// Runs the workload with the node daemon serving its memory.
+async fn run_via_daemon(config: RunConfig, socket: &std::path::Path) -> anyhow::Result<ExitStatus> {
+    use crate::daemon::{Control, Reply, Request};
+    let mut control = Control::connect(socket).await?;
+    let name = config
+        .command
+        .first()
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    control
+        .send(&Request::Register {
+            name,
+            budget: config.local_mem,
+        })
+        .await?;
+    let shim_socket = match control.recv().await? {
+        Some(Reply::Registered { shim_socket, .. }) => shim_socket,
+        Some(Reply::Error { message }) => bail!("the daemon refused the workload: {message}"),
+        other => bail!("unexpected reply from the daemon: {other:?}"),
+    };
+    let started = Instant::now();
+    let mut child = spawn_workload(&config, &shim_socket)?;
+    control
+        .send(&Request::Started {
+            pid: child.id().unwrap_or(0),
+        })
+        .await?;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            reply = control.recv() => match reply {
+                Ok(Some(Reply::Fatal { message })) => {
+                    eprintln!("yonder: {message}; stopping the workload");
+                    let _ = child.start_kill();
+                }
+                Ok(Some(other)) => tracing::debug!("daemon: {other:?}"),
+                // The daemon is gone: the shim stops the program (its memory is incomplete).
+                Ok(None) | Err(_) => {
+                    let status = child.wait().await?;
+                    eprintln!("yonder: lost the node daemon");
+                    return Ok(status);
+                }
+            },
+        }
+    };
+    control.send(&Request::Finish).await?;
+    loop {
+        match control.recv().await? {
+            Some(Reply::Summary { text }) => {
+                eprint!("{text}");
+                break;
+            }
+            Some(Reply::Fatal { message }) => eprintln!("yonder: {message}"),
+            Some(_) => {}
+            None => {
+                eprintln!("yonder: the daemon ended before sending the summary");
+                break;
+            }
+        }
+    }
+    eprintln!(
+        "yonder: workload {} after {:.1} s",
+        describe(status),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(status)
+}
+
 /// SIGKILLs every attached process of the workload.
-fn kill_all(group: &Group) {
+pub(crate) fn kill_all(group: &Group) {
     for pid in group.pids() {
         // SAFETY: kill(2) with a pid of a process of this workload and a constant signal.
         unsafe {
@@ -172,8 +251,14 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-async fn connect_servers(config: &RunConfig) -> anyhow::Result<(Servers, Option<Embedded>)> {
-    let (specs, files, mtu, embedded) = if config.servers.is_empty() {
+/// Connects to the memory servers `servers` (or starts the embedded one when empty).
+pub(crate) async fn connect_servers(
+    servers: &[String],
+    tls_dir: &std::path::Path,
+    cert_name: &str,
+    mtu: Option<u16>,
+) -> anyhow::Result<(Servers, Option<Embedded>)> {
+    let (specs, files, mtu, embedded) = if servers.is_empty() {
         let e = Embedded::start(u64::MAX / 2).context("starting the embedded memory server")?;
         let files = tls::TlsFiles::in_dir(e.certs(), yonder_common::certs::DEFAULT_CLIENT);
         (
@@ -183,8 +268,8 @@ async fn connect_servers(config: &RunConfig) -> anyhow::Result<(Servers, Option<
             Some(e),
         )
     } else {
-        let files = tls::TlsFiles::in_dir(&config.tls_dir, &config.cert_name);
-        (config.servers.clone(), files, config.mtu, None)
+        let files = tls::TlsFiles::in_dir(tls_dir, cert_name);
+        (servers.to_vec(), files, mtu, None)
     };
     let tls = tls::client_config(&files, mtu)
         .with_context(|| format!("loading the client certificate {}", files.cert.display()))?;

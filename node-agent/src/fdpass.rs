@@ -25,6 +25,8 @@ pub struct Hello {
 pub enum HelloKind {
     /// A program that loaded the shim: its userfaultfd.
     Program(OwnedFd),
+    /// A connection of the client API (`yonder_register` and friends) from a managed process.
+    Api,
     /// A child forked by a managed process: whose, and which of its forks (from 1).
     Forked {
         /// Parent's pid.
@@ -81,6 +83,22 @@ pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
     let forked = n == 8 * (proto::FORK_HELLO_WORDS + 1)
         && words[0] == proto::FORK_HELLO_WORDS as u64
         && words[1] == proto::FORK_MAGIC;
+    let api = n == 8 * (proto::API_HELLO_WORDS + 1)
+        && words[0] == proto::API_HELLO_WORDS as u64
+        && words[1] == proto::API_MAGIC;
+    if api {
+        if words[2] != proto::VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("client API protocol version {}", words[2]),
+            ));
+        }
+        return Ok(Hello {
+            pid: words[3] as u32,
+            kind: HelloKind::Api,
+            helper_stack: (0, 0),
+        });
+    }
     if !program && !forked {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,

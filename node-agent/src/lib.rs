@@ -2,6 +2,7 @@
 //! it to memory servers.
 
 pub mod agent;
+pub mod daemon;
 pub mod embedded;
 pub mod eviction;
 pub mod fdpass;

@@ -21,6 +21,21 @@ struct Cli {
 enum Command {
     /// Run a program with its anonymous memory managed by Yonder.
     Run(RunArgs),
+    /// Serve the workloads of this node (the node daemon).
+    Daemon {
+        /// Configuration file (TOML).
+        #[arg(long, default_value = yonder_agent::daemon::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Show the node daemon's workloads, budgets, resident memory and fault rates.
+    Status {
+        /// The daemon's control socket (default: $YONDER_DAEMON, else from /etc/yonder/agent.toml).
+        #[arg(long)]
+        daemon: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(clap::Args)]
@@ -43,6 +58,13 @@ struct RunArgs {
     /// Address for the Prometheus metrics endpoint.
     #[arg(long)]
     metrics: Option<SocketAddr>,
+    /// The node daemon's control socket; by default $YONDER_DAEMON, else the daemon configured in
+    /// /etc/yonder/agent.toml if that file exists. Without one the agent serves the program itself.
+    #[arg(long, conflicts_with = "standalone")]
+    daemon: Option<PathBuf>,
+    /// Serve the program in this process even if a node daemon is configured.
+    #[arg(long)]
+    standalone: bool,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
@@ -59,7 +81,21 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Run(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Run(args) => args,
+        Command::Daemon { config } => {
+            let result = yonder_agent::daemon::DaemonConfig::from_file(&config)
+                .and_then(yonder_agent::daemon::daemon);
+            return match result {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("yonder-agent: {e:#}");
+                    ExitCode::from(1)
+                }
+            };
+        }
+        Command::Status { daemon, json } => return status(daemon, json),
+    };
     // Like a shell waiting for its foreground job: the terminal's ^C and ^\ reach the program
     // directly (same process group); the agent must outlive it to clean up.
     // SAFETY: setting signal dispositions to SIG_IGN before any other thread exists.
@@ -67,6 +103,17 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGINT, libc::SIG_IGN);
         libc::signal(libc::SIGQUIT, libc::SIG_IGN);
     }
+    let daemon = if args.standalone {
+        None
+    } else {
+        match yonder_agent::daemon::configured_socket(args.daemon) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("yonder-agent: {e:#}");
+                return ExitCode::from(125);
+            }
+        }
+    };
     let config = RunConfig {
         local_mem: args.local_mem.bytes(),
         servers: args.servers,
@@ -75,6 +122,7 @@ fn main() -> ExitCode {
         mtu: args.mtu,
         metrics: args.metrics,
         command: args.command,
+        daemon,
     };
     match agent::run(config) {
         Ok(status) => {
@@ -93,6 +141,38 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("yonder-agent: {e:#}");
             ExitCode::from(125)
+        }
+    }
+}
+
+fn status(daemon: Option<PathBuf>, json: bool) -> ExitCode {
+    use yonder_agent::daemon::{self, Control, Reply, Request};
+    let run = || -> anyhow::Result<()> {
+        let socket = daemon::configured_socket(daemon)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "no node daemon configured (--daemon, ${}, or {})",
+                daemon::SOCKET_ENV,
+                daemon::DEFAULT_CONFIG
+            )
+        })?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let reply = rt.block_on(async {
+            let mut c = Control::connect(&socket).await?;
+            c.send(&Request::Status).await?;
+            c.recv().await
+        })?;
+        match reply {
+            Some(Reply::Status(s)) => daemon::print_status(&s, json),
+            other => anyhow::bail!("unexpected reply from the daemon: {other:?}"),
+        }
+    };
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("yonder-agent: {e:#}");
+            ExitCode::from(1)
         }
     }
 }

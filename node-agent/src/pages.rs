@@ -400,6 +400,19 @@ impl<P: EvictionPolicy> PageTable<P> {
         let victims = self.policy.pick(n, &mut |p| {
             matches!(pages.get(&p), Some(State::Resident { .. }))
         });
+        self.start_eviction_of(victims)
+    }
+
+    /// The states of the pages in `[start, end)` that have one.
+    pub fn states_in(&self, start: u64, end: u64) -> Vec<(u64, State)> {
+        self.pages
+            .range(start..end)
+            .map(|(p, s)| (*p, *s))
+            .collect()
+    }
+
+    /// Marks the given pages `Evicting` (those that are resident), as [`Self::start_eviction`].
+    pub fn start_eviction_of(&mut self, victims: Vec<u64>) -> Vec<(u64, Remote, bool)> {
         let mut out = Vec::with_capacity(victims.len());
         for page in victims {
             let Some(&State::Resident { dirty, remote }) = self.pages.get(&page) else {

@@ -158,6 +158,12 @@ impl Uffd {
         ioctl(self.fd.as_raw_fd(), sys::UFFDIO_REGISTER, &mut reg)
     }
 
+    /// Stops managing `[start, start+len)`: faults there are the kernel's again.
+    pub fn unregister(&self, start: u64, len: u64) -> io::Result<()> {
+        let mut range = sys::uffdio_range { start, len };
+        ioctl(self.fd.as_raw_fd(), sys::UFFDIO_UNREGISTER, &mut range)
+    }
+
     /// Installs `src` (a multiple of [`PAGE`] bytes) at `dst`; write-protected when `wp`.
     pub fn copy(&self, dst: u64, src: &[u8], wp: bool) -> io::Result<Install> {
         let mut copy = sys::uffdio_copy {

@@ -73,6 +73,8 @@ pub struct Group {
     stuck_warned: Cell<bool>,
     fatal: RefCell<Option<String>>,
     tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+    /// Numbers drop requests to the shims.
+    next_drop_id: Cell<u64>,
 }
 
 /// One process of a workload (one address space, one uffd).
@@ -101,6 +103,8 @@ struct Proc {
     tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
     /// No longer part of the workload (exited, or replaced by an exec).
     removed: Cell<bool>,
+    /// The shim's helper runs: drops can be asked for.
+    helper_up: Cell<bool>,
 }
 
 /// A random space id, so that agents sharing a client certificate do not collide.
@@ -136,6 +140,7 @@ impl Group {
             stuck_warned: Cell::new(false),
             fatal: RefCell::default(),
             tasks: RefCell::default(),
+            next_drop_id: Cell::new(0),
         })
     }
 
@@ -188,14 +193,39 @@ impl Group {
         tokio::time::timeout(Duration::from_secs(5), stream.readable())
             .await
             .context("no hello from the shim within 5 s")??;
+        let peer = stream.peer_cred()?.pid();
         let std_stream = stream.into_std()?;
         std_stream.set_nonblocking(false)?;
         std_stream.set_read_timeout(Some(Duration::from_secs(5)))?;
         let hello = fdpass::recv_hello(&std_stream).context("handshake with the shim")?;
         std_stream.set_read_timeout(None)?;
+        if peer != Some(hello.pid as i32) {
+            bail!("a hello for pid {} came from pid {peer:?}", hello.pid);
+        }
         let (stack, stack_len) = hello.helper_stack;
         match hello.kind {
+            HelloKind::Api => {
+                let p = self
+                    .procs
+                    .borrow()
+                    .iter()
+                    .find(|p| p.pid.get() == hello.pid && !p.removed.get())
+                    .cloned();
+                std_stream.set_nonblocking(true)?;
+                let mut api = UnixStream::from_std(std_stream)?;
+                let Some(p) = p else {
+                    let _ = write_words(&mut api, &[proto::REFUSED]).await;
+                    bail!("client API: process {} is not managed", hello.pid);
+                };
+                write_words(&mut api, &[proto::READY]).await?;
+                let task = tokio::task::spawn_local(api_loop(p.clone(), api));
+                p.tasks.borrow_mut().push(task);
+            }
             HelloKind::Program(fd) => {
+                // Under the daemon the program may say hello before `run` says which pid it is.
+                if self.root.get() == 0 {
+                    self.root.set(hello.pid);
+                }
                 let root = self.root.get();
                 let known = self.procs.borrow().iter().any(|p| p.pid.get() == hello.pid);
                 if !known && !procfs::descends_from(hello.pid, root) {
@@ -384,6 +414,7 @@ impl Proc {
             shim: RefCell::default(),
             tasks: RefCell::default(),
             removed: Cell::new(false),
+            helper_up: Cell::new(false),
         });
         g.procs.borrow_mut().push(p.clone());
         p
@@ -397,11 +428,12 @@ impl Proc {
         match up {
             Ok(Ok(words)) if words == [proto::HELPER_UP] => {
                 *self.shim.borrow_mut() = Some(shim);
+                self.helper_up.set(true);
             }
             other => {
                 let pid = self.pid.get();
                 if procfs::rss_anon(pid).is_some() {
-                    warn!("the shim's helper in process {pid} did not start ({other:?}): nothing will be evicted from it");
+                    debug!("the shim helper in process {pid} did not start ({other:?}): nothing will be evicted from it");
                 } else {
                     debug!("process {pid} ended before its shim's helper started");
                 }
@@ -463,10 +495,15 @@ impl Proc {
     }
 
     /// Registers anonymous mappings not registered yet, and counts their present pages.
-    fn scan_maps(&self) {
+    fn scan_maps(self: &Rc<Self>) {
         let pid = self.pid.get();
         let ranges = match procfs::anonymous_ranges(pid) {
             Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                debug!(pid, "process gone");
+                self.remove();
+                return;
+            }
             Err(e) => {
                 debug!("reading the mappings of {pid}: {e}");
                 return;
@@ -501,23 +538,8 @@ impl Proc {
     }
 
     fn forget_range(&self, start: u64, end: u64) {
-        for map in [&self.registered, &self.refused] {
-            let mut m = map.borrow_mut();
-            let overlapping: Vec<(u64, u64)> = m
-                .range(..end)
-                .filter(|(_, &e)| e > start)
-                .map(|(&s, &e)| (s, e))
-                .collect();
-            for (s, e) in overlapping {
-                m.remove(&s);
-                if s < start {
-                    m.insert(s, start);
-                }
-                if e > end {
-                    m.insert(end, e);
-                }
-            }
-        }
+        cut(&mut self.registered.borrow_mut(), start, end);
+        cut(&mut self.refused.borrow_mut(), start, end);
     }
 
     /// The process forked: serve the child's memory from now on, with a copy of this table.
@@ -688,6 +710,193 @@ impl Proc {
     }
 }
 
+/// Serves one client-API connection of a process (see `proto::API_MAGIC`).
+async fn api_loop(p: Rc<Proc>, mut s: UnixStream) {
+    loop {
+        let Ok(words) = read_words(&mut s).await else {
+            return;
+        };
+        let op = words.first().copied().unwrap_or(0);
+        let errno = match words[..] {
+            [op, start, len] => p.api(op, start, len).await,
+            _ => libc::EINVAL,
+        };
+        if write_words(&mut s, &[op, errno as u64]).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Removes `[start, end)` from a map of ranges, splitting what overlaps.
+fn cut(map: &mut BTreeMap<u64, u64>, start: u64, end: u64) {
+    let overlapping: Vec<(u64, u64)> = map
+        .range(..end)
+        .filter(|(_, &e)| e > start)
+        .map(|(&s, &e)| (s, e))
+        .collect();
+    for (s, e) in overlapping {
+        map.remove(&s);
+        if s < start {
+            map.insert(s, start);
+        }
+        if e > end {
+            map.insert(end, e);
+        }
+    }
+}
+
+impl Proc {
+    /// Runs one client-API request; returns 0 or an errno.
+    async fn api(self: &Rc<Self>, op: u64, start: u64, len: u64) -> i32 {
+        let Some(end) = start.checked_add(len) else {
+            return libc::EINVAL;
+        };
+        if start % PAGE != 0 || len % PAGE != 0 || len == 0 {
+            return libc::EINVAL;
+        }
+        match op {
+            proto::OP_REGISTER => self.api_register(start, end),
+            proto::OP_UNREGISTER => self.api_unregister(start, end).await,
+            proto::OP_PREFETCH => {
+                self.prefetch_range(start, end);
+                0
+            }
+            proto::OP_FLUSH => self.api_flush(start, end).await,
+            _ => libc::EOPNOTSUPP,
+        }
+    }
+
+    fn api_register(&self, start: u64, end: u64) -> i32 {
+        // Only private anonymous writable memory can be paged (shared memory keeps its pages in
+        // the page cache whatever the agent drops).
+        let Ok(ranges) = procfs::anonymous_ranges(self.pid.get()) else {
+            return libc::ESRCH;
+        };
+        if !uncovered(&ranges.into_iter().collect(), &BTreeMap::new(), start, end).is_empty() {
+            return libc::EINVAL;
+        }
+        if let Err(e) = self.uffd.register(start, end - start) {
+            return e.raw_os_error().unwrap_or(libc::EINVAL);
+        }
+        cut(&mut self.refused.borrow_mut(), start, end);
+        cut(&mut self.registered.borrow_mut(), start, end);
+        self.registered.borrow_mut().insert(start, end);
+        if let Ok(present) = procfs::present_pages(self.pid.get(), start, end) {
+            let mut t = self.table.borrow_mut();
+            for p in present {
+                t.found_present(p);
+            }
+        }
+        self.g.after_resident_change();
+        0
+    }
+
+    /// Starts fetching the evicted pages of `[start, end)`, as far as the budget has room.
+    fn prefetch_range(self: &Rc<Self>, start: u64, end: u64) {
+        let evicted: Vec<(u64, Remote)> = self
+            .table
+            .borrow()
+            .states_in(start, end)
+            .into_iter()
+            .filter_map(|(pg, st)| match st {
+                State::Evicted { remote } => Some((pg, remote)),
+                _ => None,
+            })
+            .collect();
+        let room = self.g.budget.saturating_sub(self.g.resident());
+        let mut batch = Vec::new();
+        for (pg, remote) in evicted.into_iter().take(room.max(1)) {
+            if self.table.borrow_mut().start_fetch(pg) {
+                batch.push((pg, remote));
+            }
+            if batch.len() == 64 {
+                let b = std::mem::take(&mut batch);
+                tokio::task::spawn_local(fetch(self.clone(), b, false, Instant::now()));
+            }
+        }
+        if !batch.is_empty() {
+            tokio::task::spawn_local(fetch(self.clone(), batch, false, Instant::now()));
+        }
+        self.g.after_resident_change();
+    }
+
+    async fn api_unregister(self: &Rc<Self>, start: u64, end: u64) -> i32 {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            // Bring every evicted page back and wait for what is in flight.
+            let busy = self
+                .table
+                .borrow()
+                .states_in(start, end)
+                .iter()
+                .any(|(_, st)| !matches!(st, State::Resident { .. }));
+            if !busy {
+                // No await from here on: nothing can start evicting these pages meanwhile.
+                match self.uffd.write_protect(start, end - start, false) {
+                    Ok(Install::Again) => {}
+                    Ok(_) => {
+                        if let Err(e) = self.uffd.unregister(start, end - start) {
+                            return e.raw_os_error().unwrap_or(libc::EINVAL);
+                        }
+                        let garbage = self.table.borrow_mut().unmapped(start, end);
+                        cut(&mut self.registered.borrow_mut(), start, end);
+                        self.refused.borrow_mut().insert(start, end);
+                        self.g.free_later(garbage);
+                        return 0;
+                    }
+                    Err(e) => return e.raw_os_error().unwrap_or(libc::EINVAL),
+                }
+            }
+            if Instant::now() > deadline {
+                return libc::ETIMEDOUT;
+            }
+            self.prefetch_range(start, end);
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    async fn api_flush(self: &Rc<Self>, start: u64, end: u64) -> i32 {
+        if !self.helper_up.get() {
+            return libc::EAGAIN;
+        }
+        let deadline = Instant::now() + Duration::from_secs(60);
+        // The evictor may be using the shim: wait for it.
+        let mut shim = loop {
+            if let Some(s) = self.shim.borrow_mut().take() {
+                break s;
+            }
+            if self.removed.get() || Instant::now() > deadline {
+                return libc::ESRCH;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        };
+        let pages: Vec<u64> = self
+            .table
+            .borrow()
+            .states_in(start, end)
+            .into_iter()
+            .filter(|(_, st)| matches!(st, State::Resident { .. }))
+            .map(|(pg, _)| pg)
+            .collect();
+        let victims = self.table.borrow_mut().start_eviction_of(pages);
+        let id = self.g.next_drop_id.get() + 1;
+        self.g.next_drop_id.set(id);
+        let r = if victims.is_empty() {
+            Ok(())
+        } else {
+            evict(self, victims, &mut shim, id).await
+        };
+        *self.shim.borrow_mut() = Some(shim);
+        match r {
+            Ok(()) => 0,
+            Err(e) => {
+                warn!("flush of {start:#x}-{end:#x} failed: {e:#}");
+                libc::EIO
+            }
+        }
+    }
+}
+
 /// Parts of `[start, end)` not in `registered` nor `refused`.
 fn uncovered(
     registered: &BTreeMap<u64, u64>,
@@ -812,7 +1021,6 @@ async fn scanner(p: Rc<Proc>) {
 
 /// Evicts from the process with the most resident pages while the workload is over budget.
 async fn evictor(g: Rc<Group>) {
-    let mut next_id = 0u64;
     loop {
         tokio::select! {
             () = g.pressure.notified() => {}
@@ -849,7 +1057,8 @@ async fn evictor(g: Rc<Group>) {
                 break;
             };
             g.stuck_warned.set(false);
-            next_id += 1;
+            let next_id = g.next_drop_id.get() + 1;
+            g.next_drop_id.set(next_id);
             debug!(batch = victims.len(), pid = p.pid.get(), "evicting");
             let Some(mut shim) = p.shim.borrow_mut().take() else {
                 continue;

@@ -29,6 +29,8 @@ use std::{
     sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
 };
 
+// The client-API part of the protocol is the agent's and libyonder's, not the shim's.
+#[allow(dead_code)]
 #[path = "proto.rs"]
 mod proto;
 

@@ -32,3 +32,22 @@ pub const HELPER_UP: u64 = 5;
 pub const MAX_RANGES: usize = 64;
 /// Most words in any message.
 pub const MAX_WORDS: usize = 3 + 2 * MAX_RANGES;
+
+/// Words of a client-API hello (no descriptor): `[API_MAGIC, VERSION, pid]`. The agent answers
+/// `[READY]` if `pid` is a process it manages, `[REFUSED]` otherwise. Then each request is
+/// `[op, start, len]` (page-aligned range of the caller's memory) and its reply `[op, errno]`
+/// (0 on success, a positive errno otherwise), in order, one at a time per connection.
+pub const API_HELLO_WORDS: usize = 3;
+/// First word of a client-API hello.
+pub const API_MAGIC: u64 = 0x594f_4e44_4552_0003;
+/// Request: manage this range (an anonymous private writable mapping) from now on.
+pub const OP_REGISTER: u64 = 10;
+/// Request: stop managing this range; its evicted pages are brought back first, so it stays
+/// local from then on. The agent's scanner will not take it again.
+pub const OP_UNREGISTER: u64 = 11;
+/// Request: fetch the evicted pages of this range ahead of use (a hint: the reply comes once the
+/// fetches are issued, not installed).
+pub const OP_PREFETCH: u64 = 12;
+/// Request: evict the resident pages of this range now (written to the servers, dropped
+/// locally); the reply comes when that is done.
+pub const OP_FLUSH: u64 = 13;
