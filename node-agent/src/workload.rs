@@ -1048,6 +1048,12 @@ async fn evictor(g: Rc<Group>) {
                 }
             }
             let Some((p, victims)) = chosen else {
+                let ready = g.procs.borrow().iter().any(|p| p.shim.borrow().is_some());
+                if !ready {
+                    // No helper is up yet (a process is still starting): not stuck, just early.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
                 if !g.stuck_warned.replace(true) {
                     eprintln!(
                         "yonder: nothing can be evicted right now (every resident page is in flight); the workload runs over its budget"
