@@ -776,4 +776,83 @@ mod tests {
         assert_eq!(t.resident(), 1);
         assert_eq!(t.start_eviction(1).len(), 1, "still a candidate");
     }
+
+    #[test]
+    fn fork_shares_slots_and_each_side_writes_to_its_own() {
+        let mut parent = table();
+        for i in 0..3 {
+            parent.zero_filled(i * PAGE);
+        }
+        // Page 0 evicted, page 1 fetched back clean, page 2 dirty without a copy.
+        let v = parent.start_eviction_of(vec![0, PAGE]);
+        for (p, _, _) in &v {
+            parent.dropping(*p);
+            parent.finish_eviction(*p);
+        }
+        let r1 = v[1].1;
+        parent.start_fetch(PAGE);
+        parent.fetched(PAGE, r1, false);
+        let mut child = parent.fork_clone(Clock::default());
+        assert_eq!(child.resident(), parent.resident());
+        assert_eq!(child.state(0), parent.state(0));
+        assert_eq!(child.slots().borrow().refs(r1.slot), 2);
+
+        // The child writes page 1 and evicts it: a new slot, the parent's copy stays.
+        assert_eq!(child.write_fault(PAGE), WriteFault::Unprotect);
+        let cv = child.start_eviction_of(vec![PAGE]);
+        assert!(cv[0].2);
+        assert_ne!(cv[0].1.slot, r1.slot, "a shared slot is never rewritten");
+        child.dropping(PAGE);
+        let garbage = child.finish_eviction(PAGE);
+        assert_eq!(garbage, vec![r1]);
+        // Releasing the child's reference does not free the parent's copy.
+        assert!(child.slots().borrow_mut().release(garbage).is_empty());
+        assert_eq!(
+            parent.state(PAGE),
+            Some(State::Resident {
+                dirty: false,
+                remote: Some(r1)
+            })
+        );
+
+        // Now the parent alone refers to r1: its own rewrite reuses the slot.
+        parent.write_fault(PAGE);
+        let pv = parent.start_eviction_of(vec![PAGE]);
+        assert_eq!(pv[0].1.slot, r1.slot);
+
+        // When the child goes, only slots no one else refers to are freed.
+        let freed = child.slots().borrow_mut().release(child.all_references());
+        let freed: Vec<u64> = freed.iter().map(|r| r.slot).collect();
+        assert_eq!(freed, vec![cv[0].1.slot]);
+    }
+
+    #[test]
+    fn fork_during_an_eviction_gives_the_child_a_state_its_memory_can_be_in() {
+        let mut t = table();
+        t.zero_filled(0);
+        t.zero_filled(PAGE);
+        let v = t.start_eviction_of(vec![0, PAGE]);
+        t.dropping(PAGE);
+        let mut child = t.fork_clone(Clock::default());
+        // Not dropped yet: the child has the page, dirty (it will save it itself).
+        assert_eq!(
+            child.state(0),
+            Some(State::Resident {
+                dirty: true,
+                remote: None
+            })
+        );
+        // Drop under way: the child may or may not have it; its content is the saved copy.
+        assert_eq!(child.state(PAGE), Some(State::Evicted { remote: v[1].1 }));
+        // If it does have it, a write proves it: the state is repaired, nothing lost.
+        assert_eq!(child.write_fault(PAGE), WriteFault::Unprotect);
+        assert_eq!(
+            child.state(PAGE),
+            Some(State::Resident {
+                dirty: true,
+                remote: Some(v[1].1)
+            })
+        );
+        assert_eq!(child.resident(), 2);
+    }
 }

@@ -85,6 +85,7 @@ pub struct Process {
     child: Option<Child>,
     name: String,
     log: PathBuf,
+    out: Option<PathBuf>,
 }
 
 impl Process {
@@ -110,6 +111,7 @@ impl Process {
             child: Some(child),
             name: name.to_string(),
             log,
+            out: None,
         };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -132,6 +134,42 @@ impl Process {
                 }
             }
         }
+    }
+
+    /// Starts `cmd` with stdin from /dev/null, stdout to `LOG_DIR/NAME.out` and stderr to
+    /// `LOG_DIR/NAME.log` (see [`Process::stdout`] and [`Process::log`]), without waiting.
+    pub fn spawn(mut cmd: Command, name: &str, log_dir: &Path) -> anyhow::Result<Self> {
+        let log = log_dir.join(format!("{name}.log"));
+        let out = log_dir.join(format!("{name}.out"));
+        let stderr = std::fs::File::create(&log)?;
+        let stdout = std::fs::File::create(&out)?;
+        die_with_parent(&mut cmd);
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        Ok(Self {
+            child: Some(child),
+            name: name.to_string(),
+            log,
+            out: Some(out),
+        })
+    }
+
+    /// What the process wrote to stdout so far, when it was started with [`Process::spawn`].
+    pub fn stdout(&self) -> String {
+        self.out
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// Whether the process has been reaped (it exited and its status was collected).
+    pub fn exited(&self) -> bool {
+        self.child.is_none()
     }
 
     /// The process id.
@@ -165,11 +203,11 @@ impl Process {
 
     /// The process's log (its stderr) so far.
     pub fn log(&self) -> String {
-        let mut s = String::new();
+        let mut b = Vec::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
-            let _ = f.read_to_string(&mut s);
+            let _ = f.read_to_end(&mut b);
         }
-        s
+        String::from_utf8_lossy(&b).into_owned()
     }
 
     /// Stops the process (SIGTERM, then SIGKILL after 5 s) and returns its log.
@@ -262,5 +300,157 @@ impl Server {
     /// Connects as client `name`.
     pub async fn connect(&self, name: &str) -> anyhow::Result<client::Client> {
         self.certs.connect(name, self.addr, self.mtu).await
+    }
+}
+
+/// Compiles the C workload `tests/workloads/NAME.c` into `out_dir` with `cc -O2 -pthread` and
+/// `extra` flags, once per process and flag set; panics with the compiler's output on failure.
+pub fn compile_workload(name: &str, out_dir: &Path, extra: &[&str]) -> PathBuf {
+    static BUILT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    let suffix: String = extra
+        .iter()
+        .map(|f| {
+            f.trim_start_matches('-')
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        })
+        .map(|f| format!("-{f}"))
+        .collect();
+    let out = out_dir.join(format!("{name}{suffix}"));
+    let mut built = BUILT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if built.contains(&out) {
+        return out;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("workloads")
+        .join(format!("{name}.c"));
+    // Compile to a private name and rename, so that another test binary compiling the same
+    // workload at the same time never sees a half-written file.
+    let tmp = out_dir.join(format!(".{name}{suffix}.{}", std::process::id()));
+    let result = Command::new("cc")
+        .args(["-O2", "-pthread"])
+        .args(extra)
+        .arg("-o")
+        .arg(&tmp)
+        .arg(&src)
+        .output()
+        .expect("a C compiler (cc) is needed to build the test workloads");
+    assert!(
+        result.status.success(),
+        "compiling {} with {extra:?} failed:\n{}",
+        src.display(),
+        String::from_utf8_lossy(&result.stderr)
+    );
+    std::fs::rename(&tmp, &out).expect("moving the compiled workload into place");
+    built.push(out.clone());
+    out
+}
+
+/// The state letter of process `pid` from /proc/PID/stat (`R`, `S`, `Z`, ...), if it exists.
+pub fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name is in parentheses and may contain anything; the state follows it.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
+/// Whether process `pid` has ended: no longer in /proc, or a zombie waiting to be reaped.
+pub fn proc_gone(pid: u32) -> bool {
+    matches!(proc_state(pid), None | Some('Z' | 'X'))
+}
+
+/// The start time of process `pid` (field 22 of /proc/PID/stat), which tells a process from a
+/// later one that reuses its pid.
+pub fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // Fields after the name start at field 3 (state); the start time is field 22.
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+/// RssAnon of process `pid` in bytes, from /proc/PID/status.
+pub fn rss_anon(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = s
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// The child processes of process `pid` (of its main thread).
+pub fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// A process this test did not spawn itself (a grandchild, say), SIGKILLed by PID when dropped
+/// unless it has ended; its start time guards against killing a later process with its pid.
+pub struct KillOnDrop {
+    pid: u32,
+    start_time: Option<u64>,
+}
+
+impl KillOnDrop {
+    /// Guards process `pid`, which must be running now.
+    pub fn new(pid: u32) -> Self {
+        Self {
+            pid,
+            start_time: proc_start_time(pid),
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.start_time.is_some() && proc_start_time(self.pid) == self.start_time {
+            // SAFETY: kill(2) of the process this guard was made for (same pid and start time).
+            unsafe {
+                libc::kill(self.pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding an ephemeral loopback port")
+        .port()
+}
+
+/// The first number after `label` in `text`, e.g. `number_after(summary, "evicted ")`.
+pub fn number_after(text: &str, label: &str) -> Option<u64> {
+    let at = text.find(label)?;
+    text[at + label.len()..]
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())?
+        .parse()
+        .ok()
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
