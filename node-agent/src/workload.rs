@@ -751,7 +751,7 @@ impl Proc {
         let Some(end) = start.checked_add(len) else {
             return libc::EINVAL;
         };
-        if start % PAGE != 0 || len % PAGE != 0 || len == 0 {
+        if !start.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
             return libc::EINVAL;
         }
         match op {
