@@ -29,6 +29,22 @@ pub fn anonymous_ranges(pid: u32) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
+/// Every mapping of `pid`, whatever it maps: `(start, end)`.
+pub fn all_ranges(pid: u32) -> io::Result<Vec<(u64, u64)>> {
+    let f = File::open(format!("/proc/{pid}/maps"))?;
+    let mut out = Vec::new();
+    for line in BufReader::new(f).lines() {
+        let line = line?;
+        let range = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = range.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                out.push((a, b));
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The end of a writable file mapping (a library's data segment), if the line is one.
 fn file_writable_end(line: &str) -> Option<u64> {
     let mut fields = line.split_whitespace();

@@ -754,6 +754,16 @@ impl Proc {
         if !start.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
             return libc::EINVAL;
         }
+        if matches!(op, proto::OP_PREFETCH | proto::OP_FLUSH) {
+            // As madvise(2): the whole range must be mapped.
+            let Ok(ranges) = procfs::all_ranges(self.pid.get()) else {
+                return libc::ESRCH;
+            };
+            let mapped: BTreeMap<u64, u64> = ranges.into_iter().collect();
+            if !uncovered(&mapped, &BTreeMap::new(), start, end).is_empty() {
+                return libc::ENOMEM;
+            }
+        }
         match op {
             proto::OP_REGISTER => self.api_register(start, end),
             proto::OP_UNREGISTER => self.api_unregister(start, end).await,
@@ -856,10 +866,14 @@ impl Proc {
     }
 
     async fn api_flush(self: &Rc<Self>, start: u64, end: u64) -> i32 {
-        if !self.helper_up.get() {
-            return libc::EAGAIN;
-        }
         let deadline = Instant::now() + Duration::from_secs(60);
+        // Right after a fork or start the shim's helper may not be up yet: wait for it.
+        while !self.helper_up.get() {
+            if self.removed.get() || Instant::now() > deadline {
+                return libc::EAGAIN;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         // The evictor may be using the shim: wait for it.
         let mut shim = loop {
             if let Some(s) = self.shim.borrow_mut().take() {
