@@ -19,7 +19,7 @@ use yonder_common::{client, tls, transport};
 use crate::{
     embedded::Embedded,
     pages::PAGE,
-    remote::Servers,
+    remote::{Dialer, Policy, Servers},
     shim_proto as proto,
     workload::{Group, EVICT_BATCH},
 };
@@ -43,6 +43,8 @@ pub struct RunConfig {
     pub command: Vec<OsString>,
     /// The node daemon's control socket: the daemon serves the workload instead of this process.
     pub daemon: Option<PathBuf>,
+    /// Replication and failure detection.
+    pub policy: Policy,
 }
 
 impl RunConfig {
@@ -81,9 +83,11 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         &config.tls_dir,
         &config.cert_name,
         config.mtu,
+        config.policy,
     )
     .await?;
     let servers = Rc::new(servers);
+    tokio::task::spawn_local(crate::remote::prober(servers.clone()));
 
     let dir = tempfile::Builder::new().prefix("yonder-run-").tempdir()?;
     let sock = dir.path().join("agent.sock");
@@ -251,12 +255,15 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// Connects to the memory servers `servers` (or starts the embedded one when empty).
+/// Connects to the memory servers `servers` (or starts the embedded one when empty). Servers
+/// that cannot be reached start as down (and are dialled again in the background), as long as
+/// one can be.
 pub(crate) async fn connect_servers(
     servers: &[String],
     tls_dir: &std::path::Path,
     cert_name: &str,
     mtu: Option<u16>,
+    policy: Policy,
 ) -> anyhow::Result<(Servers, Option<Embedded>)> {
     let (specs, files, mtu, embedded) = if servers.is_empty() {
         let e = Embedded::start(u64::MAX / 2).context("starting the embedded memory server")?;
@@ -274,15 +281,40 @@ pub(crate) async fn connect_servers(
     let tls = tls::client_config(&files, mtu)
         .with_context(|| format!("loading the client certificate {}", files.cert.display()))?;
     let mut clients = Vec::new();
+    let mut errors = Vec::new();
     for spec in &specs {
         let (addr, host) = client::resolve(spec).await?;
         let endpoint = client::endpoint(tls.clone(), addr.is_ipv6())?;
-        let c = client::Client::connect(&endpoint, addr, &host, "yonder-agent")
-            .await
-            .with_context(|| format!("connecting to memory server {spec}"))?;
-        clients.push((spec.clone(), c));
+        let c = tokio::time::timeout(
+            policy.timeout.max(Duration::from_secs(5)),
+            client::Client::connect(&endpoint, addr, &host, "yonder-agent"),
+        )
+        .await;
+        let c = match c {
+            Ok(Ok(c)) => Some(c),
+            Ok(Err(e)) => {
+                errors.push(format!("{spec}: {e}"));
+                None
+            }
+            Err(_) => {
+                errors.push(format!("{spec}: no answer"));
+                None
+            }
+        };
+        let dialer = Dialer {
+            endpoint,
+            addr,
+            host,
+        };
+        clients.push((spec.clone(), c, embedded.is_none().then_some(dialer)));
     }
-    Ok((Servers::new(clients), embedded))
+    if clients.iter().all(|c| c.1.is_none()) {
+        bail!("no memory server can be reached: {}", errors.join("; "));
+    }
+    for e in &errors {
+        eprintln!("yonder: memory server {e}; it counts as down until it answers");
+    }
+    Ok((Servers::new(clients, policy), embedded))
 }
 
 fn spawn_workload(

@@ -60,6 +60,25 @@ pub struct DaemonConfig {
     pub mtu: Option<u16>,
     /// Prometheus endpoint.
     pub metrics: Option<SocketAddr>,
+    /// Copies of each page on distinct servers. Default 2 (capped at the number of servers).
+    pub replicas: usize,
+    /// Acks needed before a page is dropped locally. Default: all replicas.
+    pub write_quorum: Option<usize>,
+    /// A server that does not answer a request within this many milliseconds is marked down.
+    /// Default 2000.
+    pub server_timeout_ms: u64,
+}
+
+impl DaemonConfig {
+    /// The replication policy this configuration asks for.
+    pub fn policy(&self) -> crate::remote::Policy {
+        crate::remote::Policy {
+            replicas: self.replicas,
+            write_quorum: self.write_quorum.unwrap_or(self.replicas),
+            timeout: Duration::from_millis(self.server_timeout_ms),
+            ..Default::default()
+        }
+    }
 }
 
 impl Default for DaemonConfig {
@@ -73,6 +92,9 @@ impl Default for DaemonConfig {
             cert_name: yonder_common::certs::DEFAULT_CLIENT.into(),
             mtu: None,
             metrics: None,
+            replicas: 2,
+            write_quorum: None,
+            server_timeout_ms: 2000,
         }
     }
 }
@@ -215,6 +237,7 @@ async fn daemon_async(config: DaemonConfig) -> anyhow::Result<()> {
         &config.tls_dir,
         &config.cert_name,
         config.mtu,
+        config.policy(),
     )
     .await?;
     let dir = config
@@ -250,6 +273,7 @@ async fn daemon_async(config: DaemonConfig) -> anyhow::Result<()> {
     );
     info!(socket = %d.config.socket.display(), node_memory = %d.config.node_memory, "daemon up");
     tokio::task::spawn_local(sampler(d.clone()));
+    tokio::task::spawn_local(crate::remote::prober(d.servers.clone()));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {

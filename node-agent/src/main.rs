@@ -65,6 +65,16 @@ struct RunArgs {
     /// Serve the program in this process even if a node daemon is configured.
     #[arg(long)]
     standalone: bool,
+    /// Copies of each page on distinct memory servers (capped at the number of servers).
+    #[arg(long, default_value_t = 2)]
+    replicas: usize,
+    /// Acks needed before an evicted page is dropped locally (default: all replicas).
+    #[arg(long)]
+    write_quorum: Option<usize>,
+    /// A memory server that does not answer a request within this many milliseconds is marked
+    /// down: reads go to other replicas and its pages are re-replicated.
+    #[arg(long, default_value_t = 2000)]
+    server_timeout_ms: u64,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
@@ -123,6 +133,12 @@ fn main() -> ExitCode {
         metrics: args.metrics,
         command: args.command,
         daemon,
+        policy: yonder_agent::remote::Policy {
+            replicas: args.replicas,
+            write_quorum: args.write_quorum.unwrap_or(args.replicas),
+            timeout: std::time::Duration::from_millis(args.server_timeout_ms),
+            ..Default::default()
+        },
     };
     match agent::run(config) {
         Ok(status) => {

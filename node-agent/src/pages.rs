@@ -90,6 +90,11 @@ impl Slots {
         free
     }
 
+    /// Whether anyone still refers to `slot`.
+    pub fn is_referenced(&self, slot: u64) -> bool {
+        self.refs.contains_key(&slot)
+    }
+
     /// Slots with at least one reference.
     pub fn live(&self) -> usize {
         self.refs.len()

@@ -1,9 +1,25 @@
-//! The memory servers an agent pages to: placement of slots on servers and batched requests.
+//! The memory servers an agent pages to: replicated placement of slots, batched requests,
+//! failure detection and failover.
 //!
-//! Placement is rendezvous hashing of the slot over the servers, so adding a server moves about
-//! 1/N of the pages. Each page has one copy for now; replication comes with its own design.
+//! Placement: each slot has a ranking of all servers by rendezvous hashing (score of slot and
+//! server name), so adding a server moves about 1/N of the pages. A write goes to the first R
+//! servers of the ranking that are up and not full; a server that fails or is full is skipped and
+//! the next one in the ranking takes its place. A read asks the servers in ranking order (the
+//! fastest of the first R first) and takes the first copy with the exact version it expects; a
+//! server without the page, or with an older version ("stale"), is skipped. Versions make this
+//! safe: a server that was down or cut off and comes back can only answer "missing" or "stale" for
+//! what changed meanwhile, never old data as current (see docs/replication.md).
+//!
+//! Failure detection: every request has a deadline (`timeout`); a server that misses it or whose
+//! connection fails is marked down at once and skipped, and a background prober reconnects it.
 
-use std::hash::{Hash, Hasher};
+use std::{
+    cell::{Cell, RefCell},
+    hash::{Hash, Hasher},
+    net::SocketAddr,
+    rc::Rc,
+    time::{Duration, Instant},
+};
 
 use yonder_common::{
     client::{Client, ClientError},
@@ -16,180 +32,497 @@ use crate::pages::Remote;
 /// Why a page could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum FetchError {
-    /// The server could not be asked.
-    #[error("memory server {server}: {source}")]
-    Request {
-        /// Server address.
-        server: String,
-        /// The cause.
-        source: ClientError,
-    },
-    /// The server does not have the page, or only an older version of it.
-    #[error("memory server {server} lost slot {slot} (expected version {version}): {what}")]
+    /// No server has the page at the expected version (all copies lost or stale).
+    #[error("every copy of slot {slot} (version {version}) is lost: {what}")]
     Lost {
-        /// Server address.
-        server: String,
         /// The slot.
         slot: u64,
         /// The version expected.
         version: u64,
-        /// What the server answered.
+        /// What the servers answered.
         what: String,
     },
 }
 
-/// Connections to the memory servers of one agent.
-pub struct Servers {
-    clients: Vec<(String, Client)>,
+/// How replicas are placed and when a server counts as failed.
+#[derive(Clone, Copy, Debug)]
+pub struct Policy {
+    /// Copies of each page (capped at the number of servers).
+    pub replicas: usize,
+    /// Acks needed before a page counts as stored (1..=replicas).
+    pub write_quorum: usize,
+    /// Deadline of one request; a server that misses it is marked down.
+    pub timeout: Duration,
+    /// How long a read keeps trying while servers that may hold the page are unreachable, before
+    /// the page is declared lost.
+    pub lost_after: Duration,
 }
 
-fn score(slot: u64, server: usize) -> u64 {
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            replicas: 2,
+            write_quorum: 2,
+            timeout: Duration::from_secs(2),
+            lost_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// How to reach a server again after its connection failed.
+pub struct Dialer {
+    /// The QUIC endpoint.
+    pub endpoint: quinn::Endpoint,
+    /// Server address.
+    pub addr: SocketAddr,
+    /// TLS server name.
+    pub host: String,
+}
+
+struct Server {
+    name: String,
+    /// None while it could not be reached at all.
+    client: RefCell<Option<Client>>,
+    dialer: Option<Dialer>,
+    /// Since when the server is down, if it is.
+    down_since: Cell<Option<Instant>>,
+    /// Until when the server counts as full (it refused a write for capacity).
+    full_until: Cell<Option<Instant>>,
+    /// Smoothed request latency in microseconds.
+    latency_us: Cell<f64>,
+}
+
+impl Server {
+    fn up(&self) -> bool {
+        self.down_since.get().is_none()
+    }
+
+    fn full(&self) -> bool {
+        self.full_until.get().is_some_and(|t| Instant::now() < t)
+    }
+
+    fn observe(&self, took: Duration) {
+        let us = took.as_secs_f64() * 1e6;
+        let old = self.latency_us.get();
+        self.latency_us
+            .set(if old == 0.0 { us } else { 0.8 * old + 0.2 * us });
+    }
+}
+
+/// Health of one server, for status and metrics.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct ServerHealth {
+    /// Address.
+    pub name: String,
+    /// Reachable.
+    pub up: bool,
+    /// Refused a write for capacity recently.
+    pub full: bool,
+    /// Smoothed request latency in microseconds.
+    pub latency_us: f64,
+}
+
+/// Connections to the memory servers of one agent.
+pub struct Servers {
+    servers: Vec<Server>,
+    policy: Policy,
+    /// Counts servers going down: a workload repairs its pages when it changes.
+    downs: Cell<u64>,
+}
+
+fn score(slot: u64, server: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (slot, server).hash(&mut h);
     h.finish()
 }
 
+/// What one request to one server did.
+enum Outcome<T> {
+    Done(T),
+    Failed(String),
+}
+
 impl Servers {
-    /// Wraps connected clients, named by address.
-    pub fn new(clients: Vec<(String, Client)>) -> Self {
+    /// Wraps connected clients, named by address, with the dialers to reconnect them.
+    pub fn new(clients: Vec<(String, Option<Client>, Option<Dialer>)>, policy: Policy) -> Self {
         assert!(!clients.is_empty(), "at least one memory server");
-        Self { clients }
+        let mut policy = policy;
+        policy.replicas = policy.replicas.clamp(1, clients.len());
+        policy.write_quorum = policy.write_quorum.clamp(1, policy.replicas);
+        Self {
+            servers: clients
+                .into_iter()
+                .map(|(name, client, dialer)| Server {
+                    name,
+                    down_since: Cell::new(client.is_none().then(Instant::now)),
+                    client: RefCell::new(client),
+                    dialer,
+                    full_until: Cell::new(None),
+                    latency_us: Cell::new(0.0),
+                })
+                .collect(),
+            policy,
+            downs: Cell::new(0),
+        }
     }
 
-    /// The server that holds `slot`.
-    pub fn place(&self, slot: u64) -> usize {
-        (0..self.clients.len())
-            .max_by_key(|&i| score(slot, i))
-            .expect("at least one server")
+    /// The placement and failure policy in force (replicas capped at the number of servers).
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
-    /// Reads several pages (one request per server involved); contents in the order asked.
+    /// How many times a server went down so far.
+    pub fn downs(&self) -> u64 {
+        self.downs.get()
+    }
+
+    /// Health of each server.
+    pub fn health(&self) -> Vec<ServerHealth> {
+        self.servers
+            .iter()
+            .map(|s| ServerHealth {
+                name: s.name.clone(),
+                up: s.up(),
+                full: s.full(),
+                latency_us: s.latency_us.get(),
+            })
+            .collect()
+    }
+
+    /// All servers, best first for `slot`.
+    pub fn ranking(&self, slot: u64) -> Vec<usize> {
+        let mut r: Vec<usize> = (0..self.servers.len()).collect();
+        r.sort_by_key(|&i| std::cmp::Reverse(score(slot, &self.servers[i].name)));
+        r
+    }
+
+    /// Whether server `i` is among the first R of `slot`'s ranking (where its copies go when
+    /// every server is up).
+    pub fn is_home(&self, slot: u64, i: usize) -> bool {
+        self.ranking(slot)[..self.policy.replicas].contains(&i)
+    }
+
+    /// Indexes of servers that are down.
+    pub fn down_servers(&self) -> Vec<usize> {
+        (0..self.servers.len())
+            .filter(|&i| !self.servers[i].up())
+            .collect()
+    }
+
+    fn mark_down(&self, i: usize, why: &str) {
+        let s = &self.servers[i];
+        if s.up() {
+            s.down_since.set(Some(Instant::now()));
+            self.downs.set(self.downs.get() + 1);
+            eprintln!(
+                "yonder: memory server {} is down ({why}); its pages are served and re-replicated from the others",
+                s.name
+            );
+            metrics::gauge!("yonder_agent_server_up", "server" => s.name.clone()).set(0.0);
+        }
+    }
+
+    /// Runs `f` against server `i` with the request deadline; a miss or a transport error marks
+    /// the server down.
+    async fn call<T, F, Fut>(&self, i: usize, f: F) -> Outcome<T>
+    where
+        F: FnOnce(Client) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let s = &self.servers[i];
+        let Some(client) = s.client.borrow().clone() else {
+            return Outcome::Failed("not connected".into());
+        };
+        let started = Instant::now();
+        match tokio::time::timeout(self.policy.timeout, f(client)).await {
+            Ok(Ok(v)) => {
+                s.observe(started.elapsed());
+                Outcome::Done(v)
+            }
+            Ok(Err(e)) => {
+                let why = e.to_string();
+                if matches!(e, ClientError::Server { .. }) {
+                    // The server answered: it is up, the request was refused.
+                    return Outcome::Failed(why);
+                }
+                self.mark_down(i, &why);
+                Outcome::Failed(why)
+            }
+            Err(_) => {
+                let why = format!("no answer within {:?}", self.policy.timeout);
+                self.mark_down(i, &why);
+                Outcome::Failed(why)
+            }
+        }
+    }
+
+    /// Reconnects servers that are down (run in the background every second).
+    pub async fn probe_down(&self) {
+        for (i, s) in self.servers.iter().enumerate() {
+            if s.up() {
+                continue;
+            }
+            let Some(d) = &s.dialer else {
+                // Nothing to dial (embedded server): try the old connection.
+                if let Outcome::Done(_) = self.call(i, |c| async move { c.stats().await }).await {
+                    s.down_since.set(None);
+                }
+                continue;
+            };
+            let conn = tokio::time::timeout(
+                self.policy.timeout,
+                Client::connect(&d.endpoint, d.addr, &d.host, "yonder-agent"),
+            )
+            .await;
+            if let Ok(Ok(client)) = conn {
+                *s.client.borrow_mut() = Some(client);
+                s.down_since.set(None);
+                s.full_until.set(None);
+                eprintln!("yonder: memory server {} is back", s.name);
+                metrics::gauge!("yonder_agent_server_up", "server" => s.name.clone()).set(1.0);
+            }
+        }
+    }
+
+    /// Reads several pages; contents in the order asked. Each page comes from the first server
+    /// (fastest of its first R, then the rest of its ranking) that holds its exact version.
     pub async fn read_many(
         &self,
         space: u32,
         remotes: &[Remote],
     ) -> Result<Vec<Vec<u8>>, FetchError> {
-        let mut per_server: Vec<Vec<usize>> = vec![Vec::new(); self.clients.len()];
-        for (i, r) in remotes.iter().enumerate() {
-            per_server[self.place(r.slot)].push(i);
-        }
-        let futures = per_server
-            .into_iter()
+        let mut out: Vec<Option<Vec<u8>>> = vec![None; remotes.len()];
+        // Per page: servers still to ask, in order, and what the others said.
+        let mut todo: Vec<(usize, Vec<usize>)> = remotes
+            .iter()
             .enumerate()
-            .filter(|(_, idx)| !idx.is_empty())
-            .map(|(s, idx)| async move {
-                let (name, client) = &self.clients[s];
-                let items = idx
-                    .iter()
-                    .map(|&i| ReadItem {
-                        key: PageKey::new(space, remotes[i].slot),
-                        version: remotes[i].version,
-                    })
-                    .collect();
-                let results = client
-                    .read(items)
-                    .await
-                    .map_err(|source| FetchError::Request {
-                        server: name.clone(),
-                        source,
-                    })?;
-                let mut out = Vec::with_capacity(idx.len());
-                for (&i, r) in idx.iter().zip(results) {
-                    let remote = remotes[i];
-                    let lost = |what: String| FetchError::Lost {
-                        server: name.clone(),
-                        slot: remote.slot,
-                        version: remote.version,
-                        what,
-                    };
-                    let data = match r {
-                        ReadResult::Found { version, data } if version == remote.version => {
-                            match data {
-                                PageData::Zero => vec![0; PAGE_SIZE],
-                                PageData::Bytes(b) if b.len() == PAGE_SIZE => b,
-                                PageData::Bytes(b) => {
-                                    return Err(lost(format!("a page of {} bytes", b.len())))
-                                }
-                            }
+            .map(|(i, r)| (i, self.read_order(r.slot)))
+            .collect();
+        let mut answers: Vec<Vec<String>> = vec![Vec::new(); remotes.len()];
+        let started = Instant::now();
+        while !todo.is_empty() {
+            // Group the pages by the next server to ask (the first of its candidates that is up).
+            let mut per_server: Vec<Vec<usize>> = vec![Vec::new(); self.servers.len()];
+            let mut asked = Vec::new();
+            let mut waiting = Vec::new();
+            for (i, mut order) in todo.drain(..) {
+                match order.iter().position(|&s| self.servers[s].up()) {
+                    Some(k) => {
+                        let s = order.remove(k);
+                        per_server[s].push(i);
+                        asked.push((i, order, s));
+                    }
+                    // Every server that may still hold the page is down: wait for one to come
+                    // back, or give up once the page has been unreachable for too long.
+                    None if !order.is_empty() && started.elapsed() < self.policy.lost_after => {
+                        waiting.push((i, order))
+                    }
+                    None => {
+                        let r = remotes[i];
+                        let mut what = answers[i].join("; ");
+                        if !order.is_empty() {
+                            what.push_str("; the other servers stayed unreachable");
                         }
-                        other => return Err(lost(format!("{other:?}"))),
-                    };
-                    out.push((i, data));
+                        return Err(FetchError::Lost {
+                            slot: r.slot,
+                            version: r.version,
+                            what,
+                        });
+                    }
                 }
-                Ok(out)
-            });
-        let mut pages: Vec<Option<Vec<u8>>> = vec![None; remotes.len()];
-        for result in futures_util::future::join_all(futures).await {
-            for (i, data) in result? {
-                pages[i] = Some(data);
+            }
+            let futures = per_server
+                .iter()
+                .enumerate()
+                .filter(|(_, idx)| !idx.is_empty())
+                .map(|(s, idx)| async move {
+                    let items: Vec<ReadItem> = idx
+                        .iter()
+                        .map(|&i| ReadItem {
+                            key: PageKey::new(space, remotes[i].slot),
+                            version: remotes[i].version,
+                        })
+                        .collect();
+                    (
+                        s,
+                        self.call(s, |c| async move { c.read(items).await }).await,
+                    )
+                });
+            // Per page: Some(Ok) found, Some(Err(definitive answer)), None (server failed).
+            let mut got: Vec<Option<Result<Vec<u8>, String>>> = vec![None; remotes.len()];
+            for (s, outcome) in futures_util::future::join_all(futures).await {
+                let name = &self.servers[s].name;
+                match outcome {
+                    Outcome::Done(results) => {
+                        for (&i, r) in per_server[s].iter().zip(results) {
+                            got[i] = Some(match r {
+                                ReadResult::Found { version, data }
+                                    if version == remotes[i].version =>
+                                {
+                                    match data {
+                                        PageData::Zero => Ok(vec![0; PAGE_SIZE]),
+                                        PageData::Bytes(b) if b.len() == PAGE_SIZE => Ok(b),
+                                        PageData::Bytes(b) => {
+                                            Err(format!("{name}: a page of {} bytes", b.len()))
+                                        }
+                                    }
+                                }
+                                other => Err(format!("{name}: {other:?}")),
+                            });
+                        }
+                    }
+                    Outcome::Failed(why) => {
+                        for &i in &per_server[s] {
+                            answers[i].push(format!("{name}: {why}"));
+                        }
+                    }
+                }
+            }
+            for (i, mut order, s) in asked {
+                match got[i].take() {
+                    Some(Ok(data)) => out[i] = Some(data),
+                    Some(Err(why)) => {
+                        answers[i].push(why);
+                        todo.push((i, order));
+                    }
+                    // The server failed and is down: it may hold the page, ask it again once it
+                    // is back.
+                    None if !self.servers[s].up() => {
+                        order.push(s);
+                        todo.push((i, order));
+                    }
+                    // It answered with an error: its answer for this page is final.
+                    None => todo.push((i, order)),
+                }
+            }
+            if !waiting.is_empty() {
+                todo.extend(waiting);
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        Ok(pages
+        Ok(out
             .into_iter()
             .map(|p| p.expect("every page answered"))
             .collect())
     }
 
-    /// Writes pages; returns, per page in order, whether it is stored.
-    pub async fn write(&self, space: u32, pages: Vec<(Remote, PageData)>) -> Vec<bool> {
-        let mut ok = vec![false; pages.len()];
-        let mut per_server: Vec<Vec<(usize, WriteItem)>> = vec![Vec::new(); self.clients.len()];
-        for (i, (remote, data)) in pages.into_iter().enumerate() {
-            per_server[self.place(remote.slot)].push((
-                i,
-                WriteItem {
-                    key: PageKey::new(space, remote.slot),
-                    version: remote.version,
-                    data,
-                },
-            ));
-        }
-        let mut requests = Vec::new();
-        for (s, items) in per_server.into_iter().enumerate() {
-            let mut items = items;
-            while !items.is_empty() {
-                let rest = items.split_off(items.len().min(MAX_BATCH_PAGES));
-                let batch = std::mem::replace(&mut items, rest);
-                requests.push((s, batch));
-            }
-        }
-        let futures = requests.into_iter().map(|(s, batch)| async move {
-            let (name, client) = &self.clients[s];
-            let index: Vec<usize> = batch.iter().map(|(i, _)| *i).collect();
-            let items = batch.into_iter().map(|(_, w)| w).collect();
-            match client.write(items).await {
-                Ok(results) => index
-                    .into_iter()
-                    .zip(results)
-                    .map(|(i, r)| (i, r == WriteResult::Stored))
-                    .collect::<Vec<_>>(),
-                Err(e) => {
-                    tracing::warn!("writing to memory server {name}: {e}");
-                    index.into_iter().map(|i| (i, false)).collect()
-                }
-            }
+    /// Where to look for `slot`: its first R servers, fastest first, then the rest of its ranking
+    /// (a write may have skipped a server that was down or full).
+    fn read_order(&self, slot: u64) -> Vec<usize> {
+        let ranking = self.ranking(slot);
+        let r = self.policy.replicas;
+        let mut home = ranking[..r].to_vec();
+        home.sort_by(|&a, &b| {
+            self.servers[a]
+                .latency_us
+                .get()
+                .total_cmp(&self.servers[b].latency_us.get())
         });
-        for results in futures_util::future::join_all(futures).await {
-            for (i, stored) in results {
-                ok[i] = stored;
-            }
-        }
-        ok
+        home.extend_from_slice(&ranking[r..]);
+        home
     }
 
-    /// Frees pages (best effort: a page left behind is freed with its space at the end).
+    /// Writes pages to R servers each; returns, per page in order, whether it is stored (acked by
+    /// at least the write quorum). A server that fails or is full is replaced by the next one in
+    /// the page's ranking.
+    pub async fn write(&self, space: u32, pages: Vec<(Remote, PageData)>) -> Vec<bool> {
+        let want = self.policy.replicas;
+        let mut acks = vec![0usize; pages.len()];
+        // Per page: the servers not tried yet, in ranking order.
+        let mut candidates: Vec<Vec<usize>> =
+            pages.iter().map(|(r, _)| self.ranking(r.slot)).collect();
+        loop {
+            // Next round: each page that lacks copies goes to as many further servers as needed.
+            let mut per_server: Vec<Vec<usize>> = vec![Vec::new(); self.servers.len()];
+            let mut any = false;
+            for (i, cands) in candidates.iter_mut().enumerate() {
+                let mut need = want.saturating_sub(acks[i]);
+                while need > 0 && !cands.is_empty() {
+                    let s = cands.remove(0);
+                    if self.servers[s].up() && !self.servers[s].full() {
+                        per_server[s].push(i);
+                        need -= 1;
+                        any = true;
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
+            let mut requests = Vec::new();
+            for (s, idx) in per_server.iter().enumerate() {
+                for chunk in idx.chunks(MAX_BATCH_PAGES) {
+                    requests.push((s, chunk.to_vec()));
+                }
+            }
+            let pages = &pages;
+            let futures = requests.into_iter().map(|(s, idx)| async move {
+                let items: Vec<WriteItem> = idx
+                    .iter()
+                    .map(|&i| WriteItem {
+                        key: PageKey::new(space, pages[i].0.slot),
+                        version: pages[i].0.version,
+                        data: pages[i].1.clone(),
+                    })
+                    .collect();
+                (
+                    s,
+                    idx,
+                    self.call(s, |c| async move { c.write(items).await }).await,
+                )
+            });
+            for (s, idx, outcome) in futures_util::future::join_all(futures).await {
+                match outcome {
+                    Outcome::Done(results) => {
+                        for (i, r) in idx.into_iter().zip(results) {
+                            match r {
+                                // A newer version stored means a newer write won: this copy is
+                                // not needed, and counts as placed.
+                                WriteResult::Stored | WriteResult::Superseded { .. } => {
+                                    acks[i] += 1
+                                }
+                                WriteResult::CapacityExceeded => {
+                                    let srv = &self.servers[s];
+                                    if !srv.full() {
+                                        tracing::warn!("memory server {} is full", srv.name);
+                                    }
+                                    srv.full_until
+                                        .set(Some(Instant::now() + Duration::from_secs(5)));
+                                }
+                            }
+                        }
+                    }
+                    Outcome::Failed(why) => {
+                        tracing::warn!("writing to memory server {}: {why}", self.servers[s].name);
+                    }
+                }
+            }
+        }
+        acks.into_iter()
+            .map(|a| a >= self.policy.write_quorum)
+            .collect()
+    }
+
+    /// Frees pages on every server that may hold them (best effort: a page left behind is freed
+    /// with its space at the end).
     pub async fn free(&self, space: u32, remotes: Vec<Remote>) {
-        let mut per_server: Vec<Vec<FreeItem>> = vec![Vec::new(); self.clients.len()];
-        for r in remotes {
-            per_server[self.place(r.slot)].push(FreeItem {
+        let items: Vec<FreeItem> = remotes
+            .iter()
+            .map(|r| FreeItem {
                 key: PageKey::new(space, r.slot),
                 version: r.version,
-            });
-        }
-        for (s, items) in per_server.into_iter().enumerate() {
+            })
+            .collect();
+        for i in 0..self.servers.len() {
+            if !self.servers[i].up() {
+                continue;
+            }
             for chunk in items.chunks(MAX_BATCH_PAGES) {
-                if let Err(e) = self.clients[s].1.free(chunk.to_vec()).await {
-                    tracing::debug!("freeing pages on {}: {e}", self.clients[s].0);
+                let chunk = chunk.to_vec();
+                if let Outcome::Failed(e) =
+                    self.call(i, |c| async move { c.free(chunk).await }).await
+                {
+                    tracing::debug!("freeing pages on {}: {e}", self.servers[i].name);
                 }
             }
         }
@@ -198,13 +531,30 @@ impl Servers {
     /// Frees every page of a space on every server; returns how many were freed.
     pub async fn drop_space(&self, space: u32) -> u64 {
         let mut freed = 0;
-        for (name, client) in &self.clients {
-            match client.drop_space(space).await {
-                Ok(n) => freed += n,
-                Err(e) => tracing::warn!("dropping the workload's pages on {name}: {e}"),
+        for i in 0..self.servers.len() {
+            match self
+                .call(i, |c| async move { c.drop_space(space).await })
+                .await
+            {
+                Outcome::Done(n) => freed += n,
+                Outcome::Failed(e) => tracing::warn!(
+                    "dropping the workload's pages on {}: {e}",
+                    self.servers[i].name
+                ),
             }
         }
         freed
+    }
+}
+
+/// Reconnects failed servers every second, for as long as `servers` lives elsewhere.
+pub async fn prober(servers: Rc<Servers>) {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        if Rc::strong_count(&servers) == 1 {
+            return;
+        }
+        servers.probe_down().await;
     }
 }
 
@@ -214,7 +564,8 @@ mod tests {
 
     #[test]
     fn rendezvous_moves_about_a_fair_share_when_a_server_is_added() {
-        let place = |slot: u64, n: usize| (0..n).max_by_key(|&i| score(slot, i)).unwrap();
+        let names: Vec<String> = (0..4).map(|i| format!("10.0.0.{i}:7070")).collect();
+        let place = |slot: u64, n: usize| (0..n).max_by_key(|&i| score(slot, &names[i])).unwrap();
         let moved = (0..10_000u64)
             .filter(|&s| place(s, 3) != place(s, 4))
             .count();

@@ -33,6 +33,10 @@ pub struct Stats {
     pub attached: u32,
     /// Other processes of the workload (fork/exec children) that ran unmanaged.
     pub unmanaged_processes: u64,
+    /// Pages copied to another server after a server failure, to restore their replica count.
+    pub repaired: u64,
+    /// Pages still waiting for such a copy.
+    pub repair_deficit: u64,
 }
 
 impl Default for Stats {
@@ -51,6 +55,8 @@ impl Default for Stats {
             share_samples: Vec::new(),
             attached: 0,
             unmanaged_processes: 0,
+            repaired: 0,
+            repair_deficit: 0,
         }
     }
 }
@@ -100,6 +106,14 @@ impl Stats {
         gauge!("yonder_agent_resident_pages").set(pages as f64);
     }
 
+    /// Records repair progress.
+    pub fn repair(&mut self, repaired: u64, deficit: u64) {
+        self.repaired += repaired;
+        self.repair_deficit = deficit;
+        counter!("yonder_agent_repaired_pages_total").increment(repaired);
+        gauge!("yonder_agent_replication_deficit_pages").set(deficit as f64);
+    }
+
     /// The end-of-run summary.
     pub fn summary(&self, budget_pages: usize, slack_pages: usize) -> String {
         let mib = |pages: u64| pages as f64 * 4096.0 / (1 << 20) as f64;
@@ -127,6 +141,12 @@ impl Stats {
             mib(budget_pages as u64),
             mib(slack_pages as u64)
         );
+        if self.repaired > 0 || self.repair_deficit > 0 {
+            s += &format!(
+                "yonder: re-replicated {} pages after memory-server failures ({} still short of copies)\n",
+                self.repaired, self.repair_deficit
+            );
+        }
         if self.unmanaged_processes > 0 {
             s += &format!(
                 "yonder: {} other processes of the workload (forked children) ran unmanaged\n",

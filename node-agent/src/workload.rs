@@ -182,6 +182,7 @@ impl Group {
     pub fn start(self: &Rc<Self>, listener: UnixListener) {
         let mut tasks = self.tasks.borrow_mut();
         tasks.push(tokio::task::spawn_local(evictor(self.clone())));
+        tasks.push(tokio::task::spawn_local(repairer(self.clone())));
         tasks.push(tokio::task::spawn_local(accept_loop(
             self.clone(),
             listener,
@@ -374,6 +375,77 @@ impl Group {
         for p in procs {
             p.retry_deferred();
         }
+    }
+}
+
+/// After a memory server goes down, copies every page it was a home of from a surviving replica
+/// to the next server of the page's ranking, until every page has its replicas again.
+async fn repairer(g: Rc<Group>) {
+    let mut seen = 0;
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let downs = g.servers.downs();
+        if downs == seen {
+            continue;
+        }
+        seen = downs;
+        let down = g.servers.down_servers();
+        if down.is_empty() || g.servers.policy().replicas < 2 {
+            continue;
+        }
+        // Every slot the workload refers to, at its newest version.
+        let mut latest: HashMap<u64, u64> = HashMap::new();
+        for p in g.procs.borrow().iter() {
+            for r in p.table.borrow().all_references() {
+                let v = latest.entry(r.slot).or_insert(r.version);
+                *v = (*v).max(r.version);
+            }
+        }
+        let affected: Vec<Remote> = latest
+            .into_iter()
+            .filter(|(slot, _)| down.iter().any(|&d| g.servers.is_home(*slot, d)))
+            .map(|(slot, version)| Remote { slot, version })
+            .collect();
+        let mut deficit = affected.len() as u64;
+        g.stats.borrow_mut().repair(0, deficit);
+        info!(
+            pages = deficit,
+            "re-replicating after a memory-server failure"
+        );
+        for chunk in affected.chunks(64) {
+            // Pages freed meanwhile need no copy.
+            let live: Vec<Remote> = chunk
+                .iter()
+                .copied()
+                .filter(|r| g.slots.borrow().is_referenced(r.slot))
+                .collect();
+            let done = match g.servers.read_many(g.space, &live).await {
+                Ok(data) => {
+                    let items = live
+                        .iter()
+                        .zip(data)
+                        .map(|(r, d)| (*r, PageData::from_bytes(&d)))
+                        .collect();
+                    let stored = g.servers.write(g.space, items).await;
+                    stored.iter().filter(|&&ok| ok).count() as u64
+                }
+                // A page of the chunk is lost or rewritten meanwhile: the fault that needs it
+                // reports it; the others are tried one by one.
+                Err(_) => {
+                    let mut n = 0;
+                    for r in &live {
+                        if let Ok(d) = g.servers.read_many(g.space, &[*r]).await {
+                            let item = vec![(*r, PageData::from_bytes(&d[0]))];
+                            n += g.servers.write(g.space, item).await[0] as u64;
+                        }
+                    }
+                    n
+                }
+            };
+            deficit = deficit.saturating_sub(chunk.len() as u64);
+            g.stats.borrow_mut().repair(done, deficit);
+        }
+        info!("re-replication done");
     }
 }
 
