@@ -76,7 +76,7 @@ impl DaemonConfig {
             replicas: self.replicas,
             write_quorum: self.write_quorum.unwrap_or(self.replicas),
             timeout: Duration::from_millis(self.server_timeout_ms),
-            ..Default::default()
+            lost_after: Duration::from_millis(10 * self.server_timeout_ms),
         }
     }
 }

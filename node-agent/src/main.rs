@@ -72,7 +72,8 @@ struct RunArgs {
     #[arg(long)]
     write_quorum: Option<usize>,
     /// A memory server that does not answer a request within this many milliseconds is marked
-    /// down: reads go to other replicas and its pages are re-replicated.
+    /// down: reads go to other replicas and its pages are re-replicated. A page whose every
+    /// replica stays unreachable for ten times this is declared lost (a fatal error).
     #[arg(long, default_value_t = 2000)]
     server_timeout_ms: u64,
     /// The program and its arguments.
@@ -137,7 +138,7 @@ fn main() -> ExitCode {
             replicas: args.replicas,
             write_quorum: args.write_quorum.unwrap_or(args.replicas),
             timeout: std::time::Duration::from_millis(args.server_timeout_ms),
-            ..Default::default()
+            lost_after: std::time::Duration::from_millis(10 * args.server_timeout_ms),
         },
     };
     match agent::run(config) {

@@ -382,36 +382,41 @@ impl Group {
 /// to the next server of the page's ranking, until every page has its replicas again.
 async fn repairer(g: Rc<Group>) {
     let mut seen = 0;
+    // Pages a pass could not give their replicas back (too few servers up): retried.
+    let mut short: Vec<Remote> = Vec::new();
     loop {
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(if short.is_empty() { 200 } else { 1000 }))
+            .await;
         let downs = g.servers.downs();
-        if downs == seen {
+        if downs == seen && short.is_empty() {
             continue;
         }
-        seen = downs;
-        let down = g.servers.down_servers();
-        if down.is_empty() || g.servers.policy().replicas < 2 {
-            continue;
-        }
-        // Every slot the workload refers to, at its newest version.
-        let mut latest: HashMap<u64, u64> = HashMap::new();
-        for p in g.procs.borrow().iter() {
-            for r in p.table.borrow().all_references() {
-                let v = latest.entry(r.slot).or_insert(r.version);
-                *v = (*v).max(r.version);
+        let mut todo: HashMap<u64, u64> = short.drain(..).map(|r| (r.slot, r.version)).collect();
+        if downs != seen {
+            seen = downs;
+            let down = g.servers.down_servers();
+            if g.servers.policy().replicas >= 2 && !down.is_empty() {
+                // Every slot the workload refers to whose home includes a server that is down.
+                for p in g.procs.borrow().iter() {
+                    for r in p.table.borrow().all_references() {
+                        if down.iter().any(|&d| g.servers.is_home(r.slot, d)) {
+                            let v = todo.entry(r.slot).or_insert(r.version);
+                            *v = (*v).max(r.version);
+                        }
+                    }
+                }
+                info!(pages = todo.len(), "re-replicating after a memory-server failure");
             }
         }
-        let affected: Vec<Remote> = latest
+        if todo.is_empty() {
+            continue;
+        }
+        let affected: Vec<Remote> = todo
             .into_iter()
-            .filter(|(slot, _)| down.iter().any(|&d| g.servers.is_home(*slot, d)))
             .map(|(slot, version)| Remote { slot, version })
             .collect();
         let mut deficit = affected.len() as u64;
         g.stats.borrow_mut().repair(0, deficit);
-        info!(
-            pages = deficit,
-            "re-replicating after a memory-server failure"
-        );
         for chunk in affected.chunks(64) {
             // Pages freed meanwhile need no copy.
             let live: Vec<Remote> = chunk
@@ -419,33 +424,42 @@ async fn repairer(g: Rc<Group>) {
                 .copied()
                 .filter(|r| g.slots.borrow().is_referenced(r.slot))
                 .collect();
-            let done = match g.servers.read_many(g.space, &live).await {
-                Ok(data) => {
-                    let items = live
-                        .iter()
-                        .zip(data)
-                        .map(|(r, d)| (*r, PageData::from_bytes(&d)))
-                        .collect();
-                    let stored = g.servers.write(g.space, items).await;
-                    stored.iter().filter(|&&ok| ok).count() as u64
-                }
-                // A page of the chunk is lost or rewritten meanwhile: the fault that needs it
-                // reports it; the others are tried one by one.
+            let mut done = 0;
+            // A chunk at a time; if a page of it cannot be read (rewritten or freed meanwhile),
+            // one page at a time so that it does not hold back the others.
+            let read: Vec<(Remote, Vec<u8>)> = match g.servers.read_many(g.space, &live).await {
+                Ok(d) => live.iter().copied().zip(d).collect(),
                 Err(_) => {
-                    let mut n = 0;
+                    let mut ok = Vec::new();
                     for r in &live {
-                        if let Ok(d) = g.servers.read_many(g.space, &[*r]).await {
-                            let item = vec![(*r, PageData::from_bytes(&d[0]))];
-                            n += g.servers.write(g.space, item).await[0] as u64;
+                        match g.servers.read_many(g.space, &[*r]).await {
+                            Ok(mut d) => ok.push((*r, d.remove(0))),
+                            Err(e) => debug!("re-replicating slot {}: {e}", r.slot),
                         }
                     }
-                    n
+                    ok
                 }
             };
+            let items: Vec<(Remote, PageData)> = read
+                .iter()
+                .map(|(r, d)| (*r, PageData::from_bytes(d)))
+                .collect();
+            let stored = g.servers.write(g.space, items).await;
+            for ((r, _), ok) in read.iter().zip(stored) {
+                if ok {
+                    done += 1;
+                } else {
+                    short.push(*r);
+                }
+            }
             deficit = deficit.saturating_sub(chunk.len() as u64);
-            g.stats.borrow_mut().repair(done, deficit);
+            g.stats
+                .borrow_mut()
+                .repair(done, deficit + short.len() as u64);
         }
-        info!("re-replication done");
+        if short.is_empty() {
+            info!("re-replication done");
+        }
     }
 }
 
