@@ -98,7 +98,7 @@ fn wait_filled(agent: &mut Process, pidfile: &Path) -> KillOnDrop {
 
 #[test]
 fn a_killed_and_a_hung_server_lose_nothing_with_two_replicas() {
-    let mut cluster = Cluster::start(3);
+    let cluster = Cluster::start(3);
     let dir = tempfile::tempdir().unwrap();
     let (hog, pidfile) = hog(dir.path());
     let port = free_tcp_port();
@@ -162,7 +162,7 @@ fn losing_the_only_replica_stops_the_workload_with_a_clear_error() {
     let port = free_tcp_port();
     let mut agent = cluster.agent(1, 300, port, &[&hog, "32", pidfile.to_str().unwrap()]);
     let _workload = wait_filled(&mut agent, &pidfile);
-    let mut first = cluster.first;
+    let first = cluster.first;
     first.process.signal(libc::SIGKILL);
     let started = Instant::now();
     let status = agent.wait_timeout(Duration::from_secs(30));
