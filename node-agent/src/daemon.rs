@@ -167,6 +167,12 @@ pub struct NodeStatus {
     pub committed: u64,
     /// Memory servers.
     pub servers: Vec<String>,
+    /// Health of each memory server.
+    #[serde(default)]
+    pub server_health: Vec<crate::remote::ServerHealth>,
+    /// Copies of each page.
+    #[serde(default)]
+    pub replicas: usize,
     /// The workloads.
     pub workloads: Vec<WorkloadStatus>,
 }
@@ -198,6 +204,12 @@ pub struct WorkloadStatus {
     pub evicted: u64,
     /// Seconds since registration.
     pub uptime: f64,
+    /// Pages copied to other servers after server failures.
+    #[serde(default)]
+    pub repaired: u64,
+    /// Pages still short of replicas.
+    #[serde(default)]
+    pub repair_deficit: u64,
 }
 
 struct Entry {
@@ -351,6 +363,8 @@ impl Daemon {
                     remote_fault_rate: remote_rate,
                     evicted: st.evicted,
                     uptime: e.started.elapsed().as_secs_f64(),
+                    repaired: st.repaired,
+                    repair_deficit: st.repair_deficit,
                 }
             })
             .collect();
@@ -358,6 +372,8 @@ impl Daemon {
             node_memory: self.config.node_memory.bytes(),
             committed: workloads.iter().map(|w| w.budget).sum(),
             servers: self.server_names.clone(),
+            server_health: self.servers.health(),
+            replicas: self.servers.policy().replicas,
             workloads,
         }
     }
@@ -548,11 +564,20 @@ pub fn print_status(status: &NodeStatus, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "node memory {} committed of {}; servers: {}",
+        "node memory {} committed of {}; {} replicas per page",
         ByteSize(status.committed),
         ByteSize(status.node_memory),
-        status.servers.join(", ")
+        status.replicas
     );
+    for h in &status.server_health {
+        println!(
+            "  server {:<24} {:<5} {}latency {:.0} µs",
+            h.name,
+            if h.up { "up" } else { "DOWN" },
+            if h.full { "FULL " } else { "" },
+            h.latency_us
+        );
+    }
     println!(
         "{:>4}  {:<20} {:<16} {:>10} {:>10} {:>10} {:>9} {:>9} {:>10} {:>8}",
         "ID",
@@ -589,6 +614,16 @@ pub fn print_status(status: &NodeStatus, json: bool) -> anyhow::Result<()> {
             w.remote_fault_rate,
             w.evicted,
             w.uptime
+        );
+    }
+    for w in status
+        .workloads
+        .iter()
+        .filter(|w| w.repaired + w.repair_deficit > 0)
+    {
+        println!(
+            "  workload {}: {} pages re-replicated, {} still short of copies",
+            w.id, w.repaired, w.repair_deficit
         );
     }
     if status.workloads.is_empty() {

@@ -385,8 +385,12 @@ async fn repairer(g: Rc<Group>) {
     // Pages a pass could not give their replicas back (too few servers up): retried.
     let mut short: Vec<Remote> = Vec::new();
     loop {
-        tokio::time::sleep(Duration::from_millis(if short.is_empty() { 200 } else { 1000 }))
-            .await;
+        tokio::time::sleep(Duration::from_millis(if short.is_empty() {
+            200
+        } else {
+            1000
+        }))
+        .await;
         let downs = g.servers.downs();
         if downs == seen && short.is_empty() {
             continue;
@@ -405,7 +409,10 @@ async fn repairer(g: Rc<Group>) {
                         }
                     }
                 }
-                info!(pages = todo.len(), "re-replicating after a memory-server failure");
+                info!(
+                    pages = todo.len(),
+                    "re-replicating after a memory-server failure"
+                );
             }
         }
         if todo.is_empty() {
