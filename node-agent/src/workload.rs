@@ -75,6 +75,8 @@ pub struct Group {
     tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
     /// Numbers drop requests to the shims.
     next_drop_id: Cell<u64>,
+    /// The last eviction batch could store nothing (servers full or unreachable).
+    servers_refuse: Cell<bool>,
 }
 
 /// One process of a workload (one address space, one uffd).
@@ -141,6 +143,7 @@ impl Group {
             fatal: RefCell::default(),
             tasks: RefCell::default(),
             next_drop_id: Cell::new(0),
+            servers_refuse: Cell::new(false),
         })
     }
 
@@ -367,7 +370,9 @@ impl Group {
     }
 
     fn over_hard_limit(&self) -> bool {
-        self.resident() >= self.budget + self.slack && !self.stuck_warned.get()
+        self.resident() >= self.budget + self.slack
+            && !self.stuck_warned.get()
+            && !self.servers_refuse.get()
     }
 
     fn retry_deferred(&self) {
@@ -989,13 +994,17 @@ impl Proc {
         let id = self.g.next_drop_id.get() + 1;
         self.g.next_drop_id.set(id);
         let r = if victims.is_empty() {
-            Ok(())
+            Ok(Saved {
+                written: 0,
+                failed: 0,
+            })
         } else {
             evict(self, victims, &mut shim, id).await
         };
         *self.shim.borrow_mut() = Some(shim);
         match r {
-            Ok(()) => 0,
+            Ok(Saved { failed: 0, .. }) => 0,
+            Ok(_) => libc::ENOSPC,
             Err(e) => {
                 warn!("flush of {start:#x}-{end:#x} failed: {e:#}");
                 libc::EIO
@@ -1178,7 +1187,25 @@ async fn evictor(g: Rc<Group>) {
             };
             let r = evict(&p, victims, &mut shim, next_id).await;
             match r {
-                Ok(()) => *p.shim.borrow_mut() = Some(shim),
+                Ok(Saved { written, failed }) => {
+                    *p.shim.borrow_mut() = Some(shim);
+                    if written > 0 && g.servers_refuse.replace(false) {
+                        eprintln!("yonder: the memory servers take pages again: eviction resumed");
+                    }
+                    if failed > 0 && written == 0 {
+                        // Nothing could be stored: servers full or unreachable. Let the workload
+                        // run over its budget (faults must not wait for room that cannot come)
+                        // and try again in a second rather than hammer the servers.
+                        if !g.servers_refuse.replace(true) {
+                            eprintln!(
+                                "yonder: the memory servers take no more pages (full or unreachable): eviction paused, the workload runs over its budget"
+                            );
+                        }
+                        g.retry_deferred();
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        break;
+                    }
+                }
                 Err(e) => {
                     // A process that ended mid-eviction is reaped; anything else is fatal.
                     p.fail(format!("eviction failed: {e:#}"));
@@ -1204,12 +1231,20 @@ async fn write_protect(p: &Proc, start: u64, len: u64, on: bool) -> io::Result<(
 
 /// Evicts a batch without losing a racing write: write-protect, copy out, write to the servers,
 /// drop inside the process, then wake whoever blocked meanwhile.
+/// What an eviction batch managed to store.
+struct Saved {
+    /// Pages written to the servers.
+    written: u64,
+    /// Pages that could not be stored (they stay resident).
+    failed: u64,
+}
+
 async fn evict(
     p: &Rc<Proc>,
     victims: Vec<(u64, Remote, bool)>,
     shim: &mut UnixStream,
     id: u64,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Saved> {
     let pid = p.pid.get();
     let mut pages: Vec<u64> = victims.iter().map(|v| v.0).collect();
     pages.sort_unstable();
@@ -1341,7 +1376,10 @@ async fn evict(
     let resident = p.g.resident();
     p.g.stats.borrow_mut().resident(resident);
     p.g.free_later(garbage);
-    Ok(())
+    Ok(Saved {
+        written,
+        failed: failed.len() as u64,
+    })
 }
 
 async fn write_words(stream: &mut UnixStream, words: &[u64]) -> io::Result<()> {

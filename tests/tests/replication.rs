@@ -179,3 +179,24 @@ fn losing_the_only_replica_stops_the_workload_with_a_clear_error() {
     assert!(started.elapsed() < Duration::from_secs(20), "{log}");
     assert!(!agent.stdout().contains("BAD"), "{log}");
 }
+
+#[test]
+fn full_servers_pause_eviction_and_the_workload_runs_over_budget_losing_nothing() {
+    let server = Server::start("4MiB", &[TENANT], &[]).unwrap();
+    let pattern = compile_workload("pattern", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    let out = Command::new(bin("yonder-agent"))
+        .args(["run", "--local-mem", "4MiB", "--servers"])
+        .arg(server.addr.to_string())
+        .arg("--tls-dir")
+        .arg(server.certs.dir())
+        .args(["--cert-name", TENANT, "--"])
+        .arg(&pattern)
+        .args(["24", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("take no more pages"), "no warning:\n{err}");
+    let evicted = number_after(&err, "evicted ").unwrap_or(0);
+    assert!(evicted > 0, "{err}");
+}
