@@ -90,6 +90,8 @@ struct Server {
     full_until: Cell<Option<Instant>>,
     /// Smoothed request latency in microseconds.
     latency_us: Cell<f64>,
+    /// Smoothed absolute deviation of the latency, microseconds.
+    latency_dev_us: Cell<f64>,
 }
 
 impl Server {
@@ -104,8 +106,20 @@ impl Server {
     fn observe(&self, took: Duration) {
         let us = took.as_secs_f64() * 1e6;
         let old = self.latency_us.get();
-        self.latency_us
-            .set(if old == 0.0 { us } else { 0.8 * old + 0.2 * us });
+        if old == 0.0 {
+            self.latency_us.set(us);
+            self.latency_dev_us.set(us / 2.0);
+            return;
+        }
+        self.latency_us.set(0.8 * old + 0.2 * us);
+        let dev = self.latency_dev_us.get();
+        self.latency_dev_us.set(0.8 * dev + 0.2 * (us - old).abs());
+    }
+
+    /// A delay near this server's p99 (mean + 4 deviations), after which a read is hedged.
+    fn hedge_delay(&self, timeout: Duration) -> Duration {
+        let us = self.latency_us.get() + 4.0 * self.latency_dev_us.get();
+        Duration::from_secs_f64((us / 1e6).max(300e-6)).min(timeout / 2)
     }
 }
 
@@ -159,6 +173,7 @@ impl Servers {
                     dialer,
                     full_until: Cell::new(None),
                     latency_us: Cell::new(0.0),
+                    latency_dev_us: Cell::new(0.0),
                 })
                 .collect(),
             policy,
@@ -331,22 +346,58 @@ impl Servers {
                     }
                 }
             }
+            // A single-page read (a fault) is hedged: if its server has not answered after about
+            // its p99, the next candidate that is up is asked too, and the first copy wins.
+            let mut hedge_for: Vec<Option<usize>> = vec![None; remotes.len()];
+            for (i, order, _) in &asked {
+                hedge_for[*i] = order.iter().copied().find(|&h| self.servers[h].up());
+            }
             let futures = per_server
                 .iter()
                 .enumerate()
                 .filter(|(_, idx)| !idx.is_empty())
-                .map(|(s, idx)| async move {
-                    let items: Vec<ReadItem> = idx
-                        .iter()
-                        .map(|&i| ReadItem {
-                            key: PageKey::new(space, remotes[i].slot),
-                            version: remotes[i].version,
-                        })
-                        .collect();
-                    (
-                        s,
-                        self.call(s, |c| async move { c.read(items).await }).await,
-                    )
+                .map(|(s, idx)| {
+                    let hedge = if idx.len() == 1 {
+                        hedge_for[idx[0]]
+                    } else {
+                        None
+                    };
+                    async move {
+                        let items: Vec<ReadItem> = idx
+                            .iter()
+                            .map(|&i| ReadItem {
+                                key: PageKey::new(space, remotes[i].slot),
+                                version: remotes[i].version,
+                            })
+                            .collect();
+                        let Some(h) = hedge else {
+                            return (s, self.call(s, |c| async move { c.read(items).await }).await);
+                        };
+                        let again = items.clone();
+                        let primary = self.call(s, |c| async move { c.read(items).await });
+                        tokio::pin!(primary);
+                        let delay = self.servers[s].hedge_delay(self.policy.timeout);
+                        tokio::select! {
+                            r = &mut primary => return (s, r),
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                        metrics::counter!("yonder_agent_hedged_reads_total").increment(1);
+                        let secondary = self.call(h, |c| async move { c.read(again).await });
+                        tokio::pin!(secondary);
+                        let want = remotes[idx[0]].version;
+                        let found = |o: &Outcome<Vec<ReadResult>>| {
+                            matches!(o, Outcome::Done(r)
+                                if matches!(r.first(), Some(ReadResult::Found { version, .. }) if *version == want))
+                        };
+                        tokio::select! {
+                            r = &mut primary => {
+                                if found(&r) { (s, r) } else { (s, pick(r, secondary.await, &found)) }
+                            }
+                            r = &mut secondary => {
+                                if found(&r) { (s, r) } else { (s, primary.await) }
+                            }
+                        }
+                    }
                 });
             // Per page: Some(Ok) found, Some(Err(definitive answer)), None (server failed).
             let mut got: Vec<Option<Result<Vec<u8>, String>>> = vec![None; remotes.len()];
@@ -544,6 +595,15 @@ impl Servers {
             }
         }
         freed
+    }
+}
+
+/// Of two answers for the same page, the one that found it (else the first).
+fn pick<T>(a: Outcome<T>, b: Outcome<T>, found: &impl Fn(&Outcome<T>) -> bool) -> Outcome<T> {
+    if !found(&a) && found(&b) {
+        b
+    } else {
+        a
     }
 }
 
