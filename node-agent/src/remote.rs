@@ -271,8 +271,14 @@ impl Servers {
         }
     }
 
-    /// Reconnects servers that are down (run in the background every second).
+    /// Checks servers that are up with a small request (so that a failure is noticed within a
+    /// deadline even when no page traffic goes there) and reconnects servers that are down (run
+    /// in the background every second).
     pub async fn probe_down(&self) {
+        let heartbeats = (0..self.servers.len())
+            .filter(|&i| self.servers[i].up())
+            .map(|i| self.call(i, |c| async move { c.stats().await }));
+        futures_util::future::join_all(heartbeats).await;
         for (i, s) in self.servers.iter().enumerate() {
             if s.up() {
                 continue;

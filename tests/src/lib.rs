@@ -454,3 +454,200 @@ pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+impl Certs {
+    /// Like [`Certs::new`], with a server certificate for `hosts` (names or IP addresses).
+    pub fn with_hosts(hosts: &[&str], clients: &[&str]) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("yonder-certs-").tempdir()?;
+        let mut cmd = Command::new(bin("yonder-server"));
+        cmd.arg("certs").arg("--dir").arg(dir.path());
+        for h in hosts {
+            cmd.arg("--host").arg(h);
+        }
+        for c in clients {
+            cmd.arg("--client").arg(c);
+        }
+        let out = cmd.output()?;
+        if !out.status.success() {
+            bail!(
+                "yonder-server certs failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self { dir })
+    }
+}
+
+/// The value of a Prometheus metric (the first sample named exactly `name`, without labels)
+/// served at `http://127.0.0.1:PORT/metrics`.
+pub fn metric(port: u16, name: &str) -> Option<f64> {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Runs `ip ARGS` (iproute2) and fails with its stderr if it fails.
+pub fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running `ip` (iproute2 is needed for the network-namespace tests)")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Output of `ip ARGS` (empty if it fails).
+fn ip_output(args: &[&str]) -> String {
+    Command::new("ip")
+        .args(args)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// Names of the network namespaces (`ip netns list`).
+pub fn netns_list() -> Vec<String> {
+    ip_output(&["netns", "list"])
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Prefix of the namespaces [`Netns`] creates; the pid of the test process follows it.
+pub const NETNS_PREFIX: &str = "yonder-test-";
+
+/// A second octet N such that 10.N.0.0/16 is used by no address or route of this machine and was
+/// not handed out before in this process, for the subnets 10.N.i.0/24 of one test.
+pub fn free_ten_net() -> anyhow::Result<u8> {
+    static TAKEN: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+    let mut taken = TAKEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let used = format!(
+        "{}\n{}",
+        ip_output(&["-4", "-o", "addr", "show"]),
+        ip_output(&["-4", "route", "show", "table", "all"])
+    );
+    let start = std::process::id() as usize * 7;
+    for k in 0..190 {
+        let n = (60 + (start + k) % 190) as u8;
+        let in_use = used
+            .split(|c: char| c.is_whitespace() || c == '/')
+            .any(|w| w.starts_with(&format!("10.{n}.")) || w == format!("10.{n}"));
+        if !taken.contains(&n) && !in_use {
+            taken.push(n);
+            return Ok(n);
+        }
+    }
+    bail!("no free 10.N.0.0/16 network for a test")
+}
+
+/// A network namespace joined to the root namespace by a veth pair: `host_addr`/24 on the host
+/// side (root namespace), `addr`/24 inside, `lo` up. Dropping it deletes the host-side veth
+/// (and so its peer) and the namespace, also when the test panics.
+pub struct Netns {
+    /// Name of the namespace (`NETNS_PREFIX`, the pid of this process, a counter).
+    pub name: String,
+    /// Host-side veth interface, in the root namespace.
+    pub host_if: String,
+    /// Address of the host side.
+    pub host_addr: std::net::Ipv4Addr,
+    /// Address inside the namespace.
+    pub addr: std::net::Ipv4Addr,
+}
+
+impl Netns {
+    /// Creates a namespace with subnet `subnet`.0/24: the host side is .1, the inside .2.
+    pub fn create(subnet: [u8; 3]) -> anyhow::Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let pid = std::process::id();
+        let [a, b, c] = subnet;
+        let ns = Self {
+            name: format!("{NETNS_PREFIX}{pid}-{k}"),
+            // At most 2 + 7 + 1 + 10 characters; interface names have at most 15.
+            host_if: format!("yt{pid}-{k}"),
+            host_addr: std::net::Ipv4Addr::new(a, b, c, 1),
+            addr: std::net::Ipv4Addr::new(a, b, c, 2),
+        };
+        if ns.host_if.len() > 15 {
+            bail!("interface name {} is too long", ns.host_if);
+        }
+        ip(&["netns", "add", &ns.name])?;
+        // From here on, dropping `ns` deletes what was made.
+        ip(&[
+            "link", "add", &ns.host_if, "type", "veth", "peer", "name", "veth0", "netns", &ns.name,
+        ])?;
+        ip(&["addr", "add", &format!("{}/24", ns.host_addr), "dev", &ns.host_if])?;
+        ip(&["link", "set", &ns.host_if, "up"])?;
+        let inside = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            all.extend_from_slice(args);
+            ip(&all)
+        };
+        inside(&["link", "set", "lo", "up"])?;
+        inside(&["addr", "add", &format!("{}/24", ns.addr), "dev", "veth0"])?;
+        inside(&["link", "set", "veth0", "up"])?;
+        Ok(ns)
+    }
+
+    /// A command that runs `program` inside the namespace (`ip netns exec` execs it, so the
+    /// process keeps the pid the command is spawned with).
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.name]).arg(program);
+        cmd
+    }
+
+    /// Brings the host side of the link down (cut off) or up (restored).
+    pub fn set_link(&self, up: bool) -> anyhow::Result<()> {
+        ip(&[
+            "link",
+            "set",
+            &self.host_if,
+            if up { "up" } else { "down" },
+        ])
+    }
+
+    /// Deletes namespaces (and their host-side veths) left by test processes that no longer
+    /// run, say ones killed by SIGKILL before their destructors ran.
+    pub fn remove_stale() {
+        for name in netns_list() {
+            let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
+                continue;
+            };
+            let Some((pid, k)) = rest.split_once('-') else {
+                continue;
+            };
+            if pid.parse::<u32>().is_ok() && !Path::new(&format!("/proc/{pid}")).exists() {
+                let _ = ip(&["link", "del", &format!("yt{pid}-{k}")]);
+                let _ = ip(&["netns", "del", &name]);
+            }
+        }
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // Deleting one end of a veth pair deletes both; the namespace goes once no process
+        // is left in it.
+        if let Err(e) = ip(&["link", "del", &self.host_if]) {
+            eprintln!("{e}");
+        }
+        if let Err(e) = ip(&["netns", "del", &self.name]) {
+            eprintln!("{e}");
+        }
+    }
+}
