@@ -545,7 +545,7 @@ pub fn free_ten_net() -> anyhow::Result<u8> {
         let n = (60 + (start + k) % 190) as u8;
         let in_use = used
             .split(|c: char| c.is_whitespace() || c == '/')
-            .any(|w| w.starts_with(&format!("10.{n}.")) || w == format!("10.{n}"));
+            .any(|w| w.starts_with(&format!("10.{n}.")));
         if !taken.contains(&n) && !in_use {
             taken.push(n);
             return Ok(n);
@@ -588,12 +588,27 @@ impl Netns {
         ip(&["netns", "add", &ns.name])?;
         // From here on, dropping `ns` deletes what was made.
         ip(&[
-            "link", "add", &ns.host_if, "type", "veth", "peer", "name", "veth0", "netns", &ns.name,
+            "link",
+            "add",
+            &ns.host_if,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "veth0",
+            "netns",
+            &ns.name,
         ])?;
-        ip(&["addr", "add", &format!("{}/24", ns.host_addr), "dev", &ns.host_if])?;
+        ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", ns.host_addr),
+            "dev",
+            &ns.host_if,
+        ])?;
         ip(&["link", "set", &ns.host_if, "up"])?;
         let inside = |args: &[&str]| {
-            let mut all = vec!["netns", "exec", &ns.name, "ip"];
+            let mut all = vec!["-n", &ns.name];
             all.extend_from_slice(args);
             ip(&all)
         };
@@ -613,12 +628,7 @@ impl Netns {
 
     /// Brings the host side of the link down (cut off) or up (restored).
     pub fn set_link(&self, up: bool) -> anyhow::Result<()> {
-        ip(&[
-            "link",
-            "set",
-            &self.host_if,
-            if up { "up" } else { "down" },
-        ])
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }])
     }
 
     /// Deletes namespaces (and their host-side veths) left by test processes that no longer
