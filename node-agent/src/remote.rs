@@ -44,6 +44,17 @@ pub enum FetchError {
     },
 }
 
+/// What a read for re-replication found.
+#[derive(Debug)]
+pub enum RepairRead {
+    /// The content at the expected version.
+    Data(Vec<u8>),
+    /// A newer version is stored: the page was rewritten, nothing to repair.
+    Newer,
+    /// No server that is up has it now.
+    Unavailable,
+}
+
 /// How replicas are placed and when a server counts as failed.
 #[derive(Clone, Copy, Debug)]
 pub struct Policy {
@@ -140,8 +151,11 @@ pub struct ServerHealth {
 pub struct Servers {
     servers: Vec<Server>,
     policy: Policy,
-    /// Counts servers going down: a workload repairs its pages when it changes.
+    /// Counts servers going down.
     downs: Cell<u64>,
+    /// Servers that went down or came back, in order: a workload re-replicates the pages whose
+    /// home includes them (a server that comes back may have restarted empty).
+    changes: RefCell<Vec<usize>>,
 }
 
 fn score(slot: u64, server: &str) -> u64 {
@@ -178,6 +192,7 @@ impl Servers {
                 .collect(),
             policy,
             downs: Cell::new(0),
+            changes: RefCell::default(),
         }
     }
 
@@ -217,6 +232,14 @@ impl Servers {
         self.ranking(slot)[..self.policy.replicas].contains(&i)
     }
 
+    /// Servers that went down or came back since `cursor` (which moves past them).
+    pub fn changed_since(&self, cursor: &mut usize) -> Vec<usize> {
+        let changes = self.changes.borrow();
+        let out = changes[(*cursor).min(changes.len())..].to_vec();
+        *cursor = changes.len();
+        out
+    }
+
     /// Indexes of servers that are down.
     pub fn down_servers(&self) -> Vec<usize> {
         (0..self.servers.len())
@@ -229,6 +252,7 @@ impl Servers {
         if s.up() {
             s.down_since.set(Some(Instant::now()));
             self.downs.set(self.downs.get() + 1);
+            self.changes.borrow_mut().push(i);
             eprintln!(
                 "yonder: memory server {} is down ({why}); its pages are served and re-replicated from the others",
                 s.name
@@ -299,6 +323,7 @@ impl Servers {
                 *s.client.borrow_mut() = Some(client);
                 s.down_since.set(None);
                 s.full_until.set(None);
+                self.changes.borrow_mut().push(i);
                 eprintln!("yonder: memory server {} is back", s.name);
                 metrics::gauge!("yonder_agent_server_up", "server" => s.name.clone()).set(1.0);
             }
@@ -461,6 +486,79 @@ impl Servers {
             .into_iter()
             .map(|p| p.expect("every page answered"))
             .collect())
+    }
+
+    /// Reads pages for re-replication: from servers that are up only, without waiting. Per page:
+    /// its content, or `Newer` when a server holds a newer version (it was rewritten since, and
+    /// that write placed its own copies), or `Unavailable` when no server that is up has it.
+    pub async fn read_for_repair(&self, space: u32, remotes: &[Remote]) -> Vec<RepairRead> {
+        let mut out: Vec<Option<RepairRead>> = (0..remotes.len()).map(|_| None).collect();
+        let mut todo: Vec<(usize, Vec<usize>)> = remotes
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (i, self.read_order(r.slot)))
+            .collect();
+        while !todo.is_empty() {
+            let mut per_server: Vec<Vec<usize>> = vec![Vec::new(); self.servers.len()];
+            let mut asked = Vec::new();
+            for (i, mut order) in todo.drain(..) {
+                match order.iter().position(|&s| self.servers[s].up()) {
+                    Some(k) => {
+                        let s = order.remove(k);
+                        per_server[s].push(i);
+                        asked.push((i, order));
+                    }
+                    None => out[i] = Some(RepairRead::Unavailable),
+                }
+            }
+            let futures = per_server
+                .iter()
+                .enumerate()
+                .filter(|(_, idx)| !idx.is_empty())
+                .map(|(s, idx)| async move {
+                    let items: Vec<ReadItem> = idx
+                        .iter()
+                        .map(|&i| ReadItem {
+                            key: PageKey::new(space, remotes[i].slot),
+                            version: remotes[i].version,
+                        })
+                        .collect();
+                    (
+                        s,
+                        self.call(s, |c| async move { c.read(items).await }).await,
+                    )
+                });
+            for (s, outcome) in futures_util::future::join_all(futures).await {
+                if let Outcome::Done(results) = outcome {
+                    for (&i, r) in per_server[s].iter().zip(results) {
+                        match r {
+                            ReadResult::Found { version, data }
+                                if version == remotes[i].version =>
+                            {
+                                let bytes = match data {
+                                    PageData::Zero => vec![0; PAGE_SIZE],
+                                    PageData::Bytes(b) if b.len() == PAGE_SIZE => b,
+                                    PageData::Bytes(_) => continue,
+                                };
+                                out[i] = Some(RepairRead::Data(bytes));
+                            }
+                            ReadResult::Found { version, .. } if version > remotes[i].version => {
+                                out[i] = Some(RepairRead::Newer);
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+            }
+            for (i, order) in asked {
+                if out[i].is_none() {
+                    todo.push((i, order));
+                }
+            }
+        }
+        out.into_iter()
+            .map(|o| o.unwrap_or(RepairRead::Unavailable))
+            .collect()
     }
 
     /// Where to look for `slot`: its first R servers, fastest first, then the rest of its ranking

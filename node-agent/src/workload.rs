@@ -386,7 +386,7 @@ impl Group {
 /// After a memory server goes down, copies every page it was a home of from a surviving replica
 /// to the next server of the page's ranking, until every page has its replicas again.
 async fn repairer(g: Rc<Group>) {
-    let mut seen = 0;
+    let mut cursor = 0;
     // Pages a pass could not give their replicas back (too few servers up): retried.
     let mut short: Vec<Remote> = Vec::new();
     loop {
@@ -396,29 +396,26 @@ async fn repairer(g: Rc<Group>) {
             1000
         }))
         .await;
-        let downs = g.servers.downs();
-        if downs == seen && short.is_empty() {
+        // Servers that went down, or came back (perhaps restarted empty), since the last pass.
+        let changed = g.servers.changed_since(&mut cursor);
+        if changed.is_empty() && short.is_empty() {
             continue;
         }
         let mut todo: HashMap<u64, u64> = short.drain(..).map(|r| (r.slot, r.version)).collect();
-        if downs != seen {
-            seen = downs;
-            let down = g.servers.down_servers();
-            if g.servers.policy().replicas >= 2 && !down.is_empty() {
-                // Every slot the workload refers to whose home includes a server that is down.
-                for p in g.procs.borrow().iter() {
-                    for r in p.table.borrow().all_references() {
-                        if down.iter().any(|&d| g.servers.is_home(r.slot, d)) {
-                            let v = todo.entry(r.slot).or_insert(r.version);
-                            *v = (*v).max(r.version);
-                        }
+        if !changed.is_empty() && g.servers.policy().replicas >= 2 {
+            // Every slot the workload refers to whose home includes such a server.
+            for p in g.procs.borrow().iter() {
+                for r in p.table.borrow().all_references() {
+                    if changed.iter().any(|&d| g.servers.is_home(r.slot, d)) {
+                        let v = todo.entry(r.slot).or_insert(r.version);
+                        *v = (*v).max(r.version);
                     }
                 }
-                info!(
-                    pages = todo.len(),
-                    "re-replicating after a memory-server failure"
-                );
             }
+            info!(
+                pages = todo.len(),
+                "re-replicating after memory-server changes"
+            );
         }
         if todo.is_empty() {
             continue;
@@ -436,32 +433,27 @@ async fn repairer(g: Rc<Group>) {
                 .copied()
                 .filter(|r| g.slots.borrow().is_referenced(r.slot))
                 .collect();
-            let mut done = 0;
-            // A chunk at a time; if a page of it cannot be read (rewritten or freed meanwhile),
-            // one page at a time so that it does not hold back the others.
-            let read: Vec<(Remote, Vec<u8>)> = match g.servers.read_many(g.space, &live).await {
-                Ok(d) => live.iter().copied().zip(d).collect(),
-                Err(_) => {
-                    let mut ok = Vec::new();
-                    for r in &live {
-                        match g.servers.read_many(g.space, &[*r]).await {
-                            Ok(mut d) => ok.push((*r, d.remove(0))),
-                            Err(e) => debug!("re-replicating slot {}: {e}", r.slot),
-                        }
+            let reads = g.servers.read_for_repair(g.space, &live).await;
+            let mut items = Vec::new();
+            for (r, read) in live.iter().zip(reads) {
+                match read {
+                    crate::remote::RepairRead::Data(d) => {
+                        items.push((*r, PageData::from_bytes(&d)))
                     }
-                    ok
+                    // Rewritten since: that write placed its own replicas.
+                    crate::remote::RepairRead::Newer => {}
+                    // Only on servers that are down now: try again later.
+                    crate::remote::RepairRead::Unavailable => short.push(*r),
                 }
-            };
-            let items: Vec<(Remote, PageData)> = read
-                .iter()
-                .map(|(r, d)| (*r, PageData::from_bytes(d)))
-                .collect();
+            }
+            let written: Vec<Remote> = items.iter().map(|(r, _)| *r).collect();
             let stored = g.servers.write(g.space, items).await;
-            for ((r, _), ok) in read.iter().zip(stored) {
+            let mut done = 0;
+            for (r, ok) in written.into_iter().zip(stored) {
                 if ok {
                     done += 1;
                 } else {
-                    short.push(*r);
+                    short.push(r);
                 }
             }
             deficit = deficit.saturating_sub(chunk.len() as u64);
@@ -471,6 +463,8 @@ async fn repairer(g: Rc<Group>) {
         }
         if short.is_empty() {
             info!("re-replication done");
+        } else {
+            debug!(short = short.len(), "pages still short of replicas");
         }
     }
 }

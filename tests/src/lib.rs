@@ -478,8 +478,7 @@ impl Certs {
     }
 }
 
-/// The value of a Prometheus metric (the first sample named exactly `name`, without labels)
-/// served at `http://127.0.0.1:PORT/metrics`.
+/// The value of the unlabelled Prometheus metric `name` served at `127.0.0.1:PORT/metrics`.
 pub fn metric(port: u16, name: &str) -> Option<f64> {
     use std::io::Write;
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
@@ -528,8 +527,7 @@ pub fn netns_list() -> Vec<String> {
 /// Prefix of the namespaces [`Netns`] creates; the pid of the test process follows it.
 pub const NETNS_PREFIX: &str = "yonder-test-";
 
-/// A second octet N such that 10.N.0.0/16 is used by no address or route of this machine and was
-/// not handed out before in this process, for the subnets 10.N.i.0/24 of one test.
+/// An N with 10.N.0.0/16 unused by this machine's addresses and routes and not handed out before.
 pub fn free_ten_net() -> anyhow::Result<u8> {
     static TAKEN: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
     let mut taken = TAKEN
@@ -554,9 +552,7 @@ pub fn free_ten_net() -> anyhow::Result<u8> {
     bail!("no free 10.N.0.0/16 network for a test")
 }
 
-/// A network namespace joined to the root namespace by a veth pair: `host_addr`/24 on the host
-/// side (root namespace), `addr`/24 inside, `lo` up. Dropping it deletes the host-side veth
-/// (and so its peer) and the namespace, also when the test panics.
+/// A network namespace joined to the root one by a veth pair, deleted (with the veth) on drop.
 pub struct Netns {
     /// Name of the namespace (`NETNS_PREFIX`, the pid of this process, a counter).
     pub name: String,
@@ -569,24 +565,26 @@ pub struct Netns {
 }
 
 impl Netns {
-    /// Creates a namespace with subnet `subnet`.0/24: the host side is .1, the inside .2.
+    /// Creates a namespace on `subnet`.0/24 (host side .1, inside .2, `lo` and the veth up).
     pub fn create(subnet: [u8; 3]) -> anyhow::Result<Self> {
         static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let k = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let pid = std::process::id();
+        let name = format!("{NETNS_PREFIX}{pid}-{k}");
+        // "yt", a pid of at most 7 digits, "-", a small counter: interface names have at most 15.
+        let host_if = format!("yt{pid}-{k}");
+        if host_if.len() > 15 {
+            bail!("interface name {host_if} is too long");
+        }
+        ip(&["netns", "add", &name])?;
+        // From here on, dropping `ns` deletes what was made.
         let [a, b, c] = subnet;
         let ns = Self {
-            name: format!("{NETNS_PREFIX}{pid}-{k}"),
-            // At most 2 + 7 + 1 + 10 characters; interface names have at most 15.
-            host_if: format!("yt{pid}-{k}"),
+            name,
+            host_if,
             host_addr: std::net::Ipv4Addr::new(a, b, c, 1),
             addr: std::net::Ipv4Addr::new(a, b, c, 2),
         };
-        if ns.host_if.len() > 15 {
-            bail!("interface name {} is too long", ns.host_if);
-        }
-        ip(&["netns", "add", &ns.name])?;
-        // From here on, dropping `ns` deletes what was made.
         ip(&[
             "link",
             "add",
@@ -618,8 +616,7 @@ impl Netns {
         Ok(ns)
     }
 
-    /// A command that runs `program` inside the namespace (`ip netns exec` execs it, so the
-    /// process keeps the pid the command is spawned with).
+    /// A command running `program` in the namespace (`ip netns exec` execs: the pid stays).
     pub fn command(&self, program: &Path) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", &self.name]).arg(program);
@@ -631,8 +628,7 @@ impl Netns {
         ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }])
     }
 
-    /// Deletes namespaces (and their host-side veths) left by test processes that no longer
-    /// run, say ones killed by SIGKILL before their destructors ran.
+    /// Deletes namespaces and veths left by test processes that died without running destructors.
     pub fn remove_stale() {
         for name in netns_list() {
             let Some(rest) = name.strip_prefix(NETNS_PREFIX) else {
