@@ -7,34 +7,16 @@
 use std::{
     io::Write,
     os::unix::process::ExitStatusExt,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, ExitStatus, Stdio},
-    sync::OnceLock,
     time::{Duration, Instant},
 };
 
-use yonder_tests::bin;
+use yonder_tests::{bin, children, compile_workload, rss_anon};
 
 /// Compiles a C workload from tests/workloads once per test run.
 fn workload(name: &str) -> PathBuf {
-    static BUILT: OnceLock<std::sync::Mutex<Vec<String>>> = OnceLock::new();
-    let out = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name);
-    let built = BUILT.get_or_init(Default::default);
-    let mut built = built.lock().unwrap();
-    if !built.iter().any(|n| n == name) {
-        let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("workloads")
-            .join(format!("{name}.c"));
-        let status = Command::new("cc")
-            .args(["-O2", "-pthread", "-o"])
-            .arg(&out)
-            .arg(&src)
-            .status()
-            .expect("a C compiler (cc) is needed to build the test workloads");
-        assert!(status.success(), "compiling {}", src.display());
-        built.push(name.to_string());
-    }
-    out
+    compile_workload(name, Path::new(env!("CARGO_TARGET_TMPDIR")), &[])
 }
 
 struct Run {
@@ -55,26 +37,6 @@ impl Run {
             .max()
             .unwrap_or(0)
     }
-}
-
-fn rss_anon(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = s
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
-}
-
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 /// Runs `yonder-agent run --local-mem BUDGET -- ARGS`, feeding `stdin`, sampling the workload's
