@@ -94,11 +94,6 @@ impl Slots {
     pub fn is_referenced(&self, slot: u64) -> bool {
         self.refs.contains_key(&slot)
     }
-
-    /// Slots with at least one reference.
-    pub fn live(&self) -> usize {
-        self.refs.len()
-    }
 }
 
 /// Where a page's content lives on the memory servers.

@@ -151,8 +151,6 @@ pub struct ServerHealth {
 pub struct Servers {
     servers: Vec<Server>,
     policy: Policy,
-    /// Counts servers going down.
-    downs: Cell<u64>,
     /// Servers that went down or came back, in order: a workload re-replicates the pages whose
     /// home includes them (a server that comes back may have restarted empty).
     changes: RefCell<Vec<usize>>,
@@ -191,7 +189,6 @@ impl Servers {
                 })
                 .collect(),
             policy,
-            downs: Cell::new(0),
             changes: RefCell::default(),
         }
     }
@@ -199,11 +196,6 @@ impl Servers {
     /// The placement and failure policy in force (replicas capped at the number of servers).
     pub fn policy(&self) -> Policy {
         self.policy
-    }
-
-    /// How many times a server went down so far.
-    pub fn downs(&self) -> u64 {
-        self.downs.get()
     }
 
     /// Health of each server.
@@ -240,18 +232,10 @@ impl Servers {
         out
     }
 
-    /// Indexes of servers that are down.
-    pub fn down_servers(&self) -> Vec<usize> {
-        (0..self.servers.len())
-            .filter(|&i| !self.servers[i].up())
-            .collect()
-    }
-
     fn mark_down(&self, i: usize, why: &str) {
         let s = &self.servers[i];
         if s.up() {
             s.down_since.set(Some(Instant::now()));
-            self.downs.set(self.downs.get() + 1);
             self.changes.borrow_mut().push(i);
             eprintln!(
                 "yonder: memory server {} is down ({why}); its pages are served and re-replicated from the others",

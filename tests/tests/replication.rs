@@ -12,7 +12,7 @@ use std::{
 };
 
 use yonder_tests::{
-    bin, compile_workload, free_tcp_port, number_after, poll, KillOnDrop, Process, Server,
+    bin, compile_workload, free_tcp_port, metric, number_after, poll, KillOnDrop, Process, Server,
 };
 
 const TENANT: &str = "yonder-agent";
@@ -64,17 +64,6 @@ impl Cluster {
             .args(args);
         Process::spawn(cmd, "yonder-agent", self.dir.path()).unwrap()
     }
-}
-
-/// The value of a Prometheus metric (without labels) served by the agent.
-fn metric(port: u16, name: &str) -> Option<f64> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-    let mut body = String::new();
-    s.read_to_string(&mut body).ok()?;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
 fn hog(dir: &Path) -> (String, std::path::PathBuf) {
