@@ -1,7 +1,13 @@
 //! `yonder-bench`: benchmarks of Yonder and the demo.
 
+mod cluster;
+mod compare;
 mod demo;
+mod mem;
+mod pattern;
 mod server_bench;
+mod stats;
+mod workload;
 
 use clap::{Parser, Subcommand};
 
@@ -17,8 +23,13 @@ struct Cli {
 enum Command {
     /// Memory server throughput (pages/s over loopback) and memory per stored page.
     Server(server_bench::Args),
+    /// Yonder side by side with all-local memory and kernel swap (zram, swap file) under a memcg.
+    Compare(compare::Args),
     /// A short demonstration on an embedded default (a memory server on loopback).
     Demo,
+    /// The controlled workload the benchmarks run (under the agent, or plain).
+    #[command(hide = true)]
+    Workload(workload::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,6 +41,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Server(args) => server_bench::run(args),
+        Command::Compare(args) => compare::run(args),
         Command::Demo => demo::run(),
+        Command::Workload(args) => workload::run(args),
     }
 }
