@@ -8,6 +8,8 @@ use tracing::info;
 use yonder_common::{certs, size::ByteSize, tls, transport};
 use yonder_server::{config::ServerConfig, metrics, server, store::Store};
 
+mod probe;
+
 /// Yonder memory server: keeps node agents' evicted pages in memory, per tenant, over QUIC + mTLS.
 #[derive(Parser)]
 #[command(
@@ -26,6 +28,9 @@ struct Cli {
 enum Command {
     /// Create a cluster CA plus server and client certificates in one directory.
     Certs(CertsArgs),
+    /// Connect to a memory server as a client, ask for its usage figures and print them; exits
+    /// non-zero if it does not answer (a health check).
+    Probe(probe::ProbeArgs),
 }
 
 /// Flags of the server; each overrides the config file.
@@ -86,6 +91,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Some(Command::Certs(args)) => make_certs(args),
+        Some(Command::Probe(args)) => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+            .block_on(probe::probe(args)),
         None => {
             let config = merge(cli.serve)?;
             let runtime = if config.threads <= 1 {
