@@ -1,10 +1,889 @@
-//! `yonder-bench compare` (being written).
+//! `yonder-bench compare`: one workload at several local-memory ratios under (a) all local
+//! memory, (b) Yonder, (c) Linux swap to zram and (d) Linux swap to a file on the local disk,
+//! (c) and (d) in a memory cgroup with the same budget. Prints a table, writes JSON and one chart
+//! per workload (PNG and SVG). See docs/benchmarks-compare.md for how budgets are made equal.
+//!
+//! The footprint comes from the all-local run: the peak anonymous RSS of the process tree
+//! (`anon`) and the peak of the rest of its RSS (`file`, mapped files and shared memory). At a
+//! ratio r, Yonder gets `--local-mem r·anon` (it manages anonymous memory only) and the memory
+//! cgroup a limit of `r·anon + file` (the kernel charges both to the group).
+
+use std::{
+    io::Read,
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context};
+use serde::{Deserialize, Serialize};
+use yonder_common::size::ByteSize;
+
+use crate::{
+    cluster::Cluster,
+    plot,
+    stats::median,
+    system::{self, CgroupVersion, Machine},
+    workload,
+};
+
+/// How a workload's memory is provided.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// All memory local: no budget (the reference).
+    Local,
+    /// Yonder: `yonder-agent run --local-mem` with memory servers on loopback.
+    Yonder,
+    /// Linux swap to a zram device, in a memory cgroup with the budget.
+    Zram,
+    /// Linux swap to a file on the local disk, in a memory cgroup with the budget.
+    File,
+}
+
+impl Mode {
+    /// The name in tables, JSON and legends.
+    pub fn label(self) -> &'static str {
+        match self {
+            Mode::Local => "all local",
+            Mode::Yonder => "Yonder",
+            Mode::Zram => "swap to zram",
+            Mode::File => "swap to file",
+        }
+    }
+}
+
+/// The built-in workloads.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Builtin {
+    /// `yonder-bench workload --pattern random`: uniform random page touches.
+    Random,
+    /// `yonder-bench workload --pattern zipfian`: skewed touches (θ = 0.99, a small hot set).
+    Zipfian,
+    /// A Python program (~40 MiB of small objects hashed twice), the demo's.
+    Python,
+}
 
 /// Arguments of `yonder-bench compare`.
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Local memory as percentages of the workload's anonymous footprint.
+    #[arg(long, value_delimiter = ',', default_value = "100,75,50,25")]
+    pub ratios: Vec<u32>,
+    /// Modes to run (all local always runs: it is the reference and gives the footprint).
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "local,yonder,zram,file"
+    )]
+    pub modes: Vec<Mode>,
+    /// Built-in workloads (ignored when a COMMAND is given).
+    #[arg(
+        long = "workload",
+        value_enum,
+        value_delimiter = ',',
+        default_value = "random,zipfian"
+    )]
+    pub workloads: Vec<Builtin>,
+    /// Memory the random and zipfian workloads fill.
+    #[arg(long, default_value = "128MiB")]
+    pub size: ByteSize,
+    /// Timed touches of the random and zipfian workloads (default: twice the pages).
+    #[arg(long)]
+    pub touches: Option<u64>,
+    /// Runs of each configuration; the tables show the median.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    /// Memory servers started on loopback for Yonder.
+    #[arg(long, default_value_t = 2)]
+    pub servers: usize,
+    /// Copies of each evicted page (`yonder-agent --replicas`).
+    #[arg(long, default_value_t = 2)]
+    pub replicas: usize,
+    /// Directory of the swap file (must be on a disk, not tmpfs).
+    #[arg(long, default_value = "/var/tmp")]
+    pub swap_dir: PathBuf,
+    /// zram compression algorithm (default: the device's).
+    #[arg(long)]
+    pub zram_algorithm: Option<String>,
+    /// Run even though the machine has swap of its own active (it is recorded in the JSON).
+    #[arg(long)]
+    pub allow_swap: bool,
+    /// Longest run of one configuration, in seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Write the JSON report to FILE, or to stdout with no FILE (the table then goes to stderr).
+    #[arg(long, value_name = "FILE", num_args = 0..=1, default_missing_value = "-")]
+    pub json: Option<PathBuf>,
+    /// Also write the tables as Markdown to FILE (as in bench/RESULTS.md).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Where the charts go (`compare-<workload>.png` and `.svg`).
+    #[arg(long, default_value = ".")]
+    pub out_dir: PathBuf,
+    /// No charts.
+    #[arg(long)]
+    pub no_plot: bool,
+    /// Name of the COMMAND workload in tables and file names (default: its program's name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Any program to compare instead of the built-ins (its completion time is measured).
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
 
-/// Runs the comparison.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not written yet")
+/// What `compare` measured.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CompareReport {
+    /// The machine and its swap settings.
+    pub machine: MachineInfo,
+    /// Local-memory ratios in percent.
+    pub ratios: Vec<u32>,
+    /// Runs per configuration.
+    pub runs: usize,
+    /// Memory servers and replicas for Yonder.
+    pub servers: usize,
+    /// Copies of each evicted page.
+    pub replicas: usize,
+    /// One entry per workload.
+    pub workloads: Vec<WorkloadReport>,
+}
+
+/// The machine the comparison ran on.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MachineInfo {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Online CPUs.
+    pub cpus: usize,
+    /// MemTotal in bytes.
+    pub memory_bytes: u64,
+    /// Memory cgroup hierarchy used for the swap modes.
+    pub cgroup: Option<CgroupVersion>,
+    /// zram compression algorithm in use.
+    pub zram_algorithm: String,
+    /// `vm.page-cluster` (swap readahead of 2^n pages).
+    pub page_cluster: String,
+    /// `vm.swappiness`.
+    pub swappiness: String,
+    /// Swap areas of the machine's own that were active during the run (should be none).
+    pub other_swap: Vec<String>,
+}
+
+/// One workload at every ratio and mode.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkloadReport {
+    /// Name (built-in or the command's).
+    pub name: String,
+    /// The command line run.
+    pub command: Vec<String>,
+    /// Peak anonymous RSS of the all-local run (median), bytes.
+    pub anon_bytes: u64,
+    /// Peak non-anonymous RSS of the all-local run (median), bytes.
+    pub file_bytes: u64,
+    /// Whether rows carry a throughput (touches per second of the timed phase).
+    pub has_throughput: bool,
+    /// All local first, then each ratio's modes.
+    pub rows: Vec<Row>,
+}
+
+/// One mode at one ratio.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Row {
+    /// The mode.
+    pub mode: Mode,
+    /// Local memory in percent of the anonymous footprint (100 for all local).
+    pub ratio: u32,
+    /// Yonder's `--local-mem`, or the memory anonymous pages may use under the cgroup, bytes.
+    pub local_bytes: Option<u64>,
+    /// The memory cgroup's limit, bytes (swap modes).
+    pub memcg_limit_bytes: Option<u64>,
+    /// Completion time (median), seconds.
+    pub time_s: f64,
+    /// Completion time of each run.
+    pub times_s: Vec<f64>,
+    /// Completion time divided by all local's.
+    pub slowdown: f64,
+    /// Touches per second in the timed phase (median; built-in touch workloads).
+    pub throughput: Option<f64>,
+    /// Throughput of each run.
+    pub throughputs: Vec<f64>,
+    /// Pages brought back (median): Yonder's remote faults, or the cgroup's major faults.
+    pub faults: Option<u64>,
+    /// Yonder's remote-fault latency p50 and p99 from its summary (median), microseconds.
+    pub remote_p50_us: Option<f64>,
+    /// As above, p99.
+    pub remote_p99_us: Option<f64>,
+    /// Peak memory charged to the cgroup (median), bytes.
+    pub memcg_peak_bytes: Option<u64>,
+}
+
+/// What one run of a command gave.
+#[derive(Debug, Default)]
+struct Outcome {
+    wall_s: f64,
+    stdout: String,
+    stderr: String,
+    anon_peak: u64,
+    file_peak: u64,
+}
+
+/// Runs the comparison and prints, writes and draws its results.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let report = measure(&args)?;
+    let table = text_table(&report);
+    match &args.json {
+        Some(p) if p.as_os_str() == "-" => {
+            eprint!("{table}");
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Some(p) => {
+            print!("{table}");
+            std::fs::write(p, serde_json::to_string_pretty(&report)? + "\n")
+                .with_context(|| format!("writing {}", p.display()))?;
+            eprintln!("compare: wrote {}", p.display());
+        }
+        None => print!("{table}"),
+    }
+    if let Some(p) = &args.markdown {
+        std::fs::write(p, markdown(&report)).with_context(|| format!("writing {}", p.display()))?;
+    }
+    if !args.no_plot {
+        std::fs::create_dir_all(&args.out_dir)?;
+        for w in &report.workloads {
+            let (png, svg) = plot::chart(w, &report.machine, &args.out_dir)?;
+            eprintln!("compare: wrote {} and {}", png.display(), svg.display());
+        }
+    }
+    Ok(())
+}
+
+/// Measures every workload at every ratio and mode; the machine is restored before it returns
+/// (also on error or Ctrl-C).
+pub fn measure(args: &Args) -> anyhow::Result<CompareReport> {
+    anyhow::ensure!(args.runs > 0, "--runs must be at least 1");
+    anyhow::ensure!(
+        !args.ratios.is_empty() && args.ratios.iter().all(|r| (1..=100).contains(r)),
+        "--ratios are percentages from 1 to 100"
+    );
+    system::catch_interrupts()?;
+    let swap_modes = args
+        .modes
+        .iter()
+        .any(|m| matches!(m, Mode::Zram | Mode::File));
+    let mut machine = if swap_modes {
+        Some(Machine::take()?)
+    } else {
+        None
+    };
+    let other_swap = system::foreign_swaps();
+    if !other_swap.is_empty() {
+        if !args.allow_swap {
+            bail!(
+                "the machine has swap active ({}): it would mix into every mode's results; \
+                 swapoff it or pass --allow-swap",
+                other_swap.join(", ")
+            );
+        }
+        eprintln!(
+            "compare: WARNING: the machine's own swap is active ({}); results include it",
+            other_swap.join(", ")
+        );
+    }
+    let info = MachineInfo {
+        kernel: system::read_setting("/proc/sys/kernel/osrelease"),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        memory_bytes: meminfo_total(),
+        cgroup: machine.as_ref().map(|m| m.cgroup_version()),
+        zram_algorithm: args.zram_algorithm.clone().unwrap_or_else(|| {
+            let s = system::read_setting("/sys/block/zram0/comp_algorithm");
+            s.split_whitespace()
+                .find(|a| a.starts_with('['))
+                .map(|a| a.trim_matches(['[', ']']).to_string())
+                .unwrap_or(s)
+        }),
+        page_cluster: system::read_setting("/proc/sys/vm/page-cluster"),
+        swappiness: system::read_setting("/proc/sys/vm/swappiness"),
+        other_swap,
+    };
+    let cluster = if args.modes.contains(&Mode::Yonder) {
+        eprintln!(
+            "compare: starting {} memory servers on loopback",
+            args.servers
+        );
+        Some(Cluster::start(args.servers.max(1), "16GiB")?)
+    } else {
+        None
+    };
+    let mut workloads = Vec::new();
+    for (name, argv, touches) in workload_commands(args)? {
+        let w = measure_workload(args, &mut machine, cluster.as_ref(), &name, argv, touches)?;
+        workloads.push(w);
+    }
+    Ok(CompareReport {
+        machine: info,
+        ratios: args.ratios.clone(),
+        runs: args.runs,
+        servers: args.servers,
+        replicas: args.replicas,
+        workloads,
+    })
+}
+
+/// (name, command line, whether it reports touches) of each workload to run.
+fn workload_commands(args: &Args) -> anyhow::Result<Vec<(String, Vec<String>, bool)>> {
+    if !args.command.is_empty() {
+        let name = args.name.clone().unwrap_or_else(|| {
+            Path::new(&args.command[0])
+                .file_name()
+                .map_or("command".into(), |n| n.to_string_lossy().into_owned())
+        });
+        return Ok(vec![(name, args.command.clone(), false)]);
+    }
+    let exe = std::env::current_exe()?.display().to_string();
+    let pages = args.size.0 / 4096;
+    let touches = args.touches.unwrap_or(2 * pages).to_string();
+    let mut out = Vec::new();
+    for w in &args.workloads {
+        let touch = |pattern: &str| -> Vec<String> {
+            [
+                &exe,
+                "workload",
+                "--pattern",
+                pattern,
+                "--size",
+                &args.size.0.to_string(),
+                "--touches",
+                &touches,
+                "--settle-ms",
+                "0",
+            ]
+            .map(String::from)
+            .into()
+        };
+        out.push(match w {
+            Builtin::Random => ("random".into(), touch("random"), true),
+            Builtin::Zipfian => ("zipfian".into(), touch("zipfian"), true),
+            Builtin::Python => (
+                "python".into(),
+                vec![python()?, "-c".into(), PYTHON.into()],
+                false,
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// The demo's Python program: many small objects, hashed twice.
+const PYTHON: &str = "
+import hashlib
+data = [bytes([i % 251]) * 200 for i in range(120_000)]
+h = hashlib.sha256()
+for _ in range(2):
+    for b in data:
+        h.update(b)
+print(h.hexdigest())
+";
+
+/// The Python interpreter itself (not a wrapper script that would fork helpers first).
+fn python() -> anyhow::Result<String> {
+    let out = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .context("running python3")?;
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
+}
+
+fn measure_workload(
+    args: &Args,
+    machine: &mut Option<Machine>,
+    cluster: Option<&Cluster>,
+    name: &str,
+    argv: Vec<String>,
+    touches: bool,
+) -> anyhow::Result<WorkloadReport> {
+    let deadline = Duration::from_secs(args.timeout);
+    eprintln!("compare: {name}: all local ({} runs)", args.runs);
+    let mut local = Vec::new();
+    for _ in 0..args.runs {
+        let o = run_once(Command::new(&argv[0]).args(&argv[1..]), deadline)?;
+        local.push(o);
+    }
+    let anon = median_u64(local.iter().map(|o| o.anon_peak));
+    let file = median_u64(local.iter().map(|o| o.file_peak));
+    anyhow::ensure!(
+        anon > 0,
+        "{name}: no anonymous memory seen in the all-local run"
+    );
+    let local_row = summarise(Mode::Local, 100, None, None, &local, touches, 0.0, &[]);
+    let base = local_row.time_s;
+    let mut rows = vec![local_row];
+
+    let budget = |ratio: u32| anon * u64::from(ratio) / 100;
+    if let (Some(cluster), true) = (cluster, args.modes.contains(&Mode::Yonder)) {
+        for &ratio in &args.ratios {
+            eprintln!("compare: {name}: Yonder at {ratio} %");
+            let local_mem = format!("{}KiB", budget(ratio).div_ceil(1024));
+            let mut agent_args = cluster.agent_args(&local_mem, args.replicas);
+            agent_args.extend(argv.iter().cloned());
+            let mut outs = Vec::new();
+            for _ in 0..args.runs {
+                let mut cmd = Command::new(yonder_tests::bin("yonder-agent"));
+                cmd.args(&agent_args);
+                outs.push(run_once(&mut cmd, deadline)?);
+            }
+            rows.push(summarise(
+                Mode::Yonder,
+                ratio,
+                Some(budget(ratio)),
+                None,
+                &outs,
+                touches,
+                base,
+                &[],
+            ));
+        }
+    }
+    for mode in [Mode::Zram, Mode::File] {
+        if !args.modes.contains(&mode) {
+            continue;
+        }
+        let m = machine
+            .as_mut()
+            .context("the swap modes need the machine guard")?;
+        // Room for all of it and then some: swap must never run out.
+        let swap_bytes = (anon + file) * 3 / 2 + (64 << 20);
+        match mode {
+            Mode::Zram => {
+                m.zram_swap_on(swap_bytes, args.zram_algorithm.as_deref())?;
+            }
+            _ => {
+                m.file_swap_on(&args.swap_dir, swap_bytes)?;
+            }
+        }
+        eprintln!("compare: {name}: swapon ({})", mode.label());
+        let result = (|| -> anyhow::Result<()> {
+            for &ratio in &args.ratios {
+                eprintln!("compare: {name}: {} at {ratio} %", mode.label());
+                let limit = budget(ratio) + file;
+                let mut outs = Vec::new();
+                let mut peaks = Vec::new();
+                for run in 0..args.runs {
+                    let memcg = m.cgroup(&format!("{name}-{ratio}-{run}"), limit)?;
+                    let wrapped = memcg.wrap(&argv);
+                    let o = run_once(Command::new("sh").args(&wrapped), deadline);
+                    let faults = memcg.stat("pgmajfault").or(memcg.stat("total_pgmajfault"));
+                    let peak = memcg.peak();
+                    m.remove_cgroup(memcg)?;
+                    let mut o = o?;
+                    if let Some(f) = faults {
+                        o.stderr.push_str(&format!("\nmemcg-major-faults {f}\n"));
+                    }
+                    peaks.push(peak.unwrap_or(0));
+                    outs.push(o);
+                }
+                rows.push(summarise(
+                    mode,
+                    ratio,
+                    Some(budget(ratio)),
+                    Some(limit),
+                    &outs,
+                    touches,
+                    base,
+                    &peaks,
+                ));
+            }
+            Ok(())
+        })();
+        let off = m.swap_off();
+        result?;
+        off?;
+    }
+    Ok(WorkloadReport {
+        name: name.into(),
+        command: argv,
+        anon_bytes: anon,
+        file_bytes: file,
+        has_throughput: touches,
+        rows,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn summarise(
+    mode: Mode,
+    ratio: u32,
+    local_bytes: Option<u64>,
+    memcg_limit_bytes: Option<u64>,
+    outs: &[Outcome],
+    touches: bool,
+    base: f64,
+    peaks: &[u64],
+) -> Row {
+    let mut times: Vec<f64> = outs.iter().map(|o| o.wall_s).collect();
+    let time_s = median(&mut times.clone());
+    let reports: Vec<workload::Report> = outs
+        .iter()
+        .filter_map(|o| {
+            o.stdout
+                .lines()
+                .find_map(|l| l.strip_prefix("result "))
+                .and_then(|j| serde_json::from_str(j).ok())
+        })
+        .collect();
+    let throughputs: Vec<f64> = if touches {
+        reports.iter().map(|r| r.touches_per_s).collect()
+    } else {
+        Vec::new()
+    };
+    let summaries: Vec<AgentSummary> = outs
+        .iter()
+        .filter_map(|o| agent_summary(&o.stderr))
+        .collect();
+    let faults = match mode {
+        Mode::Yonder => Some(median_u64(summaries.iter().map(|s| s.remote))),
+        Mode::Zram | Mode::File => Some(median_u64(outs.iter().filter_map(|o| {
+            o.stderr
+                .lines()
+                .find_map(|l| l.strip_prefix("memcg-major-faults "))
+                .and_then(|n| n.trim().parse().ok())
+        }))),
+        Mode::Local => None,
+    };
+    let (p50, p99) = if summaries.is_empty() {
+        (None, None)
+    } else {
+        (
+            Some(median(
+                &mut summaries.iter().map(|s| s.p50_us).collect::<Vec<_>>(),
+            )),
+            Some(median(
+                &mut summaries.iter().map(|s| s.p99_us).collect::<Vec<_>>(),
+            )),
+        )
+    };
+    times.shrink_to_fit();
+    Row {
+        mode,
+        ratio,
+        local_bytes,
+        memcg_limit_bytes,
+        time_s,
+        slowdown: if base > 0.0 { time_s / base } else { 1.0 },
+        times_s: times,
+        throughput: (!throughputs.is_empty()).then(|| median(&mut throughputs.clone())),
+        throughputs,
+        faults,
+        remote_p50_us: p50,
+        remote_p99_us: p99,
+        memcg_peak_bytes: (!peaks.is_empty()).then(|| median_u64(peaks.iter().copied())),
+    }
+}
+
+/// The agent's remote-fault figures from its exit summary.
+struct AgentSummary {
+    remote: u64,
+    p50_us: f64,
+    p99_us: f64,
+}
+
+/// Parses "yonder: faults: Z zero-fill, R remote (p50 X µs, p99 Y µs), ...".
+fn agent_summary(stderr: &str) -> Option<AgentSummary> {
+    let line = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("yonder: faults: "))?;
+    let (_, rest) = line.split_once("zero-fill, ")?;
+    let (remote, rest) = rest.split_once(" remote (p50 ")?;
+    let (p50, rest) = rest.split_once(" µs, p99 ")?;
+    let (p99, _) = rest.split_once(" µs")?;
+    Some(AgentSummary {
+        remote: remote.trim().parse().ok()?,
+        p50_us: p50.trim().parse().ok()?,
+        p99_us: p99.trim().parse().ok()?,
+    })
+}
+
+fn median_u64(values: impl Iterator<Item = u64>) -> u64 {
+    let mut v: Vec<f64> = values.map(|x| x as f64).collect();
+    median(&mut v) as u64
+}
+
+/// Runs `cmd` in its own process group to the end, sampling the RSS of its process tree, and
+/// fails unless it exits with status 0. On Ctrl-C or after `deadline` it kills the group.
+fn run_once(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Outcome> {
+    if system::interrupted() {
+        bail!("interrupted");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0);
+    let started = Instant::now();
+    let mut child = cmd.spawn().with_context(|| format!("starting {cmd:?}"))?;
+    let pid = child.id();
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = Vec::new();
+            let _ = r.read_to_end(&mut s);
+            String::from_utf8_lossy(&s).into_owned()
+        })
+    };
+    let out = read(Box::new(child.stdout.take().context("stdout")?));
+    let err = read(Box::new(child.stderr.take().context("stderr")?));
+    let mut o = Outcome::default();
+    let mut next_sample = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if Instant::now() >= next_sample {
+            let (anon, file) = tree_rss(pid);
+            o.anon_peak = o.anon_peak.max(anon);
+            o.file_peak = o.file_peak.max(file);
+            next_sample = Instant::now() + Duration::from_millis(10);
+        }
+        let why = if system::interrupted() {
+            Some("interrupted")
+        } else if started.elapsed() > deadline {
+            Some("timed out (--timeout)")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            // The whole group: the agent, the workload and anything they started.
+            system::kill(-(pid as i32), libc::SIGKILL);
+            let _ = child.wait();
+            bail!("{why}: killed {cmd:?}");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    };
+    o.wall_s = started.elapsed().as_secs_f64();
+    // Anything of the group still running (a daemonised child) is killed too.
+    system::kill(-(pid as i32), libc::SIGKILL);
+    o.stdout = out.join().unwrap_or_default();
+    o.stderr = err.join().unwrap_or_default();
+    if !status.success() {
+        bail!(
+            "{cmd:?} failed ({status}):\n{}",
+            o.stderr
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    }
+    Ok(o)
+}
+
+/// Anonymous and other resident memory of process `pid` and its descendants, in bytes.
+fn tree_rss(pid: u32) -> (u64, u64) {
+    let mut anon = 0;
+    let mut other = 0;
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        if let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/status")) {
+            let kb = |key: &str| -> u64 {
+                s.lines()
+                    .find_map(|l| l.strip_prefix(key))
+                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                    .unwrap_or(0)
+            };
+            anon += kb("RssAnon:") * 1024;
+            other += (kb("RssFile:") + kb("RssShmem:")) * 1024;
+        }
+        todo.extend(yonder_tests::children(p));
+    }
+    (anon, other)
+}
+
+fn meminfo_total() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
+}
+
+fn cells(r: &Row) -> [String; 7] {
+    [
+        if r.mode == Mode::Local {
+            "-".into()
+        } else {
+            format!("{} %", r.ratio)
+        },
+        r.mode.label().into(),
+        format!("{:.2} s", r.time_s),
+        format!("{:.2}×", r.slowdown),
+        r.throughput.map_or("-".into(), |t| format!("{:.0}", t)),
+        r.faults.map_or("-".into(), |f| f.to_string()),
+        r.local_bytes.map_or("-".into(), mib),
+    ]
+}
+
+const HEADER: [&str; 7] = [
+    "local",
+    "mode",
+    "time",
+    "× all local",
+    "touches/s",
+    "faults",
+    "budget",
+];
+
+/// The tables as plain text, one per workload.
+pub fn text_table(report: &CompareReport) -> String {
+    let mut s = String::new();
+    for w in &report.workloads {
+        s.push_str(&format!(
+            "\n{}: anonymous footprint {}, other RSS {}; median of {} runs\n",
+            w.name,
+            mib(w.anon_bytes),
+            mib(w.file_bytes),
+            report.runs
+        ));
+        let rows: Vec<[String; 7]> = w.rows.iter().map(cells).collect();
+        let widths: Vec<usize> = (0..7)
+            .map(|i| {
+                rows.iter()
+                    .map(|r| r[i].chars().count())
+                    .chain([HEADER[i].chars().count()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cols: Vec<String>| -> String {
+            let mut l = String::new();
+            for (i, c) in cols.iter().enumerate() {
+                let pad = widths[i] - c.chars().count();
+                if i == 1 {
+                    l.push_str(&format!("{c}{}  ", " ".repeat(pad)));
+                } else {
+                    l.push_str(&format!("{}{c}  ", " ".repeat(pad)));
+                }
+            }
+            l.trim_end().to_string() + "\n"
+        };
+        s.push_str(&line(HEADER.map(String::from).into()));
+        for r in rows {
+            s.push_str(&line(r.into()));
+        }
+    }
+    s
+}
+
+/// The tables as Markdown (for bench/RESULTS.md), one per workload.
+pub fn markdown(report: &CompareReport) -> String {
+    let mut s = String::new();
+    for w in &report.workloads {
+        s.push_str(&format!(
+            "### {}: anonymous footprint {}, other RSS {}; median of {} runs\n\n",
+            w.name,
+            mib(w.anon_bytes),
+            mib(w.file_bytes),
+            report.runs
+        ));
+        s.push_str("| local | mode | time | × all local | runs | touches/s | faults | budget |\n");
+        s.push_str("|---:|---|---:|---:|---|---:|---:|---:|\n");
+        for r in &w.rows {
+            let c = cells(r);
+            let runs = r
+                .times_s
+                .iter()
+                .map(|t| format!("{t:.2}"))
+                .collect::<Vec<_>>()
+                .join(" / ");
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {runs} | {} | {} | {} |\n",
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+            ));
+        }
+        s.push('\n');
+    }
+    s.push_str(
+        "time: completion time of the whole program (start to exit); × all local: that time \
+         divided by all local's; touches/s: the timed phase of the built-in workloads; faults: \
+         Yonder's remote faults or the memory cgroup's major faults (swap-ins); budget: local \
+         memory for anonymous pages (the cgroup's limit adds the program's other RSS).\n",
+    );
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_agent_summary() {
+        let s = "x\nyonder: faults: 12 zero-fill, 345 remote (p50 101 µs, p99 250 µs), 0 write-protect; 7 pages prefetched\n";
+        let a = agent_summary(s).unwrap();
+        assert_eq!(a.remote, 345);
+        assert_eq!(a.p50_us, 101.0);
+        assert_eq!(a.p99_us, 250.0);
+        assert!(agent_summary("nothing").is_none());
+    }
+
+    fn row(mode: Mode, ratio: u32, time_s: f64) -> Row {
+        Row {
+            mode,
+            ratio,
+            local_bytes: Some(1 << 20),
+            memcg_limit_bytes: None,
+            time_s,
+            times_s: vec![time_s],
+            slowdown: time_s,
+            throughput: Some(1000.0),
+            throughputs: vec![1000.0],
+            faults: Some(3),
+            remote_p50_us: None,
+            remote_p99_us: None,
+            memcg_peak_bytes: None,
+        }
+    }
+
+    #[test]
+    fn tables_have_a_line_per_row() {
+        let report = CompareReport {
+            machine: MachineInfo {
+                kernel: "6.18".into(),
+                cpus: 2,
+                memory_bytes: 1 << 30,
+                cgroup: Some(CgroupVersion::V1),
+                zram_algorithm: "lzo-rle".into(),
+                page_cluster: "3".into(),
+                swappiness: "60".into(),
+                other_swap: vec![],
+            },
+            ratios: vec![50],
+            runs: 1,
+            servers: 2,
+            replicas: 2,
+            workloads: vec![WorkloadReport {
+                name: "random".into(),
+                command: vec![],
+                anon_bytes: 2 << 20,
+                file_bytes: 1 << 20,
+                has_throughput: true,
+                rows: vec![row(Mode::Local, 100, 1.0), row(Mode::Yonder, 50, 2.5)],
+            }],
+        };
+        let t = text_table(&report);
+        assert_eq!(t.lines().filter(|l| l.contains("Yonder")).count(), 1);
+        assert!(t.contains("2.50×"), "{t}");
+        let md = markdown(&report);
+        assert!(md.contains("| 50 % | Yonder | 2.50 s | 2.50× |"), "{md}");
+    }
 }

@@ -5,8 +5,10 @@ mod compare;
 mod demo;
 mod mem;
 mod pattern;
+mod plot;
 mod server_bench;
 mod stats;
+mod system;
 mod workload;
 
 use clap::{Parser, Subcommand};
