@@ -130,6 +130,9 @@ pub struct Args {
     /// Name of the COMMAND workload in tables and file names (default: its program's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Only undo what a killed run left behind (swap, zram device, cgroups, swap file), then exit.
+    #[arg(long)]
+    pub restore: bool,
     /// Any program to compare instead of the built-ins (its completion time is measured).
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -233,6 +236,11 @@ struct Outcome {
 
 /// Runs the comparison and prints, writes and draws its results.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.restore {
+        drop(Machine::take()?);
+        eprintln!("compare: the machine is restored");
+        return Ok(());
+    }
     let report = measure(&args)?;
     let table = text_table(&report);
     match &args.json {
