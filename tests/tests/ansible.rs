@@ -79,6 +79,20 @@ fn recap(out: &str, host: &str, field: &str) -> u64 {
     number_after(line, &format!("{field}=")).unwrap()
 }
 
+/// The first result line (`ok: [HOST]`, `skipping: [HOST]`, `fatal: [HOST]: ...`) of a task.
+fn task_result(out: &str, task: &str) -> String {
+    let header = format!("TASK [{task}]");
+    let at = out
+        .find(&header)
+        .unwrap_or_else(|| panic!("task {task} not run:\n{out}"));
+    out[at..]
+        .lines()
+        .skip(1)
+        .find(|l| !l.trim().is_empty() && !l.starts_with("FAILED - RETRYING"))
+        .unwrap_or_default()
+        .to_string()
+}
+
 /// The value of `key=` in a systemd unit.
 fn unit_value(unit: &str, key: &str) -> String {
     unit.lines()
@@ -122,7 +136,7 @@ fn uid_of(user: &str) -> u32 {
 }
 
 #[test]
-fn apply_twice_then_serve_a_workload_from_the_rendered_units() {
+fn apply_is_idempotent_and_the_rendered_units_serve_a_workload() {
     let tmp = tempfile::Builder::new()
         .prefix("yonder-ansible-")
         .tempdir()
@@ -292,6 +306,30 @@ fn apply_twice_then_serve_a_workload_from_the_rendered_units() {
         (health.len() == 1 && health[0]["up"] == true).then_some(())
     });
     assert!(up.is_some(), "the daemon does not report mem1 up");
+
+    // The roles' own health checks, run against the processes just started: they pass and
+    // change nothing.
+    let mut checked = args.clone();
+    checked.splice(0..0, ["-e", "yonder_health_checks=true"]);
+    let third = tool("ansible-playbook", &checked, &ansible_dir());
+    let third_out = text(&third);
+    assert!(
+        third.status.success(),
+        "apply with health checks:\n{third_out}"
+    );
+    for (task, host) in [
+        (
+            "memory_server : Check that the server answers over QUIC",
+            "mem1",
+        ),
+        (
+            "node_agent : Check that the daemon answers and reaches every memory server",
+            "node1",
+        ),
+    ] {
+        assert_eq!(task_result(&third_out, task), format!("ok: [{host}]"));
+        assert_eq!(recap(&third_out, host, "changed"), 0, "{third_out}");
+    }
 
     // A workload at half its memory, through the deployed `run` (which finds the deployed shim).
     let pattern = compile_workload("pattern", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
