@@ -62,6 +62,9 @@ pub enum Builtin {
     Random,
     /// `yonder-bench workload --pattern zipfian`: skewed touches (θ = 0.99, a small hot set).
     Zipfian,
+    /// `yonder-bench workload --pattern sequential`: page after page, around and around (every
+    /// touch misses once the budget is below the footprint; readahead and prefetching help).
+    Sequential,
     /// A Python program (~40 MiB of small objects hashed twice), the demo's.
     Python,
 }
@@ -232,6 +235,8 @@ struct Outcome {
     stderr: String,
     anon_peak: u64,
     file_peak: u64,
+    /// Major faults charged to the run's memory cgroup (swap modes).
+    memcg_faults: Option<u64>,
 }
 
 /// Runs the comparison and prints, writes and draws its results.
@@ -375,6 +380,7 @@ fn workload_commands(args: &Args) -> anyhow::Result<Vec<(String, Vec<String>, bo
         out.push(match w {
             Builtin::Random => ("random".into(), touch("random"), true),
             Builtin::Zipfian => ("zipfian".into(), touch("zipfian"), true),
+            Builtin::Sequential => ("sequential".into(), touch("sequential"), true),
             Builtin::Python => (
                 "python".into(),
                 vec![python()?, "-c".into(), PYTHON.into()],
@@ -487,9 +493,7 @@ fn measure_workload(
                     let peak = memcg.peak();
                     m.remove_cgroup(memcg)?;
                     let mut o = o?;
-                    if let Some(f) = faults {
-                        o.stderr.push_str(&format!("\nmemcg-major-faults {f}\n"));
-                    }
+                    o.memcg_faults = faults;
                     peaks.push(peak.unwrap_or(0));
                     outs.push(o);
                 }
@@ -553,12 +557,7 @@ fn summarise(
         .collect();
     let faults = match mode {
         Mode::Yonder => Some(median_u64(summaries.iter().map(|s| s.remote))),
-        Mode::Zram | Mode::File => Some(median_u64(outs.iter().filter_map(|o| {
-            o.stderr
-                .lines()
-                .find_map(|l| l.strip_prefix("memcg-major-faults "))
-                .and_then(|n| n.trim().parse().ok())
-        }))),
+        Mode::Zram | Mode::File => Some(median_u64(outs.iter().filter_map(|o| o.memcg_faults))),
         Mode::Local => None,
     };
     let (p50, p99) = if summaries.is_empty() {
@@ -573,7 +572,6 @@ fn summarise(
             )),
         )
     };
-    times.shrink_to_fit();
     Row {
         mode,
         ratio,
