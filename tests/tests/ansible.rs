@@ -190,6 +190,8 @@ fn apply_is_idempotent_and_the_rendered_units_serve_a_workload() {
         assert_eq!(recap(&first_out, host, "failed"), 0, "{first_out}");
         assert!(recap(&first_out, host, "changed") > 0, "{first_out}");
     }
+    // Nothing may change on a second run: in particular no certificate is made again (a new one
+    // would be copied, and reported as a change).
     let second = tool("ansible-playbook", &args, &ansible_dir());
     let second_out = text(&second);
     assert!(second.status.success(), "second apply:\n{second_out}");
