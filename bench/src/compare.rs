@@ -535,7 +535,7 @@ fn summarise(
     base: f64,
     peaks: &[u64],
 ) -> Row {
-    let mut times: Vec<f64> = outs.iter().map(|o| o.wall_s).collect();
+    let times: Vec<f64> = outs.iter().map(|o| o.wall_s).collect();
     let time_s = median(&mut times.clone());
     let reports: Vec<workload::Report> = outs
         .iter()
