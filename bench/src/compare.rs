@@ -141,6 +141,18 @@ pub struct Args {
     pub command: Vec<String>,
 }
 
+impl Default for Args {
+    /// The defaults of the command line (`yonder-bench compare` with no options).
+    fn default() -> Self {
+        #[derive(clap::Parser)]
+        struct Wrap {
+            #[command(flatten)]
+            args: Args,
+        }
+        <Wrap as clap::Parser>::parse_from(["compare"]).args
+    }
+}
+
 /// What `compare` measured.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CompareReport {
@@ -154,6 +166,8 @@ pub struct CompareReport {
     pub servers: usize,
     /// Copies of each evicted page.
     pub replicas: usize,
+    /// Wall time of the whole comparison, seconds.
+    pub duration_s: f64,
     /// One entry per workload.
     pub workloads: Vec<WorkloadReport>,
 }
@@ -283,6 +297,7 @@ pub fn measure(args: &Args) -> anyhow::Result<CompareReport> {
         "--ratios are percentages from 1 to 100"
     );
     system::catch_interrupts()?;
+    let started = Instant::now();
     let swap_modes = args
         .modes
         .iter()
@@ -342,6 +357,7 @@ pub fn measure(args: &Args) -> anyhow::Result<CompareReport> {
         runs: args.runs,
         servers: args.servers,
         replicas: args.replicas,
+        duration_s: started.elapsed().as_secs_f64(),
         workloads,
     })
 }
@@ -877,6 +893,7 @@ mod tests {
             runs: 1,
             servers: 2,
             replicas: 2,
+            duration_s: 1.0,
             workloads: vec![WorkloadReport {
                 name: "random".into(),
                 command: vec![],
@@ -890,6 +907,7 @@ mod tests {
         assert_eq!(t.lines().filter(|l| l.contains("Yonder")).count(), 1);
         assert!(t.contains("2.50×"), "{t}");
         let md = markdown(&report);
+        assert_eq!(Args::default().ratios, [100, 75, 50, 25]);
         assert!(md.contains("| 50 % | Yonder | 2.50 s | 2.50× |"), "{md}");
     }
 }
