@@ -3,7 +3,10 @@
 mod cluster;
 mod compare;
 mod demo;
+mod floor;
+mod latency;
 mod mem;
+mod os;
 mod pattern;
 mod plot;
 mod server_bench;
@@ -25,6 +28,10 @@ struct Cli {
 enum Command {
     /// Memory server throughput (pages/s over loopback) and memory per stored page.
     Server(server_bench::Args),
+    /// Remote-fault latency measured from the workload's side, per access pattern and thread count.
+    Latency(latency::Args),
+    /// This machine's latency floors: a uffd fault from a local page, UDP and QUIC 4 KiB round trips.
+    Floor(floor::Args),
     /// Yonder side by side with all-local memory and kernel swap (zram, swap file) under a memcg.
     Compare(compare::Args),
     /// A short demonstration on an embedded default (a memory server on loopback).
@@ -43,6 +50,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Server(args) => server_bench::run(args),
+        Command::Latency(args) => latency::run(args),
+        Command::Floor(args) => floor::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Demo => demo::run(),
         Command::Workload(args) => workload::run(args),

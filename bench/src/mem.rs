@@ -41,9 +41,9 @@ impl Region {
         Ok(Self { base, pages })
     }
 
-    /// Pages in the region.
-    pub fn pages(&self) -> usize {
-        self.pages
+    /// Start address.
+    pub fn base(&self) -> *mut u8 {
+        self.base.as_ptr()
     }
 
     fn word_ptr(&self, page: usize, word: usize) -> *mut u64 {
