@@ -120,8 +120,9 @@ fn draw<DB: DrawingBackend>(
 ) -> anyhow::Result<()> {
     root.fill(&WHITE).map_err(err)?;
     let title = format!(
-        "{}: Yonder vs kernel swap — {} vCPUs, {:.0} GiB, Linux {}",
+        "{} ({:.0} MiB anonymous): Yonder vs kernel swap — {} vCPUs, {:.0} GiB, Linux {}",
         w.name,
+        w.anon_bytes as f64 / (1u64 << 20) as f64,
         machine.cpus,
         machine.memory_bytes as f64 / (1u64 << 30) as f64,
         machine.kernel

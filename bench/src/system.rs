@@ -64,6 +64,9 @@ pub struct Zram {
     pub id: u32,
     /// Made by this run through `/sys/class/zram-control/hot_add` (removed again afterwards).
     pub hot_added: bool,
+    /// The compression algorithm before this run changed it (set back after the reset).
+    #[serde(default)]
+    pub algorithm_before: Option<String>,
 }
 
 impl Zram {
@@ -222,8 +225,9 @@ impl Machine {
         let zram0 = Zram {
             id: 0,
             hot_added: false,
+            algorithm_before: None,
         };
-        let zram = if zram0.sys("disksize").exists()
+        let mut zram = if zram0.sys("disksize").exists()
             && read_trim(&zram0.sys("disksize")) == "0"
             && !fs::read_to_string("/proc/swaps")
                 .unwrap_or_default()
@@ -238,8 +242,16 @@ impl Machine {
             Zram {
                 id,
                 hot_added: true,
+                algorithm_before: None,
             }
         };
+        if algorithm.is_some() && !zram.hot_added {
+            let current = read_trim(&zram.sys("comp_algorithm"));
+            zram.algorithm_before = current
+                .split_whitespace()
+                .find(|a| a.starts_with('['))
+                .map(|a| a.trim_matches(['[', ']']).to_string());
+        }
         self.state.zram.push(zram.clone());
         self.save()?;
         if let Some(alg) = algorithm {
@@ -377,6 +389,11 @@ fn undo(state: &State) -> Vec<String> {
             if let Err(e) = fs::write(z.sys("reset"), "1") {
                 errors.push(format!("resetting {}: {e}", z.dev()));
                 continue;
+            }
+        }
+        if let Some(alg) = &z.algorithm_before {
+            if let Err(e) = fs::write(z.sys("comp_algorithm"), alg) {
+                errors.push(format!("setting {} back to {alg}: {e}", z.dev()));
             }
         }
         if z.hot_added && z.sys("reset").exists() {

@@ -22,11 +22,12 @@ static MACHINE: Mutex<()> = Mutex::new(());
 
 const STATE: &str = "/run/yonder-bench/state.json";
 
-/// What the machine looked like before a test: swap areas and zram devices with their sizes.
+/// What the machine looked like before a test: swap areas and zram devices with their sizes and
+/// compression algorithms.
 #[derive(Debug, PartialEq)]
 struct Snapshot {
     swaps: Vec<String>,
-    zram: Vec<(String, String)>,
+    zram: Vec<(String, String, String)>,
 }
 
 fn snapshot() -> Snapshot {
@@ -36,17 +37,19 @@ fn snapshot() -> Snapshot {
         .skip(1)
         .filter_map(|l| l.split_whitespace().next().map(String::from))
         .collect();
-    let mut zram: Vec<(String, String)> = std::fs::read_dir("/sys/block")
+    let mut zram: Vec<(String, String, String)> = std::fs::read_dir("/sys/block")
         .unwrap()
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .filter(|n| n.starts_with("zram"))
         .map(|n| {
-            let size = std::fs::read_to_string(format!("/sys/block/{n}/disksize"))
-                .unwrap_or_default()
-                .trim()
-                .to_string();
-            (n, size)
+            let read = |f: &str| {
+                std::fs::read_to_string(format!("/sys/block/{n}/{f}"))
+                    .unwrap_or_default()
+                    .trim()
+                    .to_string()
+            };
+            (read("disksize"), read("comp_algorithm"), n)
         })
         .collect();
     zram.sort();
@@ -149,11 +152,19 @@ fn tiny_run_prints_table_json_markdown_and_charts_and_restores_the_machine() {
     let before = snapshot();
     let scene = Scene::new();
     let json = scene.out.path().join("compare.json");
+    // Another compression algorithm than the device's, to see it set back afterwards.
+    let algorithms = std::fs::read_to_string("/sys/block/zram0/comp_algorithm").unwrap_or_default();
+    let other = algorithms
+        .split_whitespace()
+        .find(|a| !a.starts_with('['))
+        .map(String::from);
     let md = scene.out.path().join("compare.md");
     let out = scene
         .compare()
         .args(["--size", "8MiB", "--ratios", "50", "--runs", "1"])
-        .args(["--workload", "random", "--json"])
+        .args(["--workload", "random"])
+        .args(other.iter().flat_map(|a| ["--zram-algorithm", a.as_str()]))
+        .arg("--json")
         .arg(&json)
         .arg("--markdown")
         .arg(&md)
