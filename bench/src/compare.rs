@@ -112,6 +112,10 @@ pub struct Args {
     /// zram compression algorithm (default: the device's).
     #[arg(long)]
     pub zram_algorithm: Option<String>,
+    /// Limit the memory cgroup to the anonymous budget alone, without the program's other RSS
+    /// (a stricter budget for the kernel than Yonder's; see docs/benchmarks-compare.md).
+    #[arg(long)]
+    pub memcg_anon_only: bool,
     /// Run even though the machine has swap of its own active (it is recorded in the JSON).
     #[arg(long)]
     pub allow_swap: bool,
@@ -237,6 +241,11 @@ pub struct Row {
     pub remote_p50_us: Option<f64>,
     /// As above, p99.
     pub remote_p99_us: Option<f64>,
+    /// Latency of a timed touch of a page that was not resident, as the touch workloads measure
+    /// it in every mode (fault, fetch or swap-in, wake-up): p50 (median over runs), microseconds.
+    pub miss_p50_us: Option<f64>,
+    /// As above, p99.
+    pub miss_p99_us: Option<f64>,
     /// Peak memory charged to the cgroup (median), bytes.
     pub memcg_peak_bytes: Option<u64>,
 }
@@ -498,7 +507,7 @@ fn measure_workload(
         let result = (|| -> anyhow::Result<()> {
             for &ratio in &args.ratios {
                 eprintln!("compare: {name}: {} at {ratio} %", mode.label());
-                let limit = budget(ratio) + file;
+                let limit = budget(ratio) + if args.memcg_anon_only { 0 } else { file };
                 let mut outs = Vec::new();
                 let mut peaks = Vec::new();
                 for run in 0..args.runs {
@@ -571,6 +580,11 @@ fn summarise(
         .iter()
         .filter_map(|o| agent_summary(&o.stderr))
         .collect();
+    let misses: Vec<&workload::Report> = reports.iter().filter(|r| r.remote.count > 0).collect();
+    let miss = |f: fn(&workload::Report) -> u64| {
+        (!misses.is_empty())
+            .then(|| median(&mut misses.iter().map(|r| f(r) as f64 / 1e3).collect::<Vec<_>>()))
+    };
     let faults = match mode {
         Mode::Yonder => Some(median_u64(summaries.iter().map(|s| s.remote))),
         Mode::Zram | Mode::File => Some(median_u64(outs.iter().filter_map(|o| o.memcg_faults))),
@@ -601,6 +615,8 @@ fn summarise(
         faults,
         remote_p50_us: p50,
         remote_p99_us: p99,
+        miss_p50_us: miss(|r| r.remote.p50_ns),
+        miss_p99_us: miss(|r| r.remote.p99_ns),
         memcg_peak_bytes: (!peaks.is_empty()).then(|| median_u64(peaks.iter().copied())),
     }
 }
@@ -740,7 +756,10 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
 }
 
-fn cells(r: &Row) -> [String; 7] {
+/// Columns of the tables.
+const COLUMNS: usize = 8;
+
+fn cells(r: &Row) -> [String; COLUMNS] {
     [
         if r.mode == Mode::Local {
             "-".into()
@@ -752,17 +771,22 @@ fn cells(r: &Row) -> [String; 7] {
         format!("{:.2}×", r.slowdown),
         r.throughput.map_or("-".into(), |t| format!("{:.0}", t)),
         r.faults.map_or("-".into(), |f| f.to_string()),
+        match (r.miss_p50_us, r.miss_p99_us) {
+            (Some(a), Some(b)) => format!("{a:.0} / {b:.0} µs"),
+            _ => "-".into(),
+        },
         r.local_bytes.map_or("-".into(), mib),
     ]
 }
 
-const HEADER: [&str; 7] = [
+const HEADER: [&str; COLUMNS] = [
     "local",
     "mode",
     "time",
     "× all local",
     "touches/s",
     "faults",
+    "miss p50 / p99",
     "budget",
 ];
 
@@ -777,8 +801,8 @@ pub fn text_table(report: &CompareReport) -> String {
             mib(w.file_bytes),
             report.runs
         ));
-        let rows: Vec<[String; 7]> = w.rows.iter().map(cells).collect();
-        let widths: Vec<usize> = (0..7)
+        let rows: Vec<[String; COLUMNS]> = w.rows.iter().map(cells).collect();
+        let widths: Vec<usize> = (0..COLUMNS)
             .map(|i| {
                 rows.iter()
                     .map(|r| r[i].chars().count())
@@ -818,8 +842,10 @@ pub fn markdown(report: &CompareReport) -> String {
             mib(w.file_bytes),
             report.runs
         ));
-        s.push_str("| local | mode | time | × all local | runs | touches/s | faults | budget |\n");
-        s.push_str("|---:|---|---:|---:|---|---:|---:|---:|\n");
+        s.push_str(
+            "| local | mode | time | × all local | runs | touches/s | faults | miss p50 / p99 | budget |\n",
+        );
+        s.push_str("|---:|---|---:|---:|---|---:|---:|---:|---:|\n");
         for r in &w.rows {
             let c = cells(r);
             let runs = r
@@ -829,8 +855,8 @@ pub fn markdown(report: &CompareReport) -> String {
                 .collect::<Vec<_>>()
                 .join(" / ");
             s.push_str(&format!(
-                "| {} | {} | {} | {} | {runs} | {} | {} | {} |\n",
-                c[0], c[1], c[2], c[3], c[4], c[5], c[6]
+                "| {} | {} | {} | {} | {runs} | {} | {} | {} | {} |\n",
+                c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]
             ));
         }
         s.push('\n');
@@ -838,7 +864,9 @@ pub fn markdown(report: &CompareReport) -> String {
     s.push_str(
         "time: completion time of the whole program (start to exit); × all local: that time \
          divided by all local's; touches/s: the timed phase of the built-in workloads; faults: \
-         Yonder's remote faults or the memory cgroup's major faults (swap-ins); budget: local \
+         Yonder's remote faults or the memory cgroup's major faults (swap-ins); miss p50 / p99: \
+         latency of a timed touch of a page that was not resident (the touch workloads' own \
+         measure, the same in every mode); budget: local \
          memory for anonymous pages (the cgroup's limit adds the program's other RSS).\n",
     );
     s
@@ -872,6 +900,8 @@ mod tests {
             faults: Some(3),
             remote_p50_us: None,
             remote_p99_us: None,
+            miss_p50_us: Some(80.0),
+            miss_p99_us: Some(410.0),
             memcg_peak_bytes: None,
         }
     }

@@ -225,6 +225,7 @@ fn tiny_run_prints_table_json_markdown_and_charts_and_restores_the_machine() {
         let budget = r["local_bytes"].as_u64().unwrap();
         assert_eq!(budget, w["anon_bytes"].as_u64().unwrap() / 2, "{r}");
         assert!(r["faults"].as_u64().is_some(), "{r}");
+        assert!(r.get("miss_p50_us").is_some(), "{r}");
     }
     for r in &rows[2..] {
         let limit = r["memcg_limit_bytes"].as_u64().unwrap();
