@@ -1,104 +1,32 @@
-//! The demo: an embedded memory server on loopback with generated certificates, a batch of pages
-//! written, read back and verified over real QUIC with mutual TLS; then a Python program run
-//! under the node agent with a quarter of its memory local, checked against a plain run.
+//! `yonder-bench demo`, the README's main command: on an embedded default (two memory servers
+//! on loopback, R = 2, a quarter of the memory local) it runs a real program nobody here wrote
+//! (Python) and checks its result against a plain run, then measures remote faults from a
+//! program's side against this machine's floors, and prints the headline figures. Under a
+//! minute on the development VM.
 
-use std::time::Instant;
-
-use rand::{RngCore, SeedableRng};
-use yonder_common::{
-    protocol::{PageData, ReadItem, ReadResult, WriteItem, WriteResult, MAX_BATCH_PAGES},
-    transport::PAGE_MTU,
-    PageKey, PAGE_SIZE,
+use std::{
+    process::Command,
+    time::{Duration, Instant},
 };
-use yonder_tests::Server;
 
-/// Pages the demo stores: 64 MiB.
-const PAGES: u64 = 16_384;
+use anyhow::Context;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use yonder_common::size::ByteSize;
 
-pub fn run() -> anyhow::Result<()> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(demo())
-}
+use crate::{
+    cluster::Cluster,
+    floor,
+    latency::{run_under_agent, WorkloadRun},
+    pattern::Pattern,
+    stats::human_ns,
+};
 
-async fn demo() -> anyhow::Result<()> {
-    println!("Starting a memory server on loopback (QUIC, mutual TLS, certificates from `yonder-server certs`)...");
-    let server = Server::start_with_mtu("256MiB", &["demo"], &[], Some(PAGE_MTU))?;
-    let client = server.connect("demo").await?;
-    println!(
-        "Connected to {} at {} as tenant {:?}",
-        client.info().server,
-        server.addr,
-        client.info().tenant
-    );
-    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
-    let pages: Vec<Vec<u8>> = (0..PAGES)
-        .map(|i| {
-            let mut p = vec![0; PAGE_SIZE];
-            if i % 4 != 0 {
-                rng.fill_bytes(&mut p);
-            }
-            p
-        })
-        .collect();
+/// Memory servers, replicas and local share of the embedded default.
+const SERVERS: usize = 2;
+const REPLICAS: usize = 2;
+const LOCAL_PCT: u64 = 25;
 
-    let t = Instant::now();
-    for (start, chunk) in pages.chunks(MAX_BATCH_PAGES).enumerate() {
-        let batch = chunk
-            .iter()
-            .enumerate()
-            .map(|(i, p)| WriteItem {
-                key: PageKey::new(1, (start * MAX_BATCH_PAGES + i) as u64),
-                version: 1,
-                data: PageData::from_bytes(p),
-            })
-            .collect();
-        let results = client.write(batch).await?;
-        anyhow::ensure!(
-            results.iter().all(|r| *r == WriteResult::Stored),
-            "write refused"
-        );
-    }
-    let write_s = t.elapsed().as_secs_f64();
-
-    let t = Instant::now();
-    let mut verified = 0;
-    for (start, chunk) in pages.chunks(MAX_BATCH_PAGES).enumerate() {
-        let batch = (0..chunk.len())
-            .map(|i| ReadItem {
-                key: PageKey::new(1, (start * MAX_BATCH_PAGES + i) as u64),
-                version: 1,
-            })
-            .collect();
-        for (r, want) in client.read(batch).await?.into_iter().zip(chunk) {
-            match r {
-                ReadResult::Found { data, .. } if data.to_vec() == *want => verified += 1,
-                other => anyhow::bail!("page mismatch: {other:?}"),
-            }
-        }
-    }
-    let read_s = t.elapsed().as_secs_f64();
-    let stats = client.stats().await?;
-    let mib = (PAGES as f64 * PAGE_SIZE as f64) / (1 << 20) as f64;
-    println!(
-        "Wrote  {PAGES} pages ({mib:.0} MiB) in {write_s:.2} s: {:.0} pages/s",
-        PAGES as f64 / write_s
-    );
-    println!("Read   {PAGES} pages back in {read_s:.2} s: {:.0} pages/s, {verified} verified byte for byte", PAGES as f64 / read_s);
-    println!(
-        "Server holds {} pages with content and {} zero pages (stored as flags), {} MiB charged",
-        stats.data_pages,
-        stats.zero_pages,
-        stats.used_bytes >> 20
-    );
-    drop(client);
-    drop(server);
-    agent_demo()
-}
-
-/// A Python program whose memory is four times its local budget, run under the agent with its
-/// embedded memory server, and checked against a run without Yonder.
+/// A Python program with ~40 MiB of objects: paged at 10 MiB local, checked against a plain run.
 const PROGRAM: &str = "
 import hashlib
 data = [bytes([i % 251]) * 200 for i in range(120_000)]   # ~30 MB of objects
@@ -108,39 +36,162 @@ for _ in range(2):
         h.update(b)
 print(h.hexdigest())
 ";
+const PYTHON_MEMORY_MIB: u64 = 40;
 
-fn agent_demo() -> anyhow::Result<()> {
-    println!();
-    println!("Running a Python program (~40 MiB of memory) with 10 MiB of local memory under yonder-agent...");
-    // The interpreter itself, not a wrapper script (pyenv's would fork helpers first).
-    let exe = std::process::Command::new("python3")
-        .args(["-c", "import sys; print(sys.executable)"])
-        .output()?;
-    let python = String::from_utf8(exe.stdout)?.trim().to_string();
-    let plain = std::process::Command::new(&python)
-        .args(["-c", PROGRAM])
-        .output()?;
-    anyhow::ensure!(plain.status.success(), "python3 failed on its own");
+/// The controlled workload's size.
+const WORKLOAD: ByteSize = ByteSize(64 << 20);
+
+/// A line above the progress bar, or plain when there is no terminal (no bar drawn).
+fn say(bars: &MultiProgress, line: String) {
+    if bars.is_hidden() {
+        println!("{line}");
+    } else {
+        let _ = bars.println(line);
+    }
+}
+
+fn style(template: &str) -> ProgressStyle {
+    ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar())
+}
+
+/// Runs the demo.
+pub fn run() -> anyhow::Result<()> {
     let started = Instant::now();
-    let managed = std::process::Command::new(yonder_tests::bin("yonder-agent"))
-        .args(["run", "--local-mem", "10MiB", "--", &python, "-c", PROGRAM])
+    println!(
+        "Yonder demo: {SERVERS} memory servers on loopback (QUIC, mutual TLS), each evicted page on {REPLICAS} of them, {LOCAL_PCT} % of each program's memory local.\n"
+    );
+    let bars = MultiProgress::new();
+    let step = bars
+        .add(ProgressBar::new(4))
+        .with_style(style("[{elapsed_precise}] step {pos}/{len} {wide_msg}"));
+    step.enable_steady_tick(Duration::from_millis(200));
+
+    step.set_message("starting the memory servers...");
+    let cluster = Cluster::start(SERVERS, "1GiB")?;
+    say(
+        &bars,
+        format!(
+            "  memory servers: {} (certificates from `yonder-server certs`)",
+            cluster.addrs().join(", ")
+        ),
+    );
+    step.inc(1);
+
+    // 1. A real program.
+    let local = PYTHON_MEMORY_MIB * LOCAL_PCT / 100;
+    step.set_message(format!(
+        "Python with ~{PYTHON_MEMORY_MIB} MiB of objects, {local} MiB local..."
+    ));
+    let python = python()?;
+    let t = Instant::now();
+    let plain = Command::new(&python).args(["-c", PROGRAM]).output()?;
+    let plain_s = t.elapsed().as_secs_f64();
+    anyhow::ensure!(plain.status.success(), "python3 failed on its own");
+    let t = Instant::now();
+    let managed = Command::new(yonder_tests::bin("yonder-agent"))
+        .args(cluster.agent_args(&format!("{local}MiB"), REPLICAS))
+        .args([&python, "-c", PROGRAM])
         .output()?;
-    let took = started.elapsed().as_secs_f64();
-    print!("{}", String::from_utf8_lossy(&managed.stderr));
+    let managed_s = t.elapsed().as_secs_f64();
+    let summary = String::from_utf8_lossy(&managed.stderr).into_owned();
     anyhow::ensure!(
         managed.status.success(),
-        "the program failed under the agent"
+        "the program failed under the agent:\n{summary}"
     );
-    let same = managed.stdout == plain.stdout;
-    println!(
-        "Result {} the run without Yonder ({:.1} s under Yonder).",
-        if same {
-            "is identical to"
-        } else {
-            "DIFFERS from"
+    let identical = managed.stdout == plain.stdout;
+    anyhow::ensure!(
+        identical,
+        "the result under Yonder DIFFERS from the plain run:\n{summary}"
+    );
+    let remote = summary
+        .lines()
+        .find(|l| l.contains(" remote (p50"))
+        .unwrap_or("")
+        .trim_start_matches("yonder: ")
+        .to_string();
+    say(&bars, format!(
+        "  Python: result identical to a plain run; {managed_s:.1} s under Yonder, {plain_s:.1} s plain\n    agent: {remote}"
+    ));
+    step.inc(1);
+
+    // 2. Remote faults measured from the program's side.
+    let local_bytes = WORKLOAD.0 * LOCAL_PCT / 100;
+    step.set_message(format!(
+        "random touches over {WORKLOAD}, {} local...",
+        ByteSize(local_bytes)
+    ));
+    let bar = bars
+        .add(ProgressBar::new(1))
+        .with_style(style("  {msg:<8} [{bar:40}] {pos}/{len} pages"));
+    let w = WorkloadRun {
+        size: WORKLOAD,
+        pattern: Pattern::Random,
+        threads: 1,
+        theta: 0.99,
+        stride: 16,
+        touches: None,
+    };
+    let (report, _) = run_under_agent(
+        &cluster,
+        local_bytes,
+        REPLICAS,
+        &w,
+        &mut |phase, done, total| {
+            bar.set_message(phase.to_string());
+            bar.set_length(total);
+            bar.set_position(done);
         },
-        took
+    )?;
+    bar.finish_and_clear();
+    step.inc(1);
+
+    step.set_message("this machine's floors...");
+    let floors = floor::measure(5_000).context("measuring the floors")?;
+    step.inc(1);
+    step.finish_and_clear();
+
+    let r = &report.remote;
+    println!(
+        "\nHeadline ({:.0} s in all):",
+        started.elapsed().as_secs_f64()
     );
-    anyhow::ensure!(same, "results differ");
+    println!(
+        "  Python at {LOCAL_PCT} % local memory: same result as a plain run; {managed_s:.1} s against {plain_s:.2} s all local (it streams over all its data: nearly every page it reads is remote)."
+    );
+    println!(
+        "  Remote fault, measured by the program (random, {} local of {}): p50 {}, p90 {}, p99 {}, p99.9 {}; {:.0} remote faults/s; {} of {} touches were remote.",
+        ByteSize(local_bytes),
+        WORKLOAD,
+        human_ns(r.p50_ns as f64),
+        human_ns(r.p90_ns as f64),
+        human_ns(r.p99_ns as f64),
+        human_ns(r.p999_ns as f64),
+        report.remote_faults_per_s,
+        r.count,
+        report.touches,
+    );
+    let q = floors.quic_4k.unpinned.p50_ns.max(1) as f64;
+    println!(
+        "  That p50 is {:.1}x a bare QUIC round trip of 4 KiB on this machine ({}); the other floors here: UDP 4 KiB {}, a uffd fault served from a local page {} (p50, threads left to the scheduler).",
+        r.p50_ns as f64 / q,
+        human_ns(q),
+        human_ns(floors.udp_4k.unpinned.p50_ns as f64),
+        human_ns(floors.uffd_local.unpinned.p50_ns as f64),
+    );
+    println!(
+        "  Every word read back was checked: {} wrong. Hits (resident pages): p50 {}.",
+        report.bad,
+        human_ns(report.hit.p50_ns as f64)
+    );
+    println!("\nMore: `yonder-bench latency`, `yonder-bench compare`, `yonder-bench floor`; figures in bench/RESULTS.md.");
     Ok(())
+}
+
+/// The interpreter itself, not a wrapper script (pyenv's would fork helpers first).
+fn python() -> anyhow::Result<String> {
+    let exe = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .context("python3 is needed for the demo")?;
+    Ok(String::from_utf8(exe.stdout)?.trim().to_string())
 }
