@@ -15,10 +15,7 @@
 use std::{
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
+    sync::atomic::{AtomicBool, Ordering},
     time::Instant,
 };
 

@@ -333,8 +333,6 @@ impl WorkloadRun {
 pub struct AgentSummary {
     /// Remote-fault p50 as the agent measures it, ns.
     pub remote_p50_ns: u64,
-    /// The summary lines.
-    pub text: String,
 }
 
 /// Runs `w` under `yonder-agent run` on `cluster` with `local_bytes` of local memory; calls
@@ -391,11 +389,6 @@ pub fn run_under_agent(
             })
             .map(|us| (us * 1000.0) as u64)
             .unwrap_or(0),
-        text: err
-            .lines()
-            .filter(|l| l.starts_with("yonder:"))
-            .collect::<Vec<_>>()
-            .join("\n"),
     };
     Ok((report, summary))
 }

@@ -9,6 +9,7 @@ mod mem;
 mod os;
 mod pattern;
 mod plot;
+mod report;
 mod server_bench;
 mod stats;
 mod system;
@@ -36,6 +37,8 @@ enum Command {
     Compare(compare::Args),
     /// A short demonstration on an embedded default (a memory server on loopback).
     Demo,
+    /// Regenerates bench/RESULTS.md: floors, latency, comparison with kernel swap, server throughput.
+    Report(report::Args),
     /// The controlled workload the benchmarks run (under the agent, or plain).
     #[command(hide = true)]
     Workload(workload::Args),
@@ -54,6 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Floor(args) => floor::run(args),
         Command::Compare(args) => compare::run(args),
         Command::Demo => demo::run(),
+        Command::Report(args) => report::run(args),
         Command::Workload(args) => workload::run(args),
     }
 }

@@ -22,68 +22,75 @@ use yonder_tests::Server;
 pub struct Args {
     /// Seconds per throughput measurement.
     #[arg(long, default_value_t = 5)]
-    seconds: u64,
+    pub seconds: u64,
     /// Requests in flight to measure (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 32])]
-    inflight: Vec<usize>,
+    pub inflight: Vec<usize>,
     /// Pages per request to measure (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 16])]
-    batch: Vec<usize>,
+    pub batch: Vec<usize>,
     /// Pages to store for the memory measurement.
     #[arg(long, default_value_t = 1_000_000)]
-    memory_pages: u64,
+    pub memory_pages: u64,
     /// Worker threads of the client runtime (the server uses its own default).
     #[arg(long, default_value_t = 1)]
-    client_threads: usize,
+    pub client_threads: usize,
     /// Fixed datagram size on both ends (loopback allows one page per packet with 4400);
     /// default: path-MTU discovery, as on an unknown network.
     #[arg(long)]
-    mtu: Option<u16>,
+    pub mtu: Option<u16>,
     /// Print JSON instead of tables.
     #[arg(long)]
-    json: bool,
+    pub json: bool,
 }
 
-#[derive(Serialize)]
-struct ThroughputRow {
-    op: &'static str,
-    inflight: usize,
-    pages_per_request: usize,
-    pages_per_sec: f64,
-    p50_us: f64,
-    p99_us: f64,
+/// One throughput measurement.
+#[derive(Serialize, Clone)]
+pub struct ThroughputRow {
+    /// "read" or "write".
+    pub op: &'static str,
+    /// Requests kept in flight.
+    pub inflight: usize,
+    /// Pages in each request.
+    pub pages_per_request: usize,
+    /// Pages per second.
+    pub pages_per_sec: f64,
+    /// Request latency p50, µs.
+    pub p50_us: f64,
+    /// Request latency p99, µs.
+    pub p99_us: f64,
 }
 
-#[derive(Serialize)]
-struct MemoryRow {
-    kind: &'static str,
-    pages: u64,
-    rss_before_bytes: u64,
-    rss_after_bytes: u64,
-    bytes_per_page: f64,
+/// One memory-per-page measurement.
+#[derive(Serialize, Clone)]
+pub struct MemoryRow {
+    /// "data" or "zero" pages.
+    pub kind: &'static str,
+    /// Pages stored.
+    pub pages: u64,
+    /// Server RSS before, bytes.
+    pub rss_before_bytes: u64,
+    /// Server RSS after, bytes.
+    pub rss_after_bytes: u64,
+    /// RSS growth per stored page, bytes.
+    pub bytes_per_page: f64,
 }
 
-#[derive(Serialize)]
-struct Report {
-    throughput: Vec<ThroughputRow>,
-    memory: Vec<MemoryRow>,
+/// Everything `server` measured.
+#[derive(Serialize, Clone)]
+pub struct Report {
+    /// Throughput rows.
+    pub throughput: Vec<ThroughputRow>,
+    /// Memory rows.
+    pub memory: Vec<MemoryRow>,
 }
 
 /// Pages preloaded for the read measurement (and overwritten by the write measurement).
 const WORKING_SET: u64 = 65_536;
 
+/// Runs `yonder-bench server` and prints its tables or JSON.
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let rt = if args.client_threads <= 1 {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?
-    } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(args.client_threads)
-            .enable_all()
-            .build()?
-    };
-    let report = rt.block_on(bench(&args))?;
+    let report = measure(&args)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -114,6 +121,21 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Measures as `args` says.
+pub fn measure(args: &Args) -> anyhow::Result<Report> {
+    let rt = if args.client_threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.client_threads)
+            .enable_all()
+            .build()?
+    };
+    rt.block_on(bench(args))
+}
+
 fn random_page(rng: &mut impl RngCore) -> Vec<u8> {
     let mut page = vec![0; PAGE_SIZE];
     rng.fill_bytes(&mut page);
@@ -140,7 +162,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
             for &inflight in &args.inflight {
                 for op in ["write", "read"] {
                     let dur = Duration::from_secs(args.seconds);
-                    throughput.push(measure(&client, op, inflight, batch, dur).await?);
+                    throughput.push(measure_throughput(&client, op, inflight, batch, dur).await?);
                 }
             }
         }
@@ -152,7 +174,7 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
     Ok(Report { throughput, memory })
 }
 
-async fn measure(
+async fn measure_throughput(
     client: &Arc<Client>,
     op: &'static str,
     inflight: usize,

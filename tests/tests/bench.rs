@@ -1,0 +1,208 @@
+//! `yonder-bench` output formats on tiny runs: the workload's result line, `floor --json`,
+//! `latency` (JSON and table), the demo's headline, and `report --quick`'s Markdown sections.
+//! No figure is asserted against a threshold: benchmarks are never tests. What is asserted is
+//! what must hold on any machine: every word the workload reads back is right, a workload at a
+//! quarter of its memory really takes remote faults, percentiles are ordered, the tables name
+//! what they measure.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use yonder_tests::bin;
+
+fn bench(args: &[&str]) -> Output {
+    let out = Command::new(bin("yonder-bench"))
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "yonder-bench {args:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8(out.stdout.clone()).unwrap()
+}
+
+/// Checks one latency summary: ordered percentiles, and a count.
+fn ordered(s: &Value) -> u64 {
+    let g = |k: &str| {
+        s[k].as_u64()
+            .unwrap_or_else(|| panic!("{k} missing in {s}"))
+    };
+    assert!(g("p50_ns") <= g("p90_ns"), "{s}");
+    assert!(g("p90_ns") <= g("p99_ns"), "{s}");
+    assert!(g("p99_ns") <= g("p999_ns"), "{s}");
+    assert!(g("p999_ns") <= g("max_ns"), "{s}");
+    g("count")
+}
+
+#[test]
+fn workload_alone_prints_a_result_line_with_only_hits() {
+    let out = bench(&[
+        "workload",
+        "--size",
+        "2MiB",
+        "--pattern",
+        "zipfian",
+        "--threads",
+        "2",
+    ]);
+    let text = stdout(&out);
+    assert!(text.contains("progress fill "), "{text}");
+    let json = text
+        .lines()
+        .find_map(|l| l.strip_prefix("result "))
+        .expect("a result line");
+    let r: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(r["pages"], 512);
+    assert_eq!(r["threads"], 2);
+    assert_eq!(r["bad"], 0);
+    assert_eq!(ordered(&r["zero_fill"]), 512);
+    // Without an agent nothing is evicted: no touch can be remote.
+    assert_eq!(ordered(&r["remote"]), 0);
+    assert_eq!(ordered(&r["hit"]), r["touches"].as_u64().unwrap());
+}
+
+#[test]
+fn floor_json_has_three_floors_both_ways() {
+    let out = bench(&["floor", "--json", "--samples", "300"]);
+    let f: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    for name in ["uffd_local", "udp_4k", "quic_4k"] {
+        for way in ["unpinned", "one_cpu"] {
+            assert_eq!(ordered(&f[name][way]), 300, "{name} {way}");
+        }
+    }
+}
+
+#[test]
+fn latency_json_and_table_on_a_tiny_run() {
+    let out = bench(&[
+        "latency",
+        "--size",
+        "8MiB",
+        "--patterns",
+        "random,strided",
+        "--threads",
+        "1,2",
+        "--floor-samples",
+        "200",
+        "--json",
+    ]);
+    let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(r["servers"], 2);
+    assert_eq!(r["replicas"], 2);
+    assert_eq!(r["local_bytes"], 2 << 20);
+    assert!(
+        r["floors"]["quic_4k"]["unpinned"]["p50_ns"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows {
+        let run = &row["runs"][0];
+        assert_eq!(run["bad"], 0, "{row}");
+        // 2 MiB local of 8 MiB: most touches must find their page gone and fetch it.
+        let remote = ordered(&row["remote"]);
+        assert!(remote > 500, "too few remote faults: {row}");
+        assert!(ordered(&row["zero_fill"]) >= 2048);
+        assert!(row["remote_faults_per_s"].as_f64().unwrap() > 0.0);
+        assert!(row["agent_remote_p50_ns"][0].as_u64().unwrap() > 0, "{row}");
+    }
+
+    let out = bench(&[
+        "latency",
+        "--size",
+        "4MiB",
+        "--patterns",
+        "sequential",
+        "--threads",
+        "1",
+        "--floor-samples",
+        "200",
+    ]);
+    let text = stdout(&out);
+    for want in [
+        "Remote-fault latency measured by the workload",
+        "p99.9",
+        "faults/s",
+        "zero-fill",
+        "This machine's floors",
+        "QUIC round trip, 4 KiB",
+        "x QUIC 4 KiB",
+        "sequential",
+    ] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+}
+
+#[test]
+fn demo_prints_its_headline() {
+    let out = bench(&["demo"]);
+    let text = stdout(&out);
+    for want in [
+        "2 memory servers on loopback",
+        "result identical to a plain run",
+        "Headline",
+        "Remote fault, measured by the program",
+        "a bare QUIC round trip of 4 KiB",
+        "checked: 0 wrong",
+    ] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+}
+
+#[test]
+fn quick_report_writes_every_section() {
+    if !nix_root() {
+        panic!("report --quick compares with kernel swap and needs root; run the tests as root");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let md = dir.path().join("RESULTS.md");
+    let charts = dir.path().join("charts");
+    bench(&[
+        "report",
+        "--quick",
+        "--runs",
+        "1",
+        "--out",
+        md.to_str().unwrap(),
+        "--charts",
+        charts.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&md).unwrap();
+    for want in [
+        "# Benchmark results",
+        "Generated by one command, `",
+        "QUICK RUN",
+        "| kernel | Linux ",
+        "## This machine's floors",
+        "## Remote-fault latency, measured by the workload",
+        "| random | 1 |",
+        "× QUIC 4 KiB",
+        "## Yonder side by side with kernel swap",
+        "swap to zram",
+        "swap to file",
+        "## Memory server throughput",
+        "| read | 32 | 16 |",
+    ] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+    let png = std::fs::read(charts.join("compare-random.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+}
+
+fn nix_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
