@@ -73,9 +73,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let latency = latency::measure(&lat, &mut |s| log(&s))?;
 
     log("compare");
-    let mut cmp = compare::Args::default();
-    cmp.runs = runs;
-    cmp.out_dir = args.charts.clone();
+    let mut cmp = compare::Args {
+        runs,
+        out_dir: args.charts.clone(),
+        ..Default::default()
+    };
     if args.quick {
         cmp.size = ByteSize(8 << 20);
         cmp.ratios = vec![50];
