@@ -65,7 +65,7 @@ pub enum Builtin {
     /// `yonder-bench workload --pattern sequential`: page after page, around and around (every
     /// touch misses once the budget is below the footprint; readahead and prefetching help).
     Sequential,
-    /// A Python program (~40 MiB of small objects hashed twice), the demo's.
+    /// A Python program: the demo's (~36 MiB of small objects), hashing them six times.
     Python,
 }
 
@@ -225,12 +225,15 @@ pub struct Row {
     pub local_bytes: Option<u64>,
     /// The memory cgroup's limit, bytes (swap modes).
     pub memcg_limit_bytes: Option<u64>,
-    /// Completion time (median), seconds.
+    /// Completion time (median of the runs that succeeded; 0 when none did), seconds.
     pub time_s: f64,
     /// Completion time of each run.
     pub times_s: Vec<f64>,
-    /// Completion time divided by all local's.
+    /// Completion time divided by all local's (0 when every run failed).
     pub slowdown: f64,
+    /// Why runs failed (OOM kill, exit status, time-out), one entry per failed run; the figures
+    /// are of the other runs.
+    pub failures: Vec<String>,
     /// Touches per second in the timed phase (median; built-in touch workloads).
     pub throughput: Option<f64>,
     /// Throughput of each run.
@@ -260,6 +263,21 @@ struct Outcome {
     file_peak: u64,
     /// Major faults charged to the run's memory cgroup (swap modes).
     memcg_faults: Option<u64>,
+    /// Why the run failed (exit status, OOM kill, time-out); None when it succeeded.
+    failure: Option<String>,
+}
+
+impl Outcome {
+    /// The last lines of the run's stderr, for error messages.
+    fn stderr_tail(&self) -> String {
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        if tail.is_empty() {
+            "(no output on stderr)".into()
+        } else {
+            tail
+        }
+    }
 }
 
 /// Runs the comparison and prints, writes and draws its results.
@@ -416,12 +434,12 @@ fn workload_commands(args: &Args) -> anyhow::Result<Vec<(String, Vec<String>, bo
     Ok(out)
 }
 
-/// The demo's Python program: many small objects, hashed twice.
+/// The demo's Python program with more passes, so that the run is not mostly start-up.
 const PYTHON: &str = "
 import hashlib
 data = [bytes([i % 251]) * 200 for i in range(120_000)]
 h = hashlib.sha256()
-for _ in range(2):
+for _ in range(6):
     for b in data:
         h.update(b)
 print(h.hexdigest())
@@ -449,6 +467,9 @@ fn measure_workload(
     let mut local = Vec::new();
     for _ in 0..args.runs {
         let o = run_once(Command::new(&argv[0]).args(&argv[1..]), deadline)?;
+        if let Some(why) = &o.failure {
+            bail!("{name} failed on its own ({why}):\n{}", o.stderr_tail());
+        }
         local.push(o);
     }
     let anon = median_u64(local.iter().map(|o| o.anon_peak));
@@ -472,7 +493,14 @@ fn measure_workload(
             for _ in 0..args.runs {
                 let mut cmd = Command::new(yonder_tests::bin("yonder-agent"));
                 cmd.args(&agent_args);
-                outs.push(run_once(&mut cmd, deadline)?);
+                let o = run_once(&mut cmd, deadline)?;
+                if let Some(why) = &o.failure {
+                    eprintln!(
+                        "compare: {name}: Yonder at {ratio} % failed ({why}):\n{}",
+                        o.stderr_tail()
+                    );
+                }
+                outs.push(o);
             }
             rows.push(summarise(
                 Mode::Yonder,
@@ -516,9 +544,20 @@ fn measure_workload(
                     let o = run_once(Command::new("sh").args(&wrapped), deadline);
                     let faults = memcg.stat("pgmajfault").or(memcg.stat("total_pgmajfault"));
                     let peak = memcg.peak();
+                    let oom_kills = memcg.oom_kills();
                     m.remove_cgroup(memcg)?;
                     let mut o = o?;
                     o.memcg_faults = faults;
+                    if o.failure.is_some() && oom_kills > 0 {
+                        o.failure = Some("killed by the memory cgroup's OOM killer".into());
+                    }
+                    if let Some(why) = &o.failure {
+                        eprintln!(
+                            "compare: {name}: {} at {ratio} % failed ({why}):\n{}",
+                            mode.label(),
+                            o.stderr_tail()
+                        );
+                    }
                     peaks.push(peak.unwrap_or(0));
                     outs.push(o);
                 }
@@ -560,9 +599,11 @@ fn summarise(
     base: f64,
     peaks: &[u64],
 ) -> Row {
-    let times: Vec<f64> = outs.iter().map(|o| o.wall_s).collect();
+    let failures: Vec<String> = outs.iter().filter_map(|o| o.failure.clone()).collect();
+    let ok: Vec<&Outcome> = outs.iter().filter(|o| o.failure.is_none()).collect();
+    let times: Vec<f64> = ok.iter().map(|o| o.wall_s).collect();
     let time_s = median(&mut times.clone());
-    let reports: Vec<workload::Report> = outs
+    let reports: Vec<workload::Report> = ok
         .iter()
         .filter_map(|o| {
             o.stdout
@@ -576,18 +617,16 @@ fn summarise(
     } else {
         Vec::new()
     };
-    let summaries: Vec<AgentSummary> = outs
-        .iter()
-        .filter_map(|o| agent_summary(&o.stderr))
-        .collect();
+    let summaries: Vec<AgentSummary> = ok.iter().filter_map(|o| agent_summary(&o.stderr)).collect();
     let misses: Vec<&workload::Report> = reports.iter().filter(|r| r.remote.count > 0).collect();
     let miss = |f: fn(&workload::Report) -> u64| {
         (!misses.is_empty())
             .then(|| median(&mut misses.iter().map(|r| f(r) as f64 / 1e3).collect::<Vec<_>>()))
     };
     let faults = match mode {
+        _ if ok.is_empty() => None,
         Mode::Yonder => Some(median_u64(summaries.iter().map(|s| s.remote))),
-        Mode::Zram | Mode::File => Some(median_u64(outs.iter().filter_map(|o| o.memcg_faults))),
+        Mode::Zram | Mode::File => Some(median_u64(ok.iter().filter_map(|o| o.memcg_faults))),
         Mode::Local => None,
     };
     let (p50, p99) = if summaries.is_empty() {
@@ -609,6 +648,7 @@ fn summarise(
         memcg_limit_bytes,
         time_s,
         slowdown: if base > 0.0 { time_s / base } else { 1.0 },
+        failures,
         times_s: times,
         throughput: (!throughputs.is_empty()).then(|| median(&mut throughputs.clone())),
         throughputs,
@@ -649,8 +689,9 @@ fn median_u64(values: impl Iterator<Item = u64>) -> u64 {
     median(&mut v) as u64
 }
 
-/// Runs `cmd` in its own process group to the end, sampling the RSS of its process tree, and
-/// fails unless it exits with status 0. On Ctrl-C or after `deadline` it kills the group.
+/// Runs `cmd` in its own process group to the end, sampling the RSS of its process tree; a
+/// non-zero exit or running past `deadline` (then the group is killed) is recorded in the
+/// outcome's `failure`. On Ctrl-C it kills the group and fails.
 fn run_once(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Outcome> {
     if system::interrupted() {
         bail!("interrupted");
@@ -683,18 +724,20 @@ fn run_once(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Outcome> {
             o.file_peak = o.file_peak.max(file);
             next_sample = Instant::now() + Duration::from_millis(10);
         }
-        let why = if system::interrupted() {
-            Some("interrupted")
-        } else if started.elapsed() > deadline {
-            Some("timed out (--timeout)")
-        } else {
-            None
-        };
-        if let Some(why) = why {
+        if system::interrupted() {
             // The whole group: the agent, the workload and anything they started.
             system::kill(-(pid as i32), libc::SIGKILL);
             let _ = child.wait();
-            bail!("{why}: killed {cmd:?}");
+            bail!("interrupted: killed {cmd:?}");
+        }
+        if started.elapsed() > deadline {
+            system::kill(-(pid as i32), libc::SIGKILL);
+            let _ = child.wait();
+            o.failure = Some(format!(
+                "timed out after {} s (--timeout)",
+                deadline.as_secs()
+            ));
+            break child.wait()?;
         }
         std::thread::sleep(Duration::from_millis(1));
     };
@@ -703,19 +746,8 @@ fn run_once(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Outcome> {
     system::kill(-(pid as i32), libc::SIGKILL);
     o.stdout = out.join().unwrap_or_default();
     o.stderr = err.join().unwrap_or_default();
-    if !status.success() {
-        bail!(
-            "{cmd:?} failed ({status}):\n{}",
-            o.stderr
-                .lines()
-                .rev()
-                .take(20)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n")
-        );
+    if !status.success() && o.failure.is_none() {
+        o.failure = Some(status.to_string());
     }
     Ok(o)
 }
@@ -767,8 +799,18 @@ fn cells(r: &Row) -> [String; COLUMNS] {
             format!("{} %", r.ratio)
         },
         r.mode.label().into(),
-        format!("{:.2} s", r.time_s),
-        format!("{:.2}×", r.slowdown),
+        if r.times_s.is_empty() {
+            format!("failed ×{}", r.failures.len())
+        } else if r.failures.is_empty() {
+            format!("{:.2} s", r.time_s)
+        } else {
+            format!("{:.2} s ({} failed)", r.time_s, r.failures.len())
+        },
+        if r.times_s.is_empty() {
+            "-".into()
+        } else {
+            format!("{:.2}×", r.slowdown)
+        },
         r.throughput.map_or("-".into(), |t| format!("{:.0}", t)),
         r.faults.map_or("-".into(), |f| f.to_string()),
         match (r.miss_p50_us, r.miss_p99_us) {
@@ -866,7 +908,8 @@ pub fn markdown(report: &CompareReport) -> String {
          divided by all local's; touches/s: the timed phase of the built-in workloads; faults: \
          Yonder's remote faults or the memory cgroup's major faults (swap-ins); miss p50 / p99: \
          latency of a timed touch of a page that was not resident (the touch workloads' own \
-         measure, the same in every mode); budget: local \
+         measure, the same in every mode); \"(n failed)\": runs that failed (the JSON says why, e.g. \
+         the memory cgroup's OOM killer), left out of the figures; budget: local \
          memory for anonymous pages (the cgroup's limit adds the program's other RSS).\n",
     );
     s
@@ -895,6 +938,7 @@ mod tests {
             time_s,
             times_s: vec![time_s],
             slowdown: time_s,
+            failures: vec![],
             throughput: Some(1000.0),
             throughputs: vec![1000.0],
             faults: Some(3),

@@ -1,6 +1,6 @@
 //! Charts of `compare`, PNG and SVG: per workload, completion time relative to all local memory
 //! against the local-memory ratio, one line per mode (and, for the touch workloads, a second
-//! panel with the timed phase's throughput).
+//! panel with the timed phase's throughput). Points are medians; bars span the runs.
 
 use std::{
     path::{Path, PathBuf},
@@ -10,7 +10,7 @@ use std::{
 use anyhow::anyhow;
 use plotters::{coord::Shift, prelude::*};
 
-use crate::compare::{MachineInfo, Mode, WorkloadReport};
+use crate::compare::{MachineInfo, Mode, Row, WorkloadReport};
 
 /// TrueType fonts tried in turn (Debian: fonts-dejavu-core; others as fallbacks).
 const FONTS: &[&str] = &[
@@ -53,6 +53,13 @@ fn colour(mode: Mode) -> RGBColor {
         Mode::Zram => RGBColor(0, 158, 115),
         Mode::File => RGBColor(213, 94, 0),
     }
+}
+
+/// The smallest and largest of `v` (None when empty or not finite).
+fn min_max(v: &[f64]) -> Option<(f64, f64)> {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    (lo.is_finite() && hi.is_finite()).then_some((lo, hi))
 }
 
 /// 1, 2 and 5 times the powers of ten in `lo..=hi`: labels a reader can interpolate between.
@@ -145,6 +152,11 @@ fn draw<DB: DrawingBackend>(
         "completion time ÷ all local (log scale; lower is better)",
         SeriesLabelPosition::UpperRight,
         |r| Some(r.slowdown),
+        |r| {
+            let (lo, hi) = min_max(&r.times_s)?;
+            let per_s = r.slowdown / r.time_s;
+            Some((lo * per_s, hi * per_s))
+        },
     )?;
     if let Some(p) = panels.get(1) {
         panel(
@@ -153,6 +165,7 @@ fn draw<DB: DrawingBackend>(
             "touches/s in the timed phase (log scale; higher is better)",
             SeriesLabelPosition::LowerRight,
             |r| r.throughput,
+            |r| min_max(&r.throughputs),
         )?;
     }
     Ok(())
@@ -163,7 +176,8 @@ fn panel<DB: DrawingBackend>(
     w: &WorkloadReport,
     y_label: &str,
     legend: SeriesLabelPosition,
-    value: impl Fn(&crate::compare::Row) -> Option<f64>,
+    value: impl Fn(&Row) -> Option<f64>,
+    spread: impl Fn(&Row) -> Option<(f64, f64)>,
 ) -> anyhow::Result<()> {
     let ratios: Vec<u32> = w
         .rows
@@ -251,6 +265,19 @@ fn panel<DB: DrawingBackend>(
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 24, y)], c.stroke_width(3)));
         chart
             .draw_series(points.iter().map(|p| Circle::new(*p, 5, c.filled())))
+            .map_err(err)?;
+        // The spread of the runs around each median.
+        chart
+            .draw_series(
+                w.rows
+                    .iter()
+                    .filter(|r| r.mode == mode)
+                    .filter_map(|r| Some((f64::from(r.ratio), value(r)?, spread(r)?)))
+                    .filter(|(_, _, (lo, hi))| *lo > 0.0 && hi > lo)
+                    .map(|(x, y, (lo, hi))| {
+                        ErrorBar::new_vertical(x, lo, y, hi, c.stroke_width(2), 10)
+                    }),
+            )
             .map_err(err)?;
     }
     chart

@@ -149,6 +149,19 @@ impl Memcg {
             .ok()
     }
 
+    /// Processes the group's OOM killer killed.
+    pub fn oom_kills(&self) -> u64 {
+        let file = match self.version {
+            CgroupVersion::V1 => "memory.oom_control",
+            CgroupVersion::V2 => "memory.events",
+        };
+        fs::read_to_string(self.dir.join(file))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("oom_kill ")?.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
     /// A counter of `memory.stat` (e.g. `pgmajfault`).
     pub fn stat(&self, key: &str) -> Option<u64> {
         let s = fs::read_to_string(self.dir.join("memory.stat")).ok()?;

@@ -219,6 +219,7 @@ fn tiny_run_prints_table_json_markdown_and_charts_and_restores_the_machine() {
         assert!(r["slowdown"].as_f64().unwrap() > 0.0, "{r}");
         assert!(r["throughput"].as_f64().unwrap() > 0.0, "{r}");
         assert_eq!(r["times_s"].as_array().unwrap().len(), 1, "{r}");
+        assert_eq!(r["failures"], serde_json::json!([]), "{r}");
     }
     for r in &rows[1..] {
         assert_eq!(r["ratio"], 50);
