@@ -34,6 +34,10 @@ static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 /// Makes SIGINT and SIGTERM set the [`interrupted`] flag instead of ending the process (a second
 /// signal ends it with status 1, without cleaning up: the next run cleans up).
 pub fn catch_interrupts() -> anyhow::Result<()> {
+    // Once per process: a second registration would make the first signal end it.
+    if INTERRUPTED.get().is_some() {
+        return Ok(());
+    }
     let flag = INTERRUPTED.get_or_init(|| Arc::new(AtomicBool::new(false)));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         // Order matters: the conditional shutdown sees the flag before this signal sets it.
