@@ -137,6 +137,9 @@ pub struct Args {
     /// Name of the COMMAND workload in tables and file names (default: its program's name).
     #[arg(long)]
     pub name: Option<String>,
+    /// Measure nothing: print, write and draw the results of an earlier `--json` file.
+    #[arg(long, value_name = "FILE")]
+    pub from_json: Option<PathBuf>,
     /// Only undo what a killed run left behind (swap, zram device, cgroups, swap file), then exit.
     #[arg(long)]
     pub restore: bool,
@@ -287,7 +290,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         eprintln!("compare: the machine is restored");
         return Ok(());
     }
-    let report = measure(&args)?;
+    let report = match &args.from_json {
+        Some(p) => serde_json::from_str(
+            &std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?,
+        )
+        .with_context(|| format!("{} is not a compare report", p.display()))?,
+        None => measure(&args)?,
+    };
     let table = text_table(&report);
     match &args.json {
         Some(p) if p.as_os_str() == "-" => {

@@ -201,15 +201,20 @@ fn panel<DB: DrawingBackend>(
         .find(|r| r.mode == Mode::Local)
         .and_then(&value);
 
+    // Headroom for the legend on its side, so it covers no point.
+    let (y_lo, y_hi) = match legend {
+        SeriesLabelPosition::LowerRight | SeriesLabelPosition::LowerLeft => (lo / 4.0, hi * 1.3),
+        _ => (lo / 1.3, hi * 4.0),
+    };
     let mut chart = ChartBuilder::on(area)
         .margin(16)
         .x_label_area_size(48)
         .y_label_area_size(80)
         .build_cartesian_2d(
             (lo_x - 5.0)..105.0,
-            ((lo / 1.3)..(hi * 1.3))
+            (y_lo..y_hi)
                 .log_scale()
-                .with_key_points(key_points(lo / 1.3, hi * 1.3)),
+                .with_key_points(key_points(y_lo, y_hi)),
         )
         .map_err(err)?;
     chart
