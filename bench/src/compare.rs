@@ -912,15 +912,15 @@ pub fn markdown(report: &CompareReport) -> String {
         }
         s.push('\n');
     }
-    s.push_str(
-        "time: completion time of the whole program (start to exit); × all local: that time \
-         divided by all local's; touches/s: the timed phase of the built-in workloads; faults: \
-         Yonder's remote faults or the memory cgroup's major faults (swap-ins); miss p50 / p99: \
-         latency of a timed touch of a page that was not resident (the touch workloads' own \
-         measure, the same in every mode); \"(n failed)\": runs that failed (the JSON says why, e.g. \
-         the memory cgroup's OOM killer), left out of the figures; budget: local \
-         memory for anonymous pages (the cgroup's limit adds the program's other RSS).\n",
-    );
+    s.push_str(concat!(
+        "time: completion time of the whole program (start to exit); × all local: that time\n",
+        "divided by all local's; touches/s: the timed phase of the built-in workloads; faults:\n",
+        "Yonder's remote faults or the memory cgroup's major faults (swap-ins); miss p50 / p99:\n",
+        "latency of a timed touch of a page that was not resident (the touch workloads' own\n",
+        "measure, the same in every mode); \"(n failed)\": runs that failed (the JSON says why,\n",
+        "e.g. the memory cgroup's OOM killer), left out of the figures; budget: local memory for\n",
+        "anonymous pages (the cgroup's limit adds the program's other RSS).\n",
+    ));
     s
 }
 
