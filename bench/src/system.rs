@@ -371,6 +371,8 @@ impl Drop for Machine {
         }
         if errors.is_empty() {
             let _ = fs::remove_file(&self.path);
+            // Only when empty: nothing else of ours lives there.
+            let _ = fs::remove_dir(STATE_DIR);
         } else {
             eprintln!(
                 "compare: some changes are still in force (listed in {}); the next run retries",
