@@ -47,6 +47,8 @@ use crate::{
 pub const EVICT_BATCH: usize = 256;
 /// Most pages fetched ahead of a sequential run of remote faults.
 const PREFETCH_MAX: u64 = 16;
+/// Most never-touched pages zero-filled ahead of a sequential run of zero-fill faults.
+const ZERO_AHEAD_MAX: u64 = 32;
 /// How often the agent looks for new anonymous mappings of a process.
 const SCAN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -100,6 +102,8 @@ struct Proc {
     deferred: RefCell<Vec<(u64, bool)>>,
     /// Last remote fault and how many remote faults in a row were on consecutive pages.
     last_remote: Cell<(u64, u32)>,
+    /// Page the next zero-fill fault of a sequential run is expected at, and the run's length.
+    next_zero: Cell<(u64, u32)>,
     /// The shim's helper, once attached (taken out while an eviction talks to it).
     shim: RefCell<Option<UnixStream>>,
     tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
@@ -503,6 +507,7 @@ impl Proc {
             our_drops: RefCell::default(),
             deferred: RefCell::default(),
             last_remote: Cell::new((0, 0)),
+            next_zero: Cell::new((0, 0)),
             shim: RefCell::default(),
             tasks: RefCell::default(),
             removed: Cell::new(false),
@@ -739,6 +744,9 @@ impl Proc {
                         let garbage = self.table.borrow_mut().zero_filled(page);
                         self.g.free_later(garbage.into_iter().collect());
                         self.g.stats.borrow_mut().zero_fault();
+                        if !evicting {
+                            self.zero_fill_ahead(page, write);
+                        }
                         self.g.after_resident_change();
                     }
                     Ok(Install::Again) => self.retry_fault(page, write),
@@ -754,6 +762,52 @@ impl Proc {
                 }
             }
         }
+    }
+
+    /// After zero-fill faults on consecutive pages (a program filling fresh memory), installs
+    /// zeros on the never-touched pages that follow `page`, a window doubling up to
+    /// [`ZERO_AHEAD_MAX`], within its registered range and the free budget, so the program takes
+    /// one fault per window instead of one per page. Each page is installed by its own ioctl and
+    /// recorded only when the kernel installed it; the first page that is known to the table,
+    /// already present, or refused ends the window. Zero-filled pages count as dirty (a later
+    /// write to a shared zero page is not seen), so an eviction writes them (as zero pages).
+    fn zero_fill_ahead(&self, page: u64, write: bool) {
+        let (expected, run) = self.next_zero.get();
+        let run = if page == expected { run + 1 } else { 0 };
+        let window = if run == 0 {
+            0
+        } else {
+            (1u64 << run.min(6)).min(ZERO_AHEAD_MAX)
+        };
+        let end = self
+            .registered
+            .borrow()
+            .range(..=page)
+            .next_back()
+            .map_or(page, |(_, &e)| e);
+        let mut room = self.g.budget.saturating_sub(self.g.resident() + 1);
+        let mut next = page + PAGE;
+        {
+            let mut t = self.table.borrow_mut();
+            while next < end && next <= page + window * PAGE && room > 0 {
+                if t.state(next).is_some() {
+                    break;
+                }
+                let r = if write {
+                    self.uffd.copy(next, &ZEROS, false)
+                } else {
+                    self.uffd.zeropage(next)
+                };
+                if !matches!(r, Ok(Install::Done)) {
+                    break;
+                }
+                let garbage = t.zero_filled(next);
+                debug_assert!(garbage.is_none(), "a never-touched page had a remote copy");
+                room -= 1;
+                next += PAGE;
+            }
+        }
+        self.next_zero.set((next, run));
     }
 
     /// The faulting page plus, after consecutive remote faults, the evicted pages that follow it

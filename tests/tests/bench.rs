@@ -206,3 +206,30 @@ fn nix_root() -> bool {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
+
+#[test]
+fn a_sequential_fill_takes_one_zero_fill_fault_per_window_not_per_page() {
+    // 64 MiB written page after page with room under the budget: the agent zero-fills ahead of
+    // the run (up to 32 pages per fault), so far fewer faults than the 16,384 pages.
+    let out = Command::new(bin("yonder-agent"))
+        .args(["run", "--local-mem", "256MiB", "--"])
+        .arg(bin("yonder-bench"))
+        .args(["workload", "--size", "64MiB", "--pattern", "sequential"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let text = stdout(&out);
+    let r: Value = serde_json::from_str(
+        text.lines()
+            .find_map(|l| l.strip_prefix("result "))
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(r["bad"], 0);
+    let faults = yonder_tests::number_after(&err, "faults: ").expect("the agent's summary");
+    assert!(
+        faults < 16_384 / 8,
+        "{faults} zero-fill faults for 16384 pages:\n{err}"
+    );
+}
