@@ -72,6 +72,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let latency = latency::measure(&lat, &mut |s| log(&s))?;
 
+    // What replicas cost on the fault path: three servers, random touches, R = 1, 2, 3.
+    log("replicas");
+    let mut replicas = Vec::new();
+    for r in 1..=3 {
+        let args = latency::Args {
+            embedded: 3,
+            replicas: r,
+            patterns: vec![crate::pattern::Pattern::Random],
+            threads: vec![1],
+            ..lat.clone()
+        };
+        replicas.push((r, latency::measure(&args, &mut |s| log(&s))?));
+    }
+
     log("compare");
     let mut cmp = compare::Args {
         runs,
@@ -128,6 +142,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     )?;
     md += &floors_md(&floor_runs);
     md += &latency_md(&latency, &floor_runs);
+    md += &replicas_md(&replicas);
     writeln!(md, "## Yonder side by side with kernel swap\n")?;
     writeln!(
         md,
@@ -282,6 +297,32 @@ fn latency_md(r: &latency::LatencyReport, floors: &[floor::Floors]) -> String {
             p / udp,
             p / quic
         );
+    }
+    s + "\n"
+}
+
+fn replicas_md(runs: &[(usize, latency::LatencyReport)]) -> String {
+    let mut s = String::from(
+        "## Replicas on the fault path\n\n`yonder-bench latency --embedded 3 --replicas R --patterns random \
+         --threads 1`, the same workload and budget as above, three memory servers on loopback. A \
+         remote fault reads one replica; evictions write R copies, which costs CPU on this shared \
+         machine.\n\n| R | remote faults | p50 | p90 | p99 | p99.9 | remote faults/s | agent-side p50 |\n\
+         |---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for (r, report) in runs {
+        for row in &report.rows {
+            let f = |ns: u64| human_ns(ns as f64);
+            s += &format!(
+                "| {r} | {} | {} | {} | {} | {} | {:.0} | {} |\n",
+                row.remote.count,
+                f(row.remote.p50_ns),
+                f(row.remote.p90_ns),
+                f(row.remote.p99_ns),
+                f(row.remote.p999_ns),
+                row.remote_faults_per_s,
+                human_ns(med_u(row.agent_remote_p50_ns.iter().copied())),
+            );
+        }
     }
     s + "\n"
 }

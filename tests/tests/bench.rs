@@ -188,6 +188,8 @@ fn quick_report_writes_every_section() {
         "## Remote-fault latency, measured by the workload",
         "| random | 1 |",
         "× QUIC 4 KiB",
+        "## Replicas on the fault path",
+        "| 3 | ",
         "## Yonder side by side with kernel swap",
         "swap to zram",
         "swap to file",
