@@ -94,6 +94,10 @@ pub struct Args {
     /// Memory the random and zipfian workloads fill.
     #[arg(long, default_value = "128MiB")]
     pub size: ByteSize,
+    /// What the touch workloads fill their pages with (compressible: about 2:1, which favours
+    /// zram; random: incompressible).
+    #[arg(long, value_enum, default_value = "random")]
+    pub fill: crate::workload::Fill,
     /// Timed touches of the random and zipfian workloads (default: twice the pages).
     #[arg(long)]
     pub touches: Option<u64>,
@@ -411,6 +415,17 @@ fn workload_commands(args: &Args) -> anyhow::Result<Vec<(String, Vec<String>, bo
     let exe = std::env::current_exe()?.display().to_string();
     let pages = args.size.0 / 4096;
     let touches = args.touches.unwrap_or(2 * pages).to_string();
+    let fill = match args.fill {
+        crate::workload::Fill::Random => "random",
+        crate::workload::Fill::Compressible => "compressible",
+    };
+    // The fill is part of the name (tables, chart files) when it is not the default.
+    let name = |pattern: &str| -> String {
+        match args.fill {
+            crate::workload::Fill::Random => pattern.into(),
+            crate::workload::Fill::Compressible => format!("{pattern}-compressible"),
+        }
+    };
     let mut out = Vec::new();
     for w in &args.workloads {
         let touch = |pattern: &str| -> Vec<String> {
@@ -425,14 +440,16 @@ fn workload_commands(args: &Args) -> anyhow::Result<Vec<(String, Vec<String>, bo
                 &touches,
                 "--settle-ms",
                 "0",
+                "--fill",
+                fill,
             ]
             .map(String::from)
             .into()
         };
         out.push(match w {
-            Builtin::Random => ("random".into(), touch("random"), true),
-            Builtin::Zipfian => ("zipfian".into(), touch("zipfian"), true),
-            Builtin::Sequential => ("sequential".into(), touch("sequential"), true),
+            Builtin::Random => (name("random"), touch("random"), true),
+            Builtin::Zipfian => (name("zipfian"), touch("zipfian"), true),
+            Builtin::Sequential => (name("sequential"), touch("sequential"), true),
             Builtin::Python => (
                 "python".into(),
                 vec![python()?, "-c".into(), PYTHON.into()],

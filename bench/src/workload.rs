@@ -28,6 +28,18 @@ use crate::{
     stats::{histogram, Summary},
 };
 
+/// What the fill writes into each page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Fill {
+    /// Distinct pseudo-random words: incompressible (the honest case for the network, the hard
+    /// case for zram).
+    Random,
+    /// Random words in the first half of each page, one repeated word in the second half: about
+    /// 2:1 for a compressor, closer to typical heap data.
+    Compressible,
+}
+
 /// Arguments of `yonder-bench workload`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -52,6 +64,9 @@ pub struct Args {
     /// Percentage of touches that also write the page (read-modify-write).
     #[arg(long, default_value_t = 0)]
     pub write_pct: u8,
+    /// What each page is filled with.
+    #[arg(long, value_enum, default_value = "random")]
+    pub fill: Fill,
     /// Longest wait for the resident set to settle after the fill, in milliseconds.
     #[arg(long, default_value_t = 3000)]
     pub settle_ms: u64,
@@ -62,6 +77,9 @@ pub struct Args {
 pub struct Report {
     /// Pattern of the timed phase.
     pub pattern: Pattern,
+    /// What the pages hold.
+    #[serde(default = "default_fill")]
+    pub fill: Fill,
     /// Threads.
     pub threads: usize,
     /// Pages in the region.
@@ -88,6 +106,10 @@ pub struct Report {
     pub bad: u64,
 }
 
+fn default_fill() -> Fill {
+    Fill::Random
+}
+
 fn mix(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
@@ -96,9 +118,17 @@ fn mix(mut x: u64) -> u64 {
     x ^ (x >> 33)
 }
 
-/// The value of word `w` of page `p` after `gen` rewrites of the page's first word.
+/// The value of word `w` of page `p` with incompressible data.
 fn word(p: usize, w: usize) -> u64 {
     mix(((p as u64) << 9) | w as u64)
+}
+
+/// The value of word `w` of page `p` under `fill`.
+fn expected(fill: Fill, p: usize, w: usize) -> u64 {
+    match fill {
+        Fill::Compressible if w >= PAGE / 16 => mix(p as u64 ^ 0xc0ffee),
+        _ => word(p, w),
+    }
 }
 
 struct Shared {
@@ -146,10 +176,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let mut h = histogram();
         for p in lo..hi {
             let start = Instant::now();
-            shared.region.write(p, 0, word(p, 0));
+            let fill = shared.args.fill;
+            shared.region.write(p, 0, expected(fill, p, 0));
             let _ = h.record(start.elapsed().as_nanos() as u64);
             for w in 1..PAGE / 8 {
-                shared.region.write(p, w, word(p, w));
+                shared.region.write(p, w, expected(fill, p, w));
             }
             shared.done.fetch_add(1, Ordering::Relaxed);
         }
@@ -201,7 +232,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             } else {
                 part.remote.record(ns)
             };
-            if v != word(p, w) {
+            if v != expected(shared.args.fill, p, w) {
                 part.bad += 1;
             }
             if k % 64 == 0 {
@@ -230,6 +261,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let timed = per_thread * threads as u64;
     let report = Report {
         pattern: args.pattern,
+        fill: args.fill,
         threads,
         pages,
         fill_s,
@@ -318,5 +350,17 @@ mod tests {
         }
         assert_eq!(region.resident_pages(), 8);
         assert!((0..8).all(|p| region.resident(p) && region.read(p, 5) == word(p, 5)));
+    }
+
+    #[test]
+    fn compressible_pages_repeat_one_word_in_their_second_half() {
+        let words: Vec<u64> = (0..PAGE / 8)
+            .map(|w| expected(Fill::Compressible, 3, w))
+            .collect();
+        let half = PAGE / 16;
+        assert!(words[half..].iter().all(|v| *v == words[half]));
+        let distinct: std::collections::BTreeSet<u64> = words[..half].iter().copied().collect();
+        assert_eq!(distinct.len(), half);
+        assert_eq!(expected(Fill::Random, 3, 400), word(3, 400));
     }
 }

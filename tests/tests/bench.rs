@@ -53,6 +53,8 @@ fn workload_alone_prints_a_result_line_with_only_hits() {
         "zipfian",
         "--threads",
         "2",
+        "--fill",
+        "compressible",
     ]);
     let text = stdout(&out);
     assert!(text.contains("progress fill "), "{text}");
@@ -62,6 +64,7 @@ fn workload_alone_prints_a_result_line_with_only_hits() {
         .expect("a result line");
     let r: Value = serde_json::from_str(json).unwrap();
     assert_eq!(r["pages"], 512);
+    assert_eq!(r["fill"], "compressible");
     assert_eq!(r["threads"], 2);
     assert_eq!(r["bad"], 0);
     assert_eq!(ordered(&r["zero_fill"]), 512);
