@@ -141,6 +141,8 @@ fn workload_dies_within_a_second_when_the_agent_is_killed() {
         "the workload ended on its own before the kill"
     );
 
+    // A SIGKILLed agent cannot remove its socket directory: the test does, also on failure.
+    let _socket_dir = SocketDir::of_workload(wpid);
     p.agent.signal(libc::SIGKILL);
     let killed = Instant::now();
     let gone = poll(Duration::from_secs(1), || proc_gone(wpid).then_some(()));
@@ -270,4 +272,29 @@ fn statically_linked_program_runs_unmanaged_with_a_warning() {
     );
     assert!(log.contains("unmanaged"), "no warning:\n{log}");
     assert!(log.contains("yonder:"), "{log}");
+}
+
+/// The agent's socket directory (`/tmp/yonder-run-*`) named in a workload's environment, removed
+/// when dropped.
+struct SocketDir(Option<PathBuf>);
+
+impl SocketDir {
+    fn of_workload(pid: u32) -> Self {
+        let env = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+        let dir = env
+            .split(|b| *b == 0)
+            .filter_map(|kv| std::str::from_utf8(kv).ok())
+            .find_map(|kv| kv.strip_prefix("YONDER_AGENT_SOCK="))
+            .and_then(|sock| Path::new(sock).parent().map(Path::to_path_buf))
+            .filter(|d| d.starts_with(std::env::temp_dir()));
+        Self(dir)
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        if let Some(dir) = &self.0 {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
