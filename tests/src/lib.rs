@@ -38,20 +38,8 @@ pub struct Certs {
 impl Certs {
     /// Creates a CA, a loopback server certificate and client certificates for `clients`.
     pub fn new(clients: &[&str]) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("yonder-certs-").tempdir()?;
-        let mut cmd = Command::new(bin("yonder-server"));
-        cmd.arg("certs").arg("--dir").arg(dir.path());
-        for c in clients {
-            cmd.arg("--client").arg(c);
-        }
-        let out = cmd.output()?;
-        if !out.status.success() {
-            bail!(
-                "yonder-server certs failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(Self { dir })
+        // No host given: `certs` makes the server certificate for loopback.
+        Self::with_hosts(&[], clients)
     }
 
     /// The directory.
@@ -456,7 +444,8 @@ pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Optio
 }
 
 impl Certs {
-    /// Like [`Certs::new`], with a server certificate for `hosts` (names or IP addresses).
+    /// Creates a CA, a server certificate for `hosts` (names or IP addresses; none: loopback)
+    /// and client certificates for `clients`.
     pub fn with_hosts(hosts: &[&str], clients: &[&str]) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("yonder-certs-").tempdir()?;
         let mut cmd = Command::new(bin("yonder-server"));
