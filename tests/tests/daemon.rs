@@ -85,6 +85,17 @@ fn two_workloads_with_separate_budgets_under_one_daemon() {
         .map(|(b, mb)| run_under(&socket, &format!("{b}MiB"), &[pattern, mb, "1"]))
         .collect();
 
+    // Both must hold their budgets before the third asks: the `run` processes were only spawned,
+    // and a third that reached the daemon first would be admitted (seen once in CI).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status(&socket)["workloads"].as_array().unwrap().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "both workloads did not register; daemon log:\n{}",
+            daemon.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // A third workload does not fit under the node limit: refused with a clear error.
     let refused = Command::new(bin("yonder-agent"))
         .args(["run", "--local-mem", "32MiB", "--daemon"])
