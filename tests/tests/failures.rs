@@ -112,14 +112,14 @@ fn start_paging(cluster: &Cluster, mb: u32) -> Paging {
 /// Waits until the workload has written all its memory and is in its read loop, with pages on
 /// the server: it went over its budget, was evicted, and now faults pages back in.
 fn wait_for_remote_pages(cluster: &Cluster, p: &mut Paging) -> u64 {
-    let stored = poll(Duration::from_secs(30), || {
+    let stored = poll(Duration::from_secs(120), || {
         let n = cluster.stats().tenant_data_pages;
         (n > 0 && p.agent.stdout() == "filled\n").then_some(n)
     });
     match stored {
         Some(n) => n,
         None => panic!(
-            "the workload did not fill its memory with pages on the server within 30 s \
+            "the workload did not fill its memory with pages on the server within 120 s \
              (agent: {:?}); its output: {:?}; agent log:\n{}",
             p.agent.wait_timeout(Duration::ZERO),
             p.agent.stdout(),
@@ -260,9 +260,10 @@ fn statically_linked_program_runs_unmanaged_with_a_warning() {
     let Some(status) = status else {
         panic!("the agent did not exit within 20 s; log:\n{log}");
     };
+    // It must notice the exit, not run out its 10 s wait for a shim that never comes.
     assert!(
-        started.elapsed() < Duration::from_secs(8),
-        "the agent took {:?}: it waited for a shim that never comes",
+        log.contains("ended before loading the shim") && !log.contains("within 10 s"),
+        "the agent waited for a shim that never comes ({:?}):\n{log}",
         started.elapsed()
     );
     assert_eq!(status.code(), Some(3), "{status:?}\n{log}");

@@ -91,7 +91,7 @@ fn a_killed_and_a_hung_server_lose_nothing_with_two_replicas() {
     let dir = tempfile::tempdir().unwrap();
     let (hog, pidfile) = hog(dir.path());
     let port = free_tcp_port();
-    let mut agent = cluster.agent(2, 500, port, &[&hog, "32", pidfile.to_str().unwrap()]);
+    let mut agent = cluster.agent(2, 1000, port, &[&hog, "32", pidfile.to_str().unwrap()]);
     let workload = wait_filled(&mut agent, &pidfile);
     std::thread::sleep(Duration::from_secs(1));
 
@@ -102,11 +102,24 @@ fn a_killed_and_a_hung_server_lose_nothing_with_two_replicas() {
         (log.contains("is down") && agent.stdout() == "filled\n").then_some(())
     });
     assert!(repaired.is_some(), "agent log:\n{}", agent.log());
-    std::thread::sleep(Duration::from_secs(3));
+    // Every page must have its two copies again before a second server goes away: a page whose
+    // copies were on the dead server and the one about to hang would have none reachable.
+    let whole = poll(Duration::from_secs(90), || {
+        let repaired = metric(port, "yonder_agent_repaired_pages_total")?;
+        let deficit = metric(port, "yonder_agent_replication_deficit_pages")?;
+        (repaired > 0.0 && deficit == 0.0).then_some(())
+    });
+    assert!(
+        whole.is_some(),
+        "repair after the kill did not finish: deficit {:?}\n{}",
+        metric(port, "yonder_agent_replication_deficit_pages"),
+        agent.log()
+    );
 
     // Another hangs (as if cut off) and comes back.
     cluster.others[1].0.signal(libc::SIGSTOP);
-    std::thread::sleep(Duration::from_secs(3));
+    // Long enough for a probe (every second) to time out (1 s) with room to spare.
+    std::thread::sleep(Duration::from_secs(5));
     cluster.others[1].0.signal(libc::SIGCONT);
     let back = poll(Duration::from_secs(30), || {
         agent.log().contains("is back").then_some(())

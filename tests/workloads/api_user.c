@@ -195,7 +195,7 @@ static int managed(void) {
     rc = yonder_prefetch(a, a_len);
     CHECK("prefetch 16 MiB", rc == 0, "returned %d", rc);
     size_t after = before;
-    for (int i = 0; i < 150 && after <= before; i++) {
+    for (int i = 0; i < 1500 && after <= before; i++) { /* up to 30 s */
         usleep(20000);
         after = resident(a, a_len);
     }
