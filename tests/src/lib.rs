@@ -2,11 +2,12 @@
 //! start real processes and always stop them (by PID) when a test ends, passes or fails.
 
 use std::{
+    collections::BTreeSet,
     io::{BufRead, BufReader, Read},
     net::SocketAddr,
     path::{Path, PathBuf},
     process::{Child, Command, ExitStatus, Stdio},
-    sync::mpsc,
+    sync::{mpsc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -107,7 +108,8 @@ impl Process {
                 let _ = tx.send(line);
             }
         });
-        let deadline = Instant::now() + Duration::from_secs(20);
+        // Generous for a debug build on a loaded machine; a process that dies ends it at once.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
@@ -411,12 +413,20 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago.
+/// A TCP port on 127.0.0.1 that was free a moment ago, never the same twice in one test binary
+/// (tests run in parallel threads; the kernel may hand a just-released port out again).
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("binding an ephemeral loopback port")
-        .port()
+    static GIVEN: Mutex<BTreeSet<u16>> = Mutex::new(BTreeSet::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("binding an ephemeral loopback port")
+            .port();
+        if given.insert(port) {
+            return port;
+        }
+    }
 }
 
 /// The first number after `label` in `text`, e.g. `number_after(summary, "evicted ")`.
@@ -564,6 +574,12 @@ impl Netns {
         let host_if = format!("yt{pid}-{k}");
         if host_if.len() > 15 {
             bail!("interface name {host_if} is too long");
+        }
+        // A namespace of this name can only be left over from a killed run whose pid this
+        // process now has (remove_stale skips live pids): delete it first.
+        if netns_list().contains(&name) {
+            let _ = ip(&["link", "del", &host_if]);
+            let _ = ip(&["netns", "del", &name]);
         }
         ip(&["netns", "add", &name])?;
         // From here on, dropping `ns` deletes what was made.

@@ -116,7 +116,10 @@ fn as_unit(unit: &str) -> Command {
         .split_whitespace()
         .map(|c| format!(",+{}", c.trim_start_matches("CAP_").to_lowercase()))
         .collect();
+    // A user change clears the parent-death signal the harness set: set it again, so a killed
+    // test binary leaves no server behind.
     cmd.arg("--no-new-privs")
+        .arg("--pdeathsig=KILL")
         .arg(format!("--bounding-set=-all{caps}"))
         .arg("--inh-caps=-all")
         .arg("--");

@@ -404,6 +404,13 @@ async fn clients_without_a_valid_certificate_are_refused() {
     );
 
     check_pattern(&good, 4).await;
+    // The server writes its log on its own time: wait for the line rather than race it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !server.process.log().contains("handshake refused")
+        && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let log = server.process.log();
     assert!(
         log.contains("handshake refused"),
