@@ -206,10 +206,17 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// whose drop was under way is taken as evicted (its saved copy equals its content, and a
     /// write to it if it is still present comes as a write-protect fault, which repairs the
     /// state in [`Self::write_fault`]).
-    pub fn fork_clone(&self, policy: P) -> Self {
+    ///
+    /// Pages in `not_inherited` (sorted `(start, end)` ranges the parent marked
+    /// `MADV_WIPEONFORK` or `MADV_DONTFORK`) get no entry: the child's memory there is empty
+    /// (read as zeros) or not mapped at all.
+    pub fn fork_clone(&self, policy: P, not_inherited: &[(u64, u64)]) -> Self {
         let mut child = Self::with_slots(policy, self.slots.clone());
         let mut slots = self.slots.borrow_mut();
         for (&page, &state) in &self.pages {
+            if not_inherited.iter().any(|&(a, b)| a <= page && page < b) {
+                continue;
+            }
             let state = match state {
                 State::Resident { .. } => state,
                 State::Fetching { remote } | State::Evicted { remote } => State::Evicted { remote },
@@ -792,7 +799,7 @@ mod tests {
         let r1 = v[1].1;
         parent.start_fetch(PAGE);
         parent.fetched(PAGE, r1, false);
-        let mut child = parent.fork_clone(Clock::default());
+        let mut child = parent.fork_clone(Clock::default(), &[]);
         assert_eq!(child.resident(), parent.resident());
         assert_eq!(child.state(0), parent.state(0));
         assert_eq!(child.slots().borrow().refs(r1.slot), 2);
@@ -827,13 +834,40 @@ mod tests {
     }
 
     #[test]
+    fn fork_leaves_wipe_on_fork_and_dont_fork_pages_out_of_the_child() {
+        let mut parent = table();
+        for i in 0..4 {
+            parent.zero_filled(i * PAGE);
+        }
+        // Pages 0 and 2 evicted; pages 1 and 3 resident.
+        let v = parent.start_eviction_of(vec![0, 2 * PAGE]);
+        for (p, _, _) in &v {
+            parent.dropping(*p);
+            parent.finish_eviction(*p);
+        }
+        // Pages 0 and 1 are in a range the child does not inherit.
+        let child = parent.fork_clone(Clock::default(), &[(0, 2 * PAGE)]);
+        assert_eq!(
+            child.state(0),
+            None,
+            "an evicted page would be fetched, not zeros"
+        );
+        assert_eq!(child.state(PAGE), None);
+        assert_eq!(child.state(2 * PAGE), parent.state(2 * PAGE));
+        assert_eq!(child.resident(), 1);
+        // No reference is taken for what the child does not have.
+        assert_eq!(child.slots().borrow().refs(v[0].1.slot), 1);
+        assert_eq!(child.slots().borrow().refs(v[1].1.slot), 2);
+    }
+
+    #[test]
     fn fork_during_an_eviction_gives_the_child_a_state_its_memory_can_be_in() {
         let mut t = table();
         t.zero_filled(0);
         t.zero_filled(PAGE);
         let v = t.start_eviction_of(vec![0, PAGE]);
         t.dropping(PAGE);
-        let mut child = t.fork_clone(Clock::default());
+        let mut child = t.fork_clone(Clock::default(), &[]);
         // Not dropped yet: the child has the page, dirty (it will save it itself).
         assert_eq!(
             child.state(0),

@@ -99,6 +99,36 @@ pub fn present_pages(pid: u32, start: u64, end: u64) -> io::Result<Vec<u64>> {
     Ok(out)
 }
 
+/// Mappings of `pid` a child does not inherit as they are: `(start, end)` of those marked
+/// `MADV_WIPEONFORK` (the child gets them empty: zeros) or `MADV_DONTFORK` (the child has no
+/// mapping there). Read from the `VmFlags` (`wf`, `dc`) of /proc/PID/smaps, which only smaps has.
+pub fn not_inherited_ranges(pid: u32) -> io::Result<Vec<(u64, u64)>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    Ok(parse_not_inherited(&text))
+}
+
+/// The ranges of an smaps text whose `VmFlags` hold `wf` or `dc`.
+fn parse_not_inherited(smaps: &str) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    let mut current = None;
+    for line in smaps.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if flags.split_whitespace().any(|f| f == "wf" || f == "dc") {
+                out.extend(current.take());
+            }
+            continue;
+        }
+        // A mapping's header line starts with its range; field lines start with "Name:".
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                current = Some((a, b));
+            }
+        }
+    }
+    out
+}
+
 /// Parent pid of `pid`, if the process exists.
 pub fn ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -186,6 +216,60 @@ pub fn read_pages(pid: u32, pages: &[u64], out: &mut [u8]) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_wipe_on_fork_and_dont_copy_mappings_in_smaps() {
+        let smaps = "\
+7f0000000000-7f0000800000 rw-p 00000000 00:00 0 
+Size:               8192 kB
+VmFlags: rd wr mr mw me ac wf sd
+7f0000800000-7f0001000000 rw-p 00000000 00:00 0 
+Size:               8192 kB
+VmFlags: rd wr mr mw me ac sd
+7f0001000000-7f0001800000 rw-p 00000000 00:00 0                          [anon:x]
+Size:               8192 kB
+VmFlags: rd wr mr mw me dc ac sd
+55d000000000-55d000021000 rw-p 00000000 00:00 0                          [heap]
+VmFlags: rd wr mr mw me ac sd
+";
+        assert_eq!(
+            parse_not_inherited(smaps),
+            [
+                (0x7f00_0000_0000, 0x7f00_0080_0000),
+                (0x7f00_0100_0000, 0x7f00_0180_0000)
+            ]
+        );
+    }
+
+    #[test]
+    fn this_process_wipe_on_fork_mapping_is_found() {
+        let len = 4 * PAGE as usize;
+        // SAFETY: a fresh private anonymous mapping, advised and unmapped only here.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        // SAFETY: the mapping made above.
+        let rc = unsafe { libc::madvise(addr, len, libc::MADV_WIPEONFORK) };
+        assert_eq!(rc, 0);
+        let ranges = not_inherited_ranges(std::process::id()).unwrap();
+        // SAFETY: the mapping made above, not used after.
+        unsafe { libc::munmap(addr, len) };
+        let start = addr as u64;
+        assert!(
+            ranges
+                .iter()
+                .any(|&(a, b)| a <= start && start + len as u64 <= b),
+            "{ranges:x?} does not hold {start:#x}"
+        );
+    }
 
     #[test]
     fn parses_only_private_anonymous_writable_mappings() {

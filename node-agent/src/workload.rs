@@ -643,7 +643,21 @@ impl Proc {
     fn forked(self: &Rc<Self>, fd: OwnedFd) {
         let seq = self.forks.get() + 1;
         self.forks.set(seq);
-        let table = self.table.borrow().fork_clone(Clock::default());
+        // The parent waits in fork() until this event is read, so its mappings' flags are those
+        // the kernel copied by. Should they be unreadable, every page is inherited: a wiped
+        // range would then read the parent's data in the child, so say so.
+        let pid = self.pid.get();
+        let not_inherited = procfs::not_inherited_ranges(pid).unwrap_or_else(|e| {
+            warn!(pid, "reading /proc/{pid}/smaps at a fork: {e}; MADV_WIPEONFORK and MADV_DONTFORK ranges are inherited");
+            Vec::new()
+        });
+        let table = self
+            .table
+            .borrow()
+            .fork_clone(Clock::default(), &not_inherited);
+        // A wiped range stays registered in the child (the kernel keeps the registration of
+        // every mapping it copies); a MADV_DONTFORK one is not mapped there, and its stale entry
+        // only makes the scanner skip that address.
         let child = Proc::new(
             &self.g,
             Uffd::forked(fd),

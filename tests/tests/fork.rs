@@ -117,3 +117,25 @@ fn parent_and_children_keep_their_own_memory_across_fork() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+#[test]
+fn wipe_on_fork_ranges_read_zeros_and_dont_fork_ranges_are_absent_in_the_child() {
+    // Three 8 MiB ranges at a 4 MiB budget: at the fork, the wiped range is all evicted, so the
+    // agent must know not to serve the parent's copy in the child.
+    let prog = compile_workload("wipeonfork", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    let out = Command::new(bin("yonder-agent"))
+        .args(["run", "--local-mem", "4MiB", "--"])
+        .arg(&prog)
+        .arg("8")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{err}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n", "{err}");
+    let evicted = yonder_tests::number_after(&err, "evicted ").unwrap_or(0);
+    assert!(
+        evicted >= 3 * 8 * MIB / 4096 / 2,
+        "too little was evicted to test anything:\n{err}"
+    );
+    assert!(!err.contains("are inherited"), "{err}");
+}
