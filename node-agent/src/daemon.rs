@@ -40,6 +40,10 @@ pub const DEFAULT_CONFIG: &str = "/etc/yonder/agent.toml";
 /// Environment variable naming the daemon's control socket (overrides the configuration file).
 pub const SOCKET_ENV: &str = "YONDER_DAEMON";
 
+/// How long a metric may go unchanged before the daemon's metrics endpoint drops it (an ended
+/// workload's series; a live one's gauges are set every second).
+const METRICS_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
 /// The daemon's configuration file (TOML).
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
 #[serde(default, deny_unknown_fields)]
@@ -239,8 +243,14 @@ pub fn daemon(config: DaemonConfig) -> anyhow::Result<()> {
 
 async fn daemon_async(config: DaemonConfig) -> anyhow::Result<()> {
     if let Some(addr) = config.metrics {
+        // Metrics carry the workload's id: without a time-out, every workload the node ever ran
+        // would stay in the output. The sampler sets live workloads' gauges every second.
         metrics_exporter_prometheus::PrometheusBuilder::new()
             .with_http_listener(addr)
+            .idle_timeout(
+                metrics_util::MetricKindMask::ALL,
+                Some(METRICS_IDLE_TIMEOUT),
+            )
             .install()
             .with_context(|| format!("metrics endpoint on {addr}"))?;
     }
@@ -317,9 +327,11 @@ async fn daemon_async(config: DaemonConfig) -> anyhow::Result<()> {
 async fn sampler(d: Rc<Daemon>) {
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
+        d.servers.refresh_metrics();
         let entries: Vec<Rc<Entry>> = d.workloads.borrow().values().cloned().collect();
         for e in entries {
             let st = e.group.stats.borrow();
+            st.refresh_gauges(e.group.resident());
             let now = (st.zero_faults + st.remote_faults, st.remote_faults);
             let (last, _) = e.sample.get();
             e.sample.set((
@@ -426,6 +438,10 @@ impl Daemon {
             (budget / PAGE) as usize,
             2 * EVICT_BATCH,
         );
+        group.stats.borrow_mut().labels = vec![
+            metrics::Label::new("workload", id.to_string()),
+            metrics::Label::new("name", name.clone()),
+        ];
         group.start(listener);
         let entry = Rc::new(Entry {
             group: group.clone(),

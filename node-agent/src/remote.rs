@@ -211,6 +211,14 @@ impl Servers {
             .collect()
     }
 
+    /// Sets every server's `yonder_agent_server_up` gauge to its state now.
+    pub fn refresh_metrics(&self) {
+        for s in &self.servers {
+            let up = if s.up() { 1.0 } else { 0.0 };
+            metrics::gauge!("yonder_agent_server_up", "server" => s.name.clone()).set(up);
+        }
+    }
+
     /// All servers, best first for `slot`.
     pub fn ranking(&self, slot: u64) -> Vec<usize> {
         let mut r: Vec<usize> = (0..self.servers.len()).collect();

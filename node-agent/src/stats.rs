@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use metrics::{counter, gauge, histogram};
+use metrics::{counter, gauge, histogram, Label};
 
 /// Counters of one run.
 pub struct Stats {
@@ -37,6 +37,9 @@ pub struct Stats {
     pub repaired: u64,
     /// Pages still waiting for such a copy.
     pub repair_deficit: u64,
+    /// Labels on every metric of this run: none for `run`, the workload's id and name in the
+    /// daemon (whose metrics would otherwise mix its workloads).
+    pub labels: Vec<Label>,
 }
 
 impl Default for Stats {
@@ -57,15 +60,23 @@ impl Default for Stats {
             unmanaged_processes: 0,
             repaired: 0,
             repair_deficit: 0,
+            labels: Vec::new(),
         }
     }
 }
 
 impl Stats {
+    /// This run's labels, plus `kind` when given.
+    fn labels(&self, kind: Option<&'static str>) -> Vec<Label> {
+        let mut l = self.labels.clone();
+        l.extend(kind.map(|k| Label::new("kind", k)));
+        l
+    }
+
     /// Records a zero-fill fault.
     pub fn zero_fault(&mut self) {
         self.zero_faults += 1;
-        counter!("yonder_agent_faults_total", "kind" => "zero").increment(1);
+        counter!("yonder_agent_faults_total", self.labels(Some("zero"))).increment(1);
     }
 
     /// Records a remote fault and its service time.
@@ -73,21 +84,29 @@ impl Stats {
         self.remote_faults += 1;
         self.bytes_in += 4096;
         let _ = self.remote_latency.record(took.as_nanos() as u64);
-        counter!("yonder_agent_faults_total", "kind" => "remote").increment(1);
-        histogram!("yonder_agent_remote_fault_duration_seconds").record(took.as_secs_f64());
+        counter!("yonder_agent_faults_total", self.labels(Some("remote"))).increment(1);
+        histogram!(
+            "yonder_agent_remote_fault_duration_seconds",
+            self.labels(None)
+        )
+        .record(took.as_secs_f64());
     }
 
     /// Records a page fetched ahead.
     pub fn prefetched(&mut self) {
         self.prefetched += 1;
         self.bytes_in += 4096;
-        counter!("yonder_agent_prefetched_pages_total").increment(1);
+        counter!("yonder_agent_prefetched_pages_total", self.labels(None)).increment(1);
     }
 
     /// Records a write-protect fault.
     pub fn wp_fault(&mut self) {
         self.wp_faults += 1;
-        counter!("yonder_agent_faults_total", "kind" => "write_protect").increment(1);
+        counter!(
+            "yonder_agent_faults_total",
+            self.labels(Some("write_protect"))
+        )
+        .increment(1);
     }
 
     /// Records evicted pages.
@@ -95,23 +114,32 @@ impl Stats {
         self.evicted += pages;
         self.clean_drops += pages - written;
         self.bytes_out += written * 4096;
-        counter!("yonder_agent_evicted_pages_total").increment(pages);
-        counter!("yonder_agent_clean_drops_total").increment(pages - written);
-        counter!("yonder_agent_written_bytes_total").increment(written * 4096);
+        let l = self.labels(None);
+        counter!("yonder_agent_evicted_pages_total", l.clone()).increment(pages);
+        counter!("yonder_agent_clean_drops_total", l.clone()).increment(pages - written);
+        counter!("yonder_agent_written_bytes_total", l).increment(written * 4096);
     }
 
     /// Records the resident page count.
     pub fn resident(&mut self, pages: usize) {
         self.peak_resident = self.peak_resident.max(pages);
-        gauge!("yonder_agent_resident_pages").set(pages as f64);
+        gauge!("yonder_agent_resident_pages", self.labels(None)).set(pages as f64);
+    }
+
+    /// Sets this run's gauges again (the daemon does so every second, so that the metrics of a
+    /// live workload never go idle while those of an ended one do and are dropped).
+    pub fn refresh_gauges(&self, resident: usize) {
+        gauge!("yonder_agent_resident_pages", self.labels(None)).set(resident as f64);
+        gauge!("yonder_agent_replication_deficit_pages", self.labels(None))
+            .set(self.repair_deficit as f64);
     }
 
     /// Records repair progress.
     pub fn repair(&mut self, repaired: u64, deficit: u64) {
         self.repaired += repaired;
         self.repair_deficit = deficit;
-        counter!("yonder_agent_repaired_pages_total").increment(repaired);
-        gauge!("yonder_agent_replication_deficit_pages").set(deficit as f64);
+        counter!("yonder_agent_repaired_pages_total", self.labels(None)).increment(repaired);
+        gauge!("yonder_agent_replication_deficit_pages", self.labels(None)).set(deficit as f64);
     }
 
     /// The end-of-run summary.

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use yonder_tests::{bin, compile_workload, Process};
+use yonder_tests::{bin, compile_workload, free_tcp_port, Process};
 
 const MIB: u64 = 1 << 20;
 /// How far over its budget a workload may be: the evictor's slack (2 MiB) plus what a fast writer
@@ -40,6 +40,18 @@ fn status(socket: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The daemon's Prometheus metrics, or "" if they cannot be read.
+fn metrics_body(port: u16) -> String {
+    use std::io::{Read, Write};
+    let mut body = String::new();
+    if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n");
+        let _ = s.read_to_string(&mut body);
+    }
+    body
+}
+
 fn run_under(socket: &Path, budget: &str, args: &[&str]) -> Guard {
     Guard(
         Command::new(bin("yonder-agent"))
@@ -59,10 +71,11 @@ fn two_workloads_with_separate_budgets_under_one_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("run/agent.sock");
     let config = dir.path().join("agent.toml");
+    let metrics_port = free_tcp_port();
     std::fs::write(
         &config,
         format!(
-            "socket = \"{}\"\nnode_memory = \"40MiB\"\n",
+            "socket = \"{}\"\nnode_memory = \"40MiB\"\nmetrics = \"127.0.0.1:{metrics_port}\"\n",
             socket.display()
         ),
     )
@@ -116,6 +129,8 @@ fn two_workloads_with_separate_budgets_under_one_daemon() {
     let mut seen = std::collections::BTreeMap::new();
     let mut calm = std::collections::BTreeMap::<u64, u32>::new();
     let mut settled = std::collections::BTreeSet::new();
+    // Each workload's metrics carry its id: the resident gauge of one is not the other's.
+    let mut labelled = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         let done = runs.iter_mut().all(|g| g.0.try_wait().unwrap().is_some());
@@ -130,6 +145,15 @@ fn two_workloads_with_separate_budgets_under_one_daemon() {
             let resident = w["resident"].as_u64().unwrap();
             let id = w["id"].as_u64().unwrap();
             seen.insert(id, budget);
+            let body = metrics_body(metrics_port);
+            let mine = format!("workload=\"{id}\"");
+            let series = |name: &str| {
+                body.lines()
+                    .any(|l| l.starts_with(&format!("{name}{{")) && l.contains(&mine))
+            };
+            if series("yonder_agent_resident_pages") && series("yonder_agent_faults_total") {
+                labelled.insert(id);
+            }
             if !settled.contains(&id) {
                 let in_band = w["uptime"].as_f64().unwrap() >= 4.0
                     && resident >= budget / 2
@@ -153,6 +177,12 @@ fn two_workloads_with_separate_budgets_under_one_daemon() {
     let mut budgets_seen: Vec<u64> = seen.values().copied().collect();
     budgets_seen.sort();
     assert_eq!(budgets_seen, [8 * MIB, 16 * MIB], "{seen:?}");
+    assert_eq!(
+        labelled.len(),
+        2,
+        "the metrics do not show each workload apart: {labelled:?}\n{}",
+        metrics_body(metrics_port)
+    );
     assert_eq!(
         settled.len(),
         2,
