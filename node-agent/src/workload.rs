@@ -100,8 +100,9 @@ struct Proc {
     our_drops: RefCell<HashMap<u64, u32>>,
     /// Faults that wait for room under the budget.
     deferred: RefCell<Vec<(u64, bool)>>,
-    /// Last remote fault and how many remote faults in a row were on consecutive pages.
-    last_remote: Cell<(u64, u32)>,
+    /// End of the last remote fault's fetch (the faulting page or the farthest one prefetched
+    /// with it), how many remote faults in a row continued the run, and whether it runs down.
+    last_remote: Cell<(u64, u32, bool)>,
     /// Page the next zero-fill fault of a sequential run is expected at, and the run's length.
     next_zero: Cell<(u64, u32)>,
     /// The shim's helper, once attached (taken out while an eviction talks to it).
@@ -506,7 +507,7 @@ impl Proc {
             refused: RefCell::new(refused),
             our_drops: RefCell::default(),
             deferred: RefCell::default(),
-            last_remote: Cell::new((0, 0)),
+            last_remote: Cell::new((0, 0, false)),
             next_zero: Cell::new((0, 0)),
             shim: RefCell::default(),
             tasks: RefCell::default(),
@@ -824,21 +825,37 @@ impl Proc {
         self.next_zero.set((next, run));
     }
 
-    /// The faulting page plus, after consecutive remote faults, the evicted pages that follow it
-    /// (a window doubling up to PREFETCH_MAX), all marked as being fetched.
+    /// The faulting page plus, after remote faults that continue a run of pages upwards or
+    /// downwards (a program walking an array backwards, or freeing a list from its end), the
+    /// evicted pages that come next in that direction (a window doubling up to PREFETCH_MAX), all
+    /// marked as being fetched. A run continues from the end of the last fetch, prefetched pages
+    /// included, so that the window can grow.
     fn with_prefetch(&self, page: u64, remote: Remote) -> Vec<(u64, Remote)> {
-        let (last, run) = self.last_remote.get();
-        let run = if page == last + PAGE { run + 1 } else { 0 };
-        self.last_remote.set((page, run));
+        let (run, down) = continue_run(self.last_remote.get(), page);
         let mut batch = vec![(page, remote)];
-        if run < 2 {
-            return batch;
+        if run >= 2 {
+            self.prefetch_into(&mut batch, run, down);
         }
+        let end = batch.last().map_or(page, |b| b.0);
+        self.last_remote.set((end, run, down));
+        batch
+    }
+
+    /// Adds to `batch` (the faulting page) the evicted pages after it, or before it when `down`.
+    fn prefetch_into(&self, batch: &mut Vec<(u64, Remote)>, run: u32, down: bool) {
+        let page = batch[0].0;
         let window = (1u64 << run.min(4)).min(PREFETCH_MAX);
         let mut room = self.g.budget.saturating_sub(self.g.resident() + 1);
         let mut t = self.table.borrow_mut();
         for i in 1..=window {
-            let next = page + i * PAGE;
+            let next = if down {
+                match page.checked_sub(i * PAGE) {
+                    Some(n) => n,
+                    None => break,
+                }
+            } else {
+                page + i * PAGE
+            };
             if room == 0 {
                 break;
             }
@@ -850,7 +867,6 @@ impl Proc {
                 _ => break,
             }
         }
-        batch
     }
 
     fn retry_fault(self: &Rc<Self>, page: u64, write: bool) {
@@ -1143,6 +1159,18 @@ async fn fault_loop(p: Rc<Proc>) {
                 p.handle_fault(page, write, wp, now);
             }
         }
+    }
+}
+
+/// The run a remote fault at `page` makes after `(end of the last fetch, run, down)`: one longer
+/// if it is the next page in the run's direction (either, when no run is under way), else none.
+fn continue_run((last, run, down): (u64, u32, bool), page: u64) -> (u32, bool) {
+    if page == last.wrapping_add(PAGE) && (run == 0 || !down) {
+        (run + 1, false)
+    } else if page == last.wrapping_sub(PAGE) && (run == 0 || down) {
+        (run + 1, true)
+    } else {
+        (0, false)
     }
 }
 
@@ -1482,6 +1510,26 @@ fn runs(pages: &[u64]) -> Vec<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn remote_fault_runs_go_either_way_and_continue_after_a_prefetch() {
+        let p = 100 * PAGE;
+        // Up: p, p+1, p+2 make a run of 2 (the prefetch threshold).
+        let (r, d) = continue_run((0, 0, false), p);
+        assert_eq!((r, d), (0, false));
+        let (r, d) = continue_run((p, r, d), p + PAGE);
+        let (r, d) = continue_run((p + PAGE, r, d), p + 2 * PAGE);
+        assert_eq!((r, d), (2, false));
+        // After a prefetch that ended at p+6, a fault at p+7 continues the run.
+        assert_eq!(continue_run((p + 6 * PAGE, r, d), p + 7 * PAGE), (3, false));
+        // Down, the same.
+        let (r, d) = continue_run((p, 0, false), p - PAGE);
+        let (r, d) = continue_run((p - PAGE, r, d), p - 2 * PAGE);
+        assert_eq!((r, d), (2, true));
+        // A turn or a jump ends a run.
+        assert_eq!(continue_run((p, 3, true), p + PAGE), (0, false));
+        assert_eq!(continue_run((p, 3, false), p + 9 * PAGE), (0, false));
+    }
 
     #[test]
     fn runs_merge_neighbours() {

@@ -321,3 +321,30 @@ fn prometheus_metrics_are_served_while_the_workload_runs() {
     assert!(out.status.success(), "{err}");
     assert!(body.contains("yonder_agent_resident_pages"), "{body}");
 }
+
+#[test]
+fn a_program_reading_backwards_gets_its_pages_prefetched() {
+    // 32 MiB at an 8 MiB budget, read page by page from the end, twice: each pass must fetch
+    // most of it back, and a downward run of remote faults is prefetched as an upward one is.
+    let script = "n = 32 << 20\n\
+                  b = bytearray(range(256)) * (n // 256)\n\
+                  bad = 0\n\
+                  for _ in range(2):\n\
+                  \x20   bad += sum(1 for i in range(n - 1, -1, -4096) if b[i] != i % 256)\n\
+                  print(bad, 'bad')\n";
+    let run = run_agent(
+        "8MiB",
+        &["python3", "-c", script],
+        "",
+        Duration::from_secs(240),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    assert_eq!(run.stdout, "0 bad\n", "{}", run.stderr);
+    let remote = summary_number(&run.stderr, "zero-fill, ");
+    let prefetched = summary_number(&run.stderr, "write-protect; ");
+    assert!(
+        prefetched > 2 * remote,
+        "{remote} remote faults, {prefetched} pages prefetched:\n{}",
+        run.stderr
+    );
+}
