@@ -1,5 +1,5 @@
-//! Access patterns over a range of pages: sequential, uniform random, zipfian (scrambled, so the
-//! hot pages are spread over the range as in YCSB) and strided.
+//! Access patterns over a range of pages: sequential, reverse (sequential from the end), uniform
+//! random, zipfian (scrambled, so the hot pages are spread over the range as in YCSB) and strided.
 
 use rand::{seq::SliceRandom, Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub enum Pattern {
     /// 0, 1, 2, ... wrapping around.
     Sequential,
+    /// n-1, n-2, ..., 0, wrapping around (an array walked backwards).
+    Reverse,
     /// Uniformly random pages.
     Random,
     /// Zipfian popularity (parameter theta), hot pages scattered over the range.
@@ -21,8 +23,9 @@ pub enum Pattern {
 
 impl Pattern {
     /// All patterns, in the order reports list them.
-    pub const ALL: [Pattern; 4] = [
+    pub const ALL: [Pattern; 5] = [
         Pattern::Sequential,
+        Pattern::Reverse,
         Pattern::Random,
         Pattern::Zipfian,
         Pattern::Strided,
@@ -32,6 +35,7 @@ impl Pattern {
     pub fn name(self) -> &'static str {
         match self {
             Pattern::Sequential => "sequential",
+            Pattern::Reverse => "reverse",
             Pattern::Random => "random",
             Pattern::Zipfian => "zipfian",
             Pattern::Strided => "strided",
@@ -48,6 +52,7 @@ pub struct Pages {
 
 enum Kind {
     Sequential,
+    Reverse,
     Random(rand::rngs::StdRng),
     Zipfian(rand::rngs::StdRng, Zipf<f64>, Vec<u32>),
     Strided(u64),
@@ -60,6 +65,7 @@ impl Pages {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let kind = match pattern {
             Pattern::Sequential => Kind::Sequential,
+            Pattern::Reverse => Kind::Reverse,
             Pattern::Random => Kind::Random(rng),
             Pattern::Zipfian => {
                 let zipf = Zipf::new(pages as f64, theta).expect("theta must be >= 0");
@@ -86,6 +92,7 @@ impl Iterator for Pages {
         let n = self.pages;
         let page = match &mut self.kind {
             Kind::Sequential => k % n,
+            Kind::Reverse => n - 1 - k % n,
             Kind::Random(rng) => rng.random_range(0..n),
             Kind::Zipfian(rng, zipf, perm) => {
                 let rank = zipf.sample(rng) as u64; // 1..=n
@@ -116,7 +123,11 @@ mod tests {
 
     #[test]
     fn sequential_and_strided_cover_every_page() {
-        for (pattern, pages) in [(Pattern::Sequential, 100), (Pattern::Strided, 64)] {
+        for (pattern, pages) in [
+            (Pattern::Sequential, 100),
+            (Pattern::Reverse, 100),
+            (Pattern::Strided, 64),
+        ] {
             let seen: std::collections::BTreeSet<usize> = Pages::new(pattern, pages, 1, 0.99, 16)
                 .take(pages)
                 .collect();
@@ -126,6 +137,10 @@ mod tests {
             .take(5)
             .collect();
         assert_eq!(first, [0, 16, 32, 48, 1]);
+        let back: Vec<usize> = Pages::new(Pattern::Reverse, 3, 1, 0.99, 1)
+            .take(4)
+            .collect();
+        assert_eq!(back, [2, 1, 0, 2]);
     }
 
     #[test]
