@@ -13,7 +13,7 @@
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     rc::Rc,
 };
 
@@ -403,11 +403,30 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// Picks up to `n` resident pages to evict and marks them `Evicting`. For each, returns the
     /// page and the remote copy the eviction must end with: `(page, remote, write_needed)`.
     pub fn start_eviction(&mut self, n: usize) -> Vec<(u64, Remote, bool)> {
+        self.start_eviction_except(n, &HashSet::new())
+    }
+
+    /// As [`Self::start_eviction`], passing over the pages in `except` (pages another process
+    /// maps too, whose eviction here would free no memory).
+    pub fn start_eviction_except(
+        &mut self,
+        n: usize,
+        except: &HashSet<u64>,
+    ) -> Vec<(u64, Remote, bool)> {
         let pages = &self.pages;
         let victims = self.policy.pick(n, &mut |p| {
-            matches!(pages.get(&p), Some(State::Resident { .. }))
+            matches!(pages.get(&p), Some(State::Resident { .. })) && !except.contains(&p)
         });
         self.start_eviction_of(victims)
+    }
+
+    /// Pages mapped in the process now (state `Resident`), in address order.
+    pub fn resident_pages(&self) -> Vec<u64> {
+        self.pages
+            .iter()
+            .filter(|(_, s)| matches!(s, State::Resident { .. }))
+            .map(|(p, _)| *p)
+            .collect()
     }
 
     /// The states of the pages in `[start, end)` that have one.

@@ -129,6 +129,36 @@ fn parse_not_inherited(smaps: &str) -> Vec<(u64, u64)> {
     out
 }
 
+/// Of `pages` (sorted), those present in `pid` and mapped by another process too: after a fork,
+/// a page parent and child share copy-on-write until one of them writes it (pagemap's "exclusively
+/// mapped" bit, 56, is clear; it needs no privilege, unlike the page frame number).
+pub fn shared_pages(pid: u32, pages: &[u64]) -> io::Result<Vec<u64>> {
+    const PRESENT: u64 = 1 << 63;
+    const EXCLUSIVE: u64 = 1 << 56;
+    let f = File::open(format!("/proc/{pid}/pagemap"))?;
+    let mut out = Vec::new();
+    let mut buf = Vec::new();
+    let mut i = 0;
+    while i < pages.len() {
+        // A run of consecutive pages, read in one go (at most 4096 entries).
+        let start = pages[i];
+        let mut n = 1;
+        while i + n < pages.len() && n < 4096 && pages[i + n] == start + n as u64 * PAGE {
+            n += 1;
+        }
+        buf.resize(n * 8, 0);
+        f.read_exact_at(&mut buf, start / PAGE * 8)?;
+        for (k, e) in buf.chunks_exact(8).enumerate() {
+            let entry = u64::from_le_bytes(e.try_into().expect("8-byte chunk"));
+            if entry & PRESENT != 0 && entry & EXCLUSIVE == 0 {
+                out.push(start + k as u64 * PAGE);
+            }
+        }
+        i += n;
+    }
+    Ok(out)
+}
+
 /// Parent pid of `pid`, if the process exists.
 pub fn ppid(pid: u32) -> Option<u32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -241,10 +271,9 @@ VmFlags: rd wr mr mw me ac sd
         );
     }
 
-    #[test]
-    fn this_process_wipe_on_fork_mapping_is_found() {
-        let len = 4 * PAGE as usize;
-        // SAFETY: a fresh private anonymous mapping, advised and unmapped only here.
+    /// A fresh private anonymous read-write mapping of `len` bytes, for the test to unmap.
+    fn map_anonymous(len: usize) -> *mut libc::c_void {
+        // SAFETY: a new mapping at an address the kernel picks; nothing else refers to it.
         let addr = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
@@ -256,6 +285,51 @@ VmFlags: rd wr mr mw me ac sd
             )
         };
         assert_ne!(addr, libc::MAP_FAILED);
+        addr
+    }
+
+    #[test]
+    fn pages_shared_with_a_forked_child_are_found() {
+        let len = 8 * PAGE as usize;
+        let addr = map_anonymous(len);
+        // SAFETY: the mapping made above, `len` bytes long.
+        unsafe { std::ptr::write_bytes(addr.cast::<u8>(), 7, len) };
+        let start = addr as u64;
+        let pages: Vec<u64> = (0..8).map(|i| start + i * PAGE).collect();
+        let me = std::process::id();
+        assert!(
+            shared_pages(me, &pages).unwrap().is_empty(),
+            "not forked yet"
+        );
+        let (mut r, w) = std::io::pipe().unwrap();
+        // SAFETY: the child only sleeps until the parent closes the pipe, then exits at once
+        // (no allocation, no lock: fork in a threaded test binary).
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            drop(w);
+            let mut b = [0u8; 1];
+            let _ = std::io::Read::read(&mut r, &mut b);
+            // SAFETY: ends the forked child without running the parent's destructors.
+            unsafe { libc::_exit(0) };
+        }
+        assert!(child > 0);
+        let shared = shared_pages(me, &pages).unwrap();
+        drop(w);
+        let mut status = 0;
+        // SAFETY: reaps the child forked above.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        // SAFETY: the mapping made above, not used after.
+        unsafe { libc::munmap(addr, len) };
+        assert_eq!(
+            shared, pages,
+            "every page is shared copy-on-write after the fork"
+        );
+    }
+
+    #[test]
+    fn this_process_wipe_on_fork_mapping_is_found() {
+        let len = 4 * PAGE as usize;
+        let addr = map_anonymous(len);
         // SAFETY: the mapping made above.
         let rc = unsafe { libc::madvise(addr, len, libc::MADV_WIPEONFORK) };
         assert_eq!(rc, 0);

@@ -79,6 +79,9 @@ pub struct Group {
     next_drop_id: Cell<u64>,
     /// The last eviction batch could store nothing (servers full or unreachable).
     servers_refuse: Cell<bool>,
+    /// Resident pages counted in two processes' tables that are one page of memory (shared
+    /// copy-on-write since a fork): subtracted from the sum of the tables (see [`Self::resident`]).
+    shared: Cell<usize>,
 }
 
 /// One process of a workload (one address space, one uffd).
@@ -112,6 +115,9 @@ struct Proc {
     removed: Cell<bool>,
     /// The shim's helper runs: drops can be asked for.
     helper_up: Cell<bool>,
+    /// Its resident pages that another process of the workload maps too (copy-on-write since a
+    /// fork): evicting one would free nothing. Refreshed by [`sharing`].
+    shared_pages: RefCell<HashSet<u64>>,
 }
 
 /// A random space id, so that agents sharing a client certificate do not collide.
@@ -149,6 +155,7 @@ impl Group {
             tasks: RefCell::default(),
             next_drop_id: Cell::new(0),
             servers_refuse: Cell::new(false),
+            shared: Cell::new(0),
         })
     }
 
@@ -157,13 +164,37 @@ impl Group {
         self.root.set(pid);
     }
 
-    /// Pages resident (or about to be) in all its processes.
+    /// Pages resident (or about to be) in all its processes, a page shared copy-on-write by two
+    /// of them counted once.
     pub fn resident(&self) -> usize {
-        self.procs
+        let sum: usize = self
+            .procs
             .borrow()
             .iter()
             .map(|p| p.table.borrow().resident())
-            .sum()
+            .sum();
+        sum.saturating_sub(self.shared.get())
+    }
+
+    /// Sets [`Self::shared`] from the processes' shared pages. Each such page is counted in
+    /// (at least) two processes, so half the total is what the tables count twice; a page shared
+    /// by three processes is then counted a little too often, never too rarely.
+    fn update_shared(&self) {
+        let total: usize = self
+            .procs
+            .borrow()
+            .iter()
+            .map(|p| p.shared_pages.borrow().len())
+            .sum();
+        self.shared.set(total / 2);
+    }
+
+    /// Forgets what is shared (a process went: until the next measurement, count every page).
+    fn forget_shared(&self) {
+        for p in self.procs.borrow().iter() {
+            p.shared_pages.borrow_mut().clear();
+        }
+        self.shared.set(0);
     }
 
     /// Pids of its attached processes.
@@ -191,6 +222,7 @@ impl Group {
         let mut tasks = self.tasks.borrow_mut();
         tasks.push(tokio::task::spawn_local(evictor(self.clone())));
         tasks.push(tokio::task::spawn_local(repairer(self.clone())));
+        tasks.push(tokio::task::spawn_local(sharing(self.clone())));
         tasks.push(tokio::task::spawn_local(accept_loop(
             self.clone(),
             listener,
@@ -513,6 +545,7 @@ impl Proc {
             tasks: RefCell::default(),
             removed: Cell::new(false),
             helper_up: Cell::new(false),
+            shared_pages: RefCell::default(),
         });
         g.procs.borrow_mut().push(p.clone());
         p
@@ -564,6 +597,7 @@ impl Proc {
         }
         self.abort_tasks();
         self.g.procs.borrow_mut().retain(|p| !Rc::ptr_eq(p, self));
+        self.g.forget_shared();
         let refs = self.table.borrow().all_references();
         self.g.free_later(refs);
         self.shim.borrow_mut().take();
@@ -667,6 +701,12 @@ impl Proc {
             self.refused.borrow().clone(),
         );
         child.forked_from.set(Some((self.pid.get(), seq)));
+        // Right after the fork every page the child has is the parent's, shared copy-on-write:
+        // count it once until `sharing` measures what writes have since separated.
+        let inherited = child.table.borrow().resident_pages();
+        self.shared_pages.borrow_mut().extend(&inherited);
+        child.shared_pages.borrow_mut().extend(inherited);
+        self.g.update_shared();
         child.start_fault_loop();
         debug!(parent = self.pid.get(), seq, "fork");
         self.g.after_resident_change();
@@ -1225,6 +1265,53 @@ async fn scanner(p: Rc<Proc>) {
     }
 }
 
+/// How often [`sharing`] measures which pages processes of a workload share.
+const SHARING_INTERVAL: Duration = Duration::from_millis(250);
+
+/// While the workload has several processes, measures which of their resident pages are shared
+/// copy-on-write (pagemap, off the fault thread), so that such a page counts once against the
+/// budget and is not picked for an eviction that would free nothing. Writes separate pages between
+/// two measurements; until the next one they count once, so the workload can be over its budget
+/// by what it wrote in that time (see docs/fork-and-processes.md).
+async fn sharing(g: Rc<Group>) {
+    loop {
+        tokio::time::sleep(SHARING_INTERVAL).await;
+        let procs: Vec<Rc<Proc>> = g.procs.borrow().clone();
+        if procs.len() < 2 {
+            if g.shared.get() != 0 {
+                g.forget_shared();
+            }
+            continue;
+        }
+        if procs.iter().any(|p| p.pid.get() == 0) {
+            continue; // a child not paired yet: keep the estimate made at its fork
+        }
+        let jobs: Vec<(u32, Vec<u64>)> = procs
+            .iter()
+            .map(|p| (p.pid.get(), p.table.borrow().resident_pages()))
+            .collect();
+        let measured = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .map(|(pid, pages)| procfs::shared_pages(pid, &pages))
+                .collect::<io::Result<Vec<Vec<u64>>>>()
+        })
+        .await;
+        let Ok(Ok(measured)) = measured else {
+            continue; // a process went meanwhile: its removal reset the count
+        };
+        let now = g.procs.borrow();
+        if now.len() != procs.len() || now.iter().zip(&procs).any(|(a, b)| !Rc::ptr_eq(a, b)) {
+            continue;
+        }
+        drop(now);
+        for (p, pages) in procs.iter().zip(measured) {
+            *p.shared_pages.borrow_mut() = pages.into_iter().collect();
+        }
+        g.update_shared();
+        g.after_resident_change();
+    }
+}
+
 /// Evicts from the process with the most resident pages while the workload is over budget.
 async fn evictor(g: Rc<Group>) {
     loop {
@@ -1245,12 +1332,24 @@ async fn evictor(g: Rc<Group>) {
                 .cloned()
                 .collect();
             procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
+            // Pages only one process maps first: evicting a page a forked relative shares frees
+            // nothing until both have dropped it.
             let mut chosen = None;
-            for p in procs {
-                let victims = p.table.borrow_mut().start_eviction(want);
-                if !victims.is_empty() {
-                    chosen = Some((p, victims));
-                    break;
+            'pick: for only_unshared in [true, false] {
+                for p in &procs {
+                    let shared = p.shared_pages.borrow();
+                    if !only_unshared && shared.is_empty() {
+                        continue;
+                    }
+                    let victims = if only_unshared {
+                        p.table.borrow_mut().start_eviction_except(want, &shared)
+                    } else {
+                        p.table.borrow_mut().start_eviction(want)
+                    };
+                    if !victims.is_empty() {
+                        chosen = Some((p.clone(), victims));
+                        break 'pick;
+                    }
                 }
             }
             let Some((p, victims)) = chosen else {
