@@ -24,6 +24,10 @@ use crate::{
     workload::{Group, EVICT_BATCH},
 };
 
+/// The smallest local-memory budget a workload may have: 64 pages. Below it the program would do
+/// little but wait for its own pages (and 0 would mean every page remote).
+pub const MIN_BUDGET: u64 = 64 * PAGE;
+
 /// What `yonder-agent run` was asked to do.
 #[derive(Clone, Debug)]
 pub struct RunConfig {

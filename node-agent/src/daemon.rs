@@ -413,6 +413,14 @@ impl Daemon {
         } else {
             budget
         };
+        if budget < crate::agent::MIN_BUDGET {
+            let message = format!(
+                "a budget of {} is too small: at least {} (64 pages)",
+                ByteSize(budget),
+                ByteSize(crate::agent::MIN_BUDGET)
+            );
+            return send(&mut write, &Reply::Error { message }).await;
+        }
         let committed = self.status().committed;
         let limit = self.config.node_memory.bytes();
         if committed + budget > limit {

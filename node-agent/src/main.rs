@@ -125,6 +125,14 @@ fn main() -> ExitCode {
             }
         }
     };
+    if args.local_mem.bytes() < yonder_agent::agent::MIN_BUDGET {
+        eprintln!(
+            "yonder-agent: --local-mem {} is too small: at least {} (64 pages)",
+            args.local_mem,
+            ByteSize(yonder_agent::agent::MIN_BUDGET)
+        );
+        return ExitCode::from(125);
+    }
     let config = RunConfig {
         local_mem: args.local_mem.bytes(),
         servers: args.servers,

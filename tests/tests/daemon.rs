@@ -119,6 +119,28 @@ fn two_workloads_with_separate_budgets_under_one_daemon() {
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("node memory is committed"), "{err}");
+    // A budget too small to run in is refused, by `run` and by the daemon (for any client).
+    let tiny = Command::new(bin("yonder-agent"))
+        .args(["run", "--local-mem", "0", "--daemon"])
+        .arg(&socket)
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&tiny.stderr);
+    assert_eq!(tiny.status.code(), Some(125), "{err}");
+    assert!(err.contains("too small"), "{err}");
+    {
+        use std::io::{BufRead, Write};
+        let mut c = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        c.write_all(b"{\"Register\":{\"name\":\"tiny\",\"budget\":4096}}\n")
+            .unwrap();
+        let mut reply = String::new();
+        std::io::BufReader::new(c).read_line(&mut reply).unwrap();
+        assert!(
+            reply.contains("Error") && reply.contains("too small"),
+            "{reply}"
+        );
+    }
 
     // While both run, status shows each with its own budget, and neither goes over its budget
     // (plus the evictor's slack) once it has settled: memory that the C library maps for malloc
