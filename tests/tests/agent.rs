@@ -348,3 +348,28 @@ fn a_program_reading_backwards_gets_its_pages_prefetched() {
         run.stderr
     );
 }
+
+#[test]
+fn a_python_program_growing_its_heap_fast_stays_near_its_budget() {
+    // glibc grows its heap behind the shim's back; the agent finds the new memory at its next
+    // scan. With the heap grown 64 MiB at a time (MALLOC_TOP_PAD_, set by the agent), a program
+    // building a 32 MiB list at an 8 MiB budget stays within budget + slack (10 MiB) plus a
+    // little; growing 128 KiB at a time it peaked at about 23 MiB.
+    let run = run_agent(
+        "8MiB",
+        &["python3", "-c", "b = [bytes(4096) for _ in range(8000)]"],
+        "",
+        Duration::from_secs(240),
+    );
+    assert!(run.status.success(), "{}", run.stderr);
+    let at = run
+        .stderr
+        .find("peaked at ")
+        .unwrap_or_else(|| panic!("no peak in:\n{}", run.stderr));
+    let peak: f64 = run.stderr[at + "peaked at ".len()..]
+        .split_whitespace()
+        .next()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("unreadable peak in:\n{}", run.stderr));
+    assert!(peak <= 12.0, "peaked at {peak} MiB:\n{}", run.stderr);
+}
