@@ -103,9 +103,11 @@ struct Proc {
     our_drops: RefCell<HashMap<u64, u32>>,
     /// Faults that wait for room under the budget.
     deferred: RefCell<Vec<(u64, bool)>>,
-    /// End of the last remote fault's fetch (the faulting page or the farthest one prefetched
-    /// with it), how many remote faults in a row continued the run, and whether it runs down.
-    last_remote: Cell<(u64, u32, bool)>,
+    /// Runs of remote faults, most recent first (at most [`STREAMS`]): the end of the run's
+    /// last fetch (the faulting page or the farthest one prefetched with it), how many remote
+    /// faults in a row continued it, and whether it runs down. Several, so that threads each
+    /// walking their own part of memory keep their own runs.
+    streams: RefCell<Vec<(u64, u32, bool)>>,
     /// Page the next zero-fill fault of a sequential run is expected at, and the run's length.
     next_zero: Cell<(u64, u32)>,
     /// The shim's helper, once attached (taken out while an eviction talks to it).
@@ -539,7 +541,7 @@ impl Proc {
             refused: RefCell::new(refused),
             our_drops: RefCell::default(),
             deferred: RefCell::default(),
-            last_remote: Cell::new((0, 0, false)),
+            streams: RefCell::default(),
             next_zero: Cell::new((0, 0)),
             shim: RefCell::default(),
             tasks: RefCell::default(),
@@ -871,13 +873,13 @@ impl Proc {
     /// marked as being fetched. A run continues from the end of the last fetch, prefetched pages
     /// included, so that the window can grow.
     fn with_prefetch(&self, page: u64, remote: Remote) -> Vec<(u64, Remote)> {
-        let (run, down) = continue_run(self.last_remote.get(), page);
+        let (run, down) = track_stream(&mut self.streams.borrow_mut(), page);
         let mut batch = vec![(page, remote)];
         if run >= 2 {
             self.prefetch_into(&mut batch, run, down);
         }
         let end = batch.last().map_or(page, |b| b.0);
-        self.last_remote.set((end, run, down));
+        self.streams.borrow_mut()[0].0 = end;
         batch
     }
 
@@ -1200,6 +1202,31 @@ async fn fault_loop(p: Rc<Proc>) {
             }
         }
     }
+}
+
+/// Runs of remote faults tracked per process.
+const STREAMS: usize = 8;
+
+/// Finds the run a remote fault at `page` continues (else starts one, forgetting the least
+/// recently used beyond [`STREAMS`]), moves it to the front as `(page, run, down)`, and returns
+/// its new length and direction.
+fn track_stream(streams: &mut Vec<(u64, u32, bool)>, page: u64) -> (u32, bool) {
+    let found = streams.iter().enumerate().find_map(|(i, &s)| {
+        let (run, down) = continue_run(s, page);
+        (run > 0).then_some((i, run, down))
+    });
+    let (run, down) = match found {
+        Some((i, run, down)) => {
+            streams.remove(i);
+            (run, down)
+        }
+        None => {
+            streams.truncate(STREAMS - 1);
+            (0, false)
+        }
+    };
+    streams.insert(0, (page, run, down));
+    (run, down)
 }
 
 /// The run a remote fault at `page` makes after `(end of the last fetch, run, down)`: one longer
@@ -1628,6 +1655,29 @@ mod tests {
         // A turn or a jump ends a run.
         assert_eq!(continue_run((p, 3, true), p + PAGE), (0, false));
         assert_eq!(continue_run((p, 3, false), p + 9 * PAGE), (0, false));
+    }
+
+    #[test]
+    fn two_threads_walking_their_own_pages_keep_their_own_runs() {
+        let (a, b) = (100 * PAGE, 5000 * PAGE);
+        let mut s = Vec::new();
+        let mut last = (0, false);
+        for i in 0..3 {
+            last = track_stream(&mut s, a + i * PAGE);
+            track_stream(&mut s, b - i * PAGE);
+        }
+        assert_eq!(
+            last,
+            (2, false),
+            "the upward run survives the other thread's faults"
+        );
+        assert_eq!(track_stream(&mut s, b - 3 * PAGE), (3, true));
+        // Random faults start runs of their own and push the oldest out, at most STREAMS.
+        for i in 0..20 {
+            track_stream(&mut s, (10_000 + 7 * i) * PAGE);
+        }
+        assert_eq!(s.len(), STREAMS);
+        assert_eq!(track_stream(&mut s, a + 3 * PAGE), (0, false));
     }
 
     #[test]
