@@ -247,7 +247,10 @@ fn latency_md(r: &latency::LatencyReport, floors: &[floor::Floors]) -> String {
          pattern, timing each touch from its own side; a touch of a page that was not resident \
          (mincore just before) is a remote fault. {} local ({} %), {} memory servers on loopback, \
          R = {}. Agent-side p50 is the agent's own measure (fault read → page installed); the \
-         difference is fault delivery and wake-up.\n\n\
+         difference is fault delivery and wake-up. In the sequential and reverse rows most remote \
+         touches find a page of a prefetch batch still being installed and wait microseconds, \
+         not a round trip: there the agent-side p50 (counted per request, not per page) is the \
+         round trip, and the workload's p50 is below the floors.\n\n\
          | pattern | threads | remote faults | p50 | p90 | p99 | p99.9 | max | remote faults/s | agent-side p50 | zero-fill p50 | zero-fill p99 | hit p50 |\n\
          |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         ByteSize(r.size_bytes),

@@ -269,9 +269,12 @@ pub(crate) async fn connect_servers(
     mtu: Option<u16>,
     policy: Policy,
 ) -> anyhow::Result<(Servers, Option<Embedded>)> {
-    let (specs, files, mtu, embedded) = if servers.is_empty() {
+    let (specs, files, mtu, mut embedded) = if servers.is_empty() {
         let e = Embedded::start(u64::MAX / 2).context("starting the embedded memory server")?;
-        let files = tls::TlsFiles::in_dir(e.certs(), yonder_common::certs::DEFAULT_CLIENT);
+        let dir = e
+            .certs()
+            .context("the embedded server's certificates are gone")?;
+        let files = tls::TlsFiles::in_dir(dir, yonder_common::certs::DEFAULT_CLIENT);
         (
             vec![e.addr.to_string()],
             files,
@@ -284,6 +287,9 @@ pub(crate) async fn connect_servers(
     };
     let tls = tls::client_config(&files, mtu)
         .with_context(|| format!("loading the client certificate {}", files.cert.display()))?;
+    if let Some(e) = embedded.as_mut() {
+        e.remove_certs();
+    }
     let mut clients = Vec::new();
     let mut errors = Vec::new();
     for spec in &specs {

@@ -13,7 +13,8 @@ use yonder_server::{server, store::Store};
 pub struct Embedded {
     /// Where it listens.
     pub addr: SocketAddr,
-    dir: tempfile::TempDir,
+    /// The certificates, until [`Self::remove_certs`].
+    dir: Option<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -63,15 +64,21 @@ impl Embedded {
         let addr = addr_rx.recv().context("embedded server thread died")??;
         Ok(Self {
             addr,
-            dir,
+            dir: Some(dir),
             stop: Some(stop),
             thread: Some(thread),
         })
     }
 
-    /// The certificate directory (client certificate `client`).
-    pub fn certs(&self) -> &Path {
-        self.dir.path()
+    /// The certificate directory (client certificate `client`), until [`Self::remove_certs`].
+    pub fn certs(&self) -> Option<&Path> {
+        self.dir.as_ref().map(|d| d.path())
+    }
+
+    /// Deletes the certificate directory once the server and the client have loaded their
+    /// certificates, so that an agent killed by SIGKILL leaves no key behind in /tmp.
+    pub fn remove_certs(&mut self) {
+        self.dir.take();
     }
 }
 

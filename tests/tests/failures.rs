@@ -299,3 +299,39 @@ impl Drop for SocketDir {
         }
     }
 }
+
+#[test]
+fn a_killed_agent_leaves_no_embedded_server_keys_behind() {
+    // The embedded memory server's certificates and keys live in a temporary directory only
+    // until both sides have loaded them: the workload (here a shell) finds none, and a SIGKILL of
+    // the agent, which runs no destructor, leaves none. TMPDIR is the test's own directory (removed
+    // with what the killed agent leaves in it), so other tests' agents do not count.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut agent = Command::new(bin("yonder-agent"))
+        .args(["run", "--local-mem", "8MiB", "--"])
+        .args(["sh", "-c", "ls -A \"$TMPDIR\"; echo end; sleep 60"])
+        .env("TMPDIR", tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop::new(agent.id());
+    let mut out = std::io::BufReader::new(agent.stdout.take().unwrap());
+    let mut listed = String::new();
+    while !listed.ends_with("end\n") {
+        let n = std::io::BufRead::read_line(&mut out, &mut listed).unwrap();
+        assert!(n > 0, "the workload ended early: {listed:?}");
+    }
+    // The shim's socket directory (yonder-run-*) is there by design; keys must not be.
+    assert!(
+        !listed.contains("yonder-agent-") && listed.contains("yonder-run-"),
+        "in TMPDIR while the agent runs: {listed:?}"
+    );
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let keys: Vec<_> = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("yonder-agent-"))
+        .collect();
+    assert!(keys.is_empty(), "left after SIGKILL: {keys:?}");
+}
