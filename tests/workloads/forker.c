@@ -7,7 +7,8 @@
  *     come back) while the parent rewrites everything with generation 2;
  *  2. fork; the child rewrites with generation 3 and checks it while the parent checks 2;
  *  3. fork; the child forks a grandchild that checks 2; then a fork that execs `sh -c 'exit 3'`;
- *  4. prints CHILDREN_DONE, sleeps 3 s (the test counts server pages meanwhile), checks 2 again.
+ *  4. prints CHILDREN_DONE, waits for a line on stdin (the test counts server pages meanwhile),
+ *     checks 2 again.
  * Prints OK and exits 0 when every check passed; exits non-zero naming the first mismatch.
  */
 #include <stdint.h>
