@@ -14,19 +14,16 @@ use std::{
 
 use anyhow::{bail, Context};
 use tokio::net::UnixListener;
-use yonder_common::{client, tls, transport};
 
 use crate::{
-    embedded::Embedded,
+    connect::connect_servers,
     pages::PAGE,
-    remote::{Dialer, Policy, Servers},
+    remote::Policy,
     shim_proto as proto,
     workload::{Group, EVICT_BATCH},
 };
 
-/// The smallest local-memory budget a workload may have: 64 pages. Below it the program would do
-/// little but wait for its own pages (and 0 would mean every page remote).
-pub const MIN_BUDGET: u64 = 64 * PAGE;
+pub use crate::workload::MIN_BUDGET;
 
 /// What `yonder-agent run` was asked to do.
 #[derive(Clone, Debug)]
@@ -133,7 +130,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
                 if let Some(msg) = group.fatal() {
                     eprintln!("yonder: {msg}; stopping the workload");
                     let _ = child.start_kill();
-                    kill_all(&group);
+                    group.kill_all();
                 }
                 group.reap();
                 group.sample_share();
@@ -152,7 +149,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         }
         if let Some(msg) = group.fatal() {
             eprintln!("yonder: {msg}; stopping the workload");
-            kill_all(&group);
+            group.kill_all();
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -241,90 +238,12 @@ async fn run_via_daemon(config: RunConfig, socket: &std::path::Path) -> anyhow::
     Ok(status)
 }
 
-/// SIGKILLs every attached process of the workload.
-pub(crate) fn kill_all(group: &Group) {
-    for pid in group.pids() {
-        // SAFETY: kill(2) with a pid of a process of this workload and a constant signal.
-        unsafe {
-            libc::kill(pid as i32, libc::SIGKILL);
-        }
-    }
-}
-
 fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("exited with status {c}"),
         (_, Some(s)) => format!("was killed by signal {s}"),
         _ => "ended".into(),
     }
-}
-
-/// Connects to the memory servers `servers` (or starts the embedded one when empty). Servers
-/// that cannot be reached start as down (and are dialled again in the background), as long as
-/// one can be.
-pub(crate) async fn connect_servers(
-    servers: &[String],
-    tls_dir: &std::path::Path,
-    cert_name: &str,
-    mtu: Option<u16>,
-    policy: Policy,
-) -> anyhow::Result<(Servers, Option<Embedded>)> {
-    let (specs, files, mtu, mut embedded) = if servers.is_empty() {
-        let e = Embedded::start(u64::MAX / 2).context("starting the embedded memory server")?;
-        let dir = e
-            .certs()
-            .context("the embedded server's certificates are gone")?;
-        let files = tls::TlsFiles::in_dir(dir, yonder_common::certs::DEFAULT_CLIENT);
-        (
-            vec![e.addr.to_string()],
-            files,
-            Some(transport::PAGE_MTU),
-            Some(e),
-        )
-    } else {
-        let files = tls::TlsFiles::in_dir(tls_dir, cert_name);
-        (servers.to_vec(), files, mtu, None)
-    };
-    let tls = tls::client_config(&files, mtu)
-        .with_context(|| format!("loading the client certificate {}", files.cert.display()))?;
-    if let Some(e) = embedded.as_mut() {
-        e.remove_certs();
-    }
-    let mut clients = Vec::new();
-    let mut errors = Vec::new();
-    for spec in &specs {
-        let (addr, host) = client::resolve(spec).await?;
-        let endpoint = client::endpoint(tls.clone(), addr.is_ipv6())?;
-        let c = tokio::time::timeout(
-            policy.timeout.max(Duration::from_secs(5)),
-            client::Client::connect(&endpoint, addr, &host, "yonder-agent"),
-        )
-        .await;
-        let c = match c {
-            Ok(Ok(c)) => Some(c),
-            Ok(Err(e)) => {
-                errors.push(format!("{spec}: {e}"));
-                None
-            }
-            Err(_) => {
-                errors.push(format!("{spec}: no answer"));
-                None
-            }
-        };
-        let dialer = Dialer {
-            endpoint,
-            addr,
-            host,
-        };
-        clients.push((spec.clone(), c, embedded.is_none().then_some(dialer)));
-    }
-    if clients.iter().all(|c| c.1.is_none()) {
-        bail!("no memory server can be reached: {}", errors.join("; "));
-    }
-    for e in &errors {
-        eprintln!("yonder: memory server {e}; it counts as down until it answers");
-    }
-    Ok((Servers::new(clients, policy), embedded))
 }
 
 /// glibc's `malloc` pad when it grows its heap, unless the user chose one: 64 MiB (address space;

@@ -29,10 +29,10 @@ use tracing::{info, warn};
 use yonder_common::size::ByteSize;
 
 use crate::{
-    agent::{connect_servers, kill_all},
+    connect::connect_servers,
     pages::PAGE,
     remote::Servers,
-    workload::{Group, EVICT_BATCH},
+    workload::{Group, EVICT_BATCH, MIN_BUDGET},
 };
 
 /// Where `run` and `status` look for the daemon when nothing else is said.
@@ -316,7 +316,7 @@ async fn daemon_async(config: DaemonConfig) -> anyhow::Result<()> {
     // Workloads cannot outlive the daemon that holds their pages: stop them and free their pages.
     let entries: Vec<Rc<Entry>> = d.workloads.borrow().values().cloned().collect();
     for e in entries {
-        kill_all(&e.group);
+        e.group.kill_all();
         e.group.stop().await;
     }
     let _ = std::fs::remove_file(&d.config.socket);
@@ -413,11 +413,11 @@ impl Daemon {
         } else {
             budget
         };
-        if budget < crate::agent::MIN_BUDGET {
+        if budget < MIN_BUDGET {
             let message = format!(
                 "a budget of {} is too small: at least {} (64 pages)",
                 ByteSize(budget),
-                ByteSize(crate::agent::MIN_BUDGET)
+                ByteSize(MIN_BUDGET)
             );
             return send(&mut write, &Reply::Error { message }).await;
         }
@@ -484,7 +484,7 @@ impl Daemon {
                     group.reap();
                     group.sample_share();
                     if let Some(message) = group.fatal() {
-                        kill_all(&group);
+                        group.kill_all();
                         if !fatal_sent {
                             fatal_sent = true;
                             let _ = send(&mut write, &Reply::Fatal { message }).await;
@@ -497,7 +497,7 @@ impl Daemon {
         let mut reap_started = Instant::now();
         while group.reap() > 0 {
             if let Some(message) = group.fatal() {
-                kill_all(&group);
+                group.kill_all();
                 if !fatal_sent {
                     fatal_sent = true;
                     let _ = send(&mut write, &Reply::Fatal { message }).await;
@@ -509,7 +509,7 @@ impl Daemon {
                     id,
                     "workload of a vanished `run` still has processes: stopping them"
                 );
-                kill_all(&group);
+                group.kill_all();
                 reap_started = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(100)).await;

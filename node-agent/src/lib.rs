@@ -2,6 +2,7 @@
 //! it to memory servers.
 
 pub mod agent;
+pub mod connect;
 pub mod daemon;
 pub mod embedded;
 pub mod eviction;

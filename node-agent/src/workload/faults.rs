@@ -1,0 +1,273 @@
+//! Serving faults: the fault loop of a process, missing and write-protect faults, zero-fill
+//! ahead, prefetch of the pages after a run of remote faults, and fetches.
+
+use std::{rc::Rc, time::Instant};
+
+use super::{prefetch::track_stream, process::Proc, PREFETCH_MAX, ZEROS, ZERO_AHEAD_MAX};
+use crate::{
+    pages::{MissingFault, Remote, State, WriteFault, PAGE},
+    uffd::{Event, Install},
+};
+
+impl Proc {
+    fn handle_fault(self: &Rc<Self>, page: u64, write: bool, wp: bool, at: Instant) {
+        if wp {
+            self.g.stats.borrow_mut().wp_fault();
+            let action = self.table.borrow_mut().write_fault(page);
+            let r = match action {
+                WriteFault::Unprotect => match self.uffd.write_protect(page, PAGE, false) {
+                    // The address space is changing (an event is pending): retry after the fault
+                    // loop has read it, or the writer would stay blocked.
+                    Ok(Install::Again) => {
+                        let p = self.clone();
+                        tokio::task::spawn_local(async move {
+                            tokio::task::yield_now().await;
+                            p.handle_fault(page, true, true, Instant::now());
+                        });
+                        Ok(())
+                    }
+                    r => r.map(|_| ()),
+                },
+                // Woken when the eviction ends.
+                WriteFault::WaitForEviction => Ok(()),
+                WriteFault::Wake => self.uffd.wake(page, PAGE),
+            };
+            if let Err(e) = r {
+                self.fail(format!("write-protect fault at {page:#x}: {e}"));
+            }
+            return;
+        }
+        let decision = self.table.borrow().missing_fault(page);
+        tracing::trace!(page, ?decision, "missing fault");
+        match decision {
+            MissingFault::InFlight | MissingFault::WaitForEviction => {}
+            MissingFault::ZeroFill | MissingFault::Fetch(_) if self.g.over_hard_limit() => {
+                self.deferred.borrow_mut().push((page, write));
+                self.g.pressure.notify_one();
+            }
+            MissingFault::ZeroFill => {
+                let evicting = matches!(self.table.borrow().state(page), Some(State::Evicting(_)));
+                // Under eviction the page must stay write-protected, so install zeros with WP.
+                let r = if write || evicting {
+                    self.uffd.copy(page, &ZEROS, evicting)
+                } else {
+                    self.uffd.zeropage(page)
+                };
+                match r {
+                    Ok(Install::Done | Install::Exists) => {
+                        let garbage = self.table.borrow_mut().zero_filled(page);
+                        self.g.free_later(garbage.into_iter().collect());
+                        self.g.stats.borrow_mut().zero_fault();
+                        if !evicting {
+                            self.zero_fill_ahead(page, write);
+                        }
+                        self.g.after_resident_change();
+                    }
+                    Ok(Install::Again) => self.retry_fault(page, write),
+                    Ok(Install::Gone) => {}
+                    Err(e) => self.fail(format!("cannot zero-fill {page:#x}: {e}")),
+                }
+            }
+            MissingFault::Fetch(remote) => {
+                if self.table.borrow_mut().start_fetch(page) {
+                    let batch = self.with_prefetch(page, remote);
+                    self.g.after_resident_change();
+                    tokio::task::spawn_local(fetch(self.clone(), batch, write, at));
+                }
+            }
+        }
+    }
+
+    /// After zero-fill faults on consecutive pages (a program filling fresh memory), installs
+    /// zeros on the never-touched pages that follow `page`, a window doubling up to
+    /// [`ZERO_AHEAD_MAX`], within its registered range and the free budget, so the program takes
+    /// one fault per window instead of one per page. Each page is installed by its own ioctl and
+    /// recorded only when the kernel installed it; the first page that is known to the table,
+    /// already present, or refused ends the window. Zero-filled pages count as dirty (a later
+    /// write to a shared zero page is not seen), so an eviction writes them (as zero pages).
+    fn zero_fill_ahead(&self, page: u64, write: bool) {
+        let (expected, run) = self.next_zero.get();
+        let run = if page == expected { run + 1 } else { 0 };
+        let window = if run == 0 {
+            0
+        } else {
+            (1u64 << run.min(6)).min(ZERO_AHEAD_MAX)
+        };
+        let end = self
+            .registered
+            .borrow()
+            .range(..=page)
+            .next_back()
+            .map_or(page, |(_, &e)| e);
+        let mut room = self.g.budget.saturating_sub(self.g.resident() + 1);
+        let mut next = page + PAGE;
+        {
+            let mut t = self.table.borrow_mut();
+            while next < end && next <= page + window * PAGE && room > 0 {
+                if t.state(next).is_some() {
+                    break;
+                }
+                let r = if write {
+                    self.uffd.copy(next, &ZEROS, false)
+                } else {
+                    self.uffd.zeropage(next)
+                };
+                if !matches!(r, Ok(Install::Done)) {
+                    break;
+                }
+                let garbage = t.zero_filled(next);
+                debug_assert!(garbage.is_none(), "a never-touched page had a remote copy");
+                room -= 1;
+                next += PAGE;
+            }
+        }
+        self.next_zero.set((next, run));
+    }
+
+    /// The faulting page plus, after remote faults that continue a run of pages upwards or
+    /// downwards (a program walking an array backwards, or freeing a list from its end), the
+    /// evicted pages that come next in that direction (a window doubling up to PREFETCH_MAX), all
+    /// marked as being fetched. A run continues from the end of the last fetch, prefetched pages
+    /// included, so that the window can grow.
+    fn with_prefetch(&self, page: u64, remote: Remote) -> Vec<(u64, Remote)> {
+        let (run, down) = track_stream(&mut self.streams.borrow_mut(), page);
+        let mut batch = vec![(page, remote)];
+        if run >= 2 {
+            self.prefetch_into(&mut batch, run, down);
+        }
+        let end = batch.last().map_or(page, |b| b.0);
+        self.streams.borrow_mut()[0].0 = end;
+        batch
+    }
+
+    /// Adds to `batch` (the faulting page) the evicted pages after it, or before it when `down`.
+    fn prefetch_into(&self, batch: &mut Vec<(u64, Remote)>, run: u32, down: bool) {
+        let page = batch[0].0;
+        let window = (1u64 << run.min(4)).min(PREFETCH_MAX);
+        let mut room = self.g.budget.saturating_sub(self.g.resident() + 1);
+        let mut t = self.table.borrow_mut();
+        for i in 1..=window {
+            let next = if down {
+                match page.checked_sub(i * PAGE) {
+                    Some(n) => n,
+                    None => break,
+                }
+            } else {
+                page + i * PAGE
+            };
+            if room == 0 {
+                break;
+            }
+            match t.state(next) {
+                Some(State::Evicted { remote }) if t.start_fetch(next) => {
+                    batch.push((next, remote));
+                    room -= 1;
+                }
+                _ => break,
+            }
+        }
+    }
+
+    fn retry_fault(self: &Rc<Self>, page: u64, write: bool) {
+        let p = self.clone();
+        tokio::task::spawn_local(async move {
+            // EAGAIN: the address space is changing; let the fault loop read the events first.
+            tokio::task::yield_now().await;
+            p.handle_fault(page, write, false, Instant::now());
+        });
+    }
+
+    pub(super) fn retry_deferred(self: &Rc<Self>) {
+        let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        for (page, write) in deferred {
+            self.handle_fault(page, write, false, Instant::now());
+        }
+    }
+}
+
+pub(super) async fn fault_loop(p: Rc<Proc>) {
+    let afd = match crate::uffd::watch(&p.uffd) {
+        Ok(a) => a,
+        Err(e) => {
+            p.fail(format!("watching the userfaultfd: {e}"));
+            return;
+        }
+    };
+    let mut events = Vec::with_capacity(64);
+    loop {
+        let mut guard = match afd.readable().await {
+            Ok(g) => g,
+            Err(e) => {
+                p.fail(format!("userfaultfd: {e}"));
+                return;
+            }
+        };
+        events.clear();
+        if let Err(e) = p.uffd.read_events(&mut events) {
+            p.fail(format!("reading the userfaultfd: {e}"));
+            return;
+        }
+        if events.is_empty() {
+            guard.clear_ready();
+            continue;
+        }
+        drop(guard);
+        tracing::trace!(?events, "uffd events");
+        let now = Instant::now();
+        // Changes to the address space first, so that faults in the same batch see them.
+        for &e in &events {
+            if !matches!(e, Event::Fault { .. }) {
+                p.handle_event(e);
+            }
+        }
+        for &e in &events {
+            if let Event::Fault { page, write, wp } = e {
+                p.handle_fault(page, write, wp, now);
+            }
+        }
+    }
+}
+
+/// Fetches the faulting page (first in `batch`) and any prefetched ones in one request, and
+/// installs them; prefetched pages are installed write-protected, as clean copies.
+pub(super) async fn fetch(p: Rc<Proc>, batch: Vec<(u64, Remote)>, write: bool, at: Instant) {
+    let remotes: Vec<Remote> = batch.iter().map(|b| b.1).collect();
+    let pages = match p.g.servers.read_many(p.g.space, &remotes).await {
+        Ok(d) => d,
+        Err(e) => {
+            p.fail(format!(
+                "the page at {:#x} cannot be read back: {e}",
+                batch[0].0
+            ));
+            return;
+        }
+    };
+    for (i, ((page, remote), data)) in batch.into_iter().zip(pages).enumerate() {
+        let faulting = i == 0;
+        let dirty = faulting && write;
+        loop {
+            if !p.table.borrow().fetch_wanted(page, remote) {
+                break;
+            }
+            // A read installs the page write-protected: it is clean until a write says otherwise.
+            match p.uffd.copy(page, &data, !dirty) {
+                Ok(Install::Done | Install::Exists) => {
+                    p.table.borrow_mut().fetched(page, remote, dirty);
+                    let mut stats = p.g.stats.borrow_mut();
+                    if faulting {
+                        stats.remote_fault(at.elapsed());
+                    } else {
+                        stats.prefetched();
+                    }
+                    break;
+                }
+                Ok(Install::Again) => tokio::task::yield_now().await,
+                Ok(Install::Gone) => break,
+                Err(e) => {
+                    p.fail(format!("cannot install the page at {page:#x}: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,434 @@
+//! One managed workload: a process tree whose anonymous memory shares one local-memory budget and
+//! one remote space, and the tasks that serve it (fault loops, scanners, the evictor).
+//!
+//! Everything runs on one thread (a current-thread runtime): reading the uffds, fetching over
+//! QUIC, installing pages, evicting. A wake-up on another vCPU costs ~20-25 µs on the machines
+//! this was measured on, so the fault path has no thread hop. Only copying victims out of a
+//! process (`process_vm_readv`) runs on a blocking thread, because it could fault on the
+//! process's memory and must never wait for the very loop that serves that fault.
+//!
+//! Processes: the program the workload started is attached by the shim's hello. A `fork` reaches
+//! the agent as UFFD_EVENT_FORK on the parent's uffd, with the child's uffd: the child gets a copy
+//! of the parent's page table (sharing every remote slot, see [`crate::pages::Slots`]) and is
+//! served at once; its shim then says hello with its pid, which pairs it with that fork event and
+//! lets the agent scan and evict its memory. A descendant that execs a program loading the shim
+//! attaches like the first program.
+//!
+//! The parts, by what they do:
+//! - `process`: one process, its address-space events and forks, the scanner, shared pages;
+//! - `faults`: the fault loop, serving missing and write-protect faults, zero-fill ahead, fetches;
+//! - `prefetch`: tracking runs of remote faults (pure);
+//! - `evict`: the evictor and one eviction batch;
+//! - `api`: the client API (register, unregister, prefetch, flush);
+//! - `repair`: re-replication after a memory server goes down;
+//! - `shim_link`: the agent's side of the word protocol to the shim.
+
+mod api;
+mod evict;
+mod faults;
+mod prefetch;
+mod process;
+mod repair;
+mod shim_link;
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::BTreeMap,
+    os::fd::AsRawFd,
+    rc::Rc,
+    time::Duration,
+};
+
+use anyhow::{bail, Context};
+use tokio::{
+    net::{UnixListener, UnixStream},
+    sync::Notify,
+};
+use tracing::{debug, info};
+
+use crate::{
+    eviction::Clock,
+    fdpass::{self, HelloKind},
+    pages::{PageTable, Remote, Slots, PAGE},
+    procfs,
+    remote::Servers,
+    shim_proto as proto,
+    stats::Stats,
+    uffd::Uffd,
+};
+
+use self::{
+    api::api_loop,
+    evict::evictor,
+    process::{sharing, Proc},
+    repair::repairer,
+    shim_link::write_words,
+};
+
+/// Pages evicted per batch.
+pub const EVICT_BATCH: usize = 256;
+/// The smallest local-memory budget a workload may have: 64 pages. Below it the program would do
+/// little but wait for its own pages (and 0 would mean every page remote).
+pub const MIN_BUDGET: u64 = 64 * PAGE;
+/// Most pages fetched ahead of a sequential run of remote faults.
+const PREFETCH_MAX: u64 = 16;
+/// Most never-touched pages zero-filled ahead of a sequential run of zero-fill faults.
+const ZERO_AHEAD_MAX: u64 = 32;
+/// How often the agent looks for new anonymous mappings of a process.
+const SCAN_INTERVAL: Duration = Duration::from_millis(10);
+
+const ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
+
+/// A workload: its processes, budget and remote space.
+pub struct Group {
+    /// Name shown in logs and status (the program).
+    pub name: String,
+    /// Remote space of all its pages.
+    pub space: u32,
+    servers: Rc<Servers>,
+    slots: Rc<RefCell<Slots>>,
+    /// Counters.
+    pub stats: Rc<RefCell<Stats>>,
+    /// Budget in pages.
+    pub budget: usize,
+    /// Pages it may be over budget while the evictor catches up.
+    pub slack: usize,
+    /// The first program's pid: processes that descend from it may attach.
+    root: Cell<u32>,
+    procs: RefCell<Vec<Rc<Proc>>>,
+    pressure: Notify,
+    stuck_warned: Cell<bool>,
+    fatal: RefCell<Option<String>>,
+    tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+    /// Numbers drop requests to the shims.
+    next_drop_id: Cell<u64>,
+    /// The last eviction batch could store nothing (servers full or unreachable).
+    servers_refuse: Cell<bool>,
+    /// Resident pages counted in two processes' tables that are one page of memory (shared
+    /// copy-on-write since a fork): subtracted from the sum of the tables (see [`Self::resident`]).
+    shared: Cell<usize>,
+}
+
+/// A random space id, so that agents sharing a client certificate do not collide.
+fn random_space() -> u32 {
+    let mut b = [0u8; 4];
+    use std::io::Read;
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        return t.subsec_nanos() ^ std::process::id();
+    }
+    u32::from_le_bytes(b)
+}
+
+impl Group {
+    /// A workload with no process yet.
+    pub fn new(name: String, servers: Rc<Servers>, budget: usize, slack: usize) -> Rc<Self> {
+        Rc::new(Self {
+            name,
+            space: random_space(),
+            servers,
+            slots: Rc::default(),
+            stats: Rc::new(RefCell::new(Stats::default())),
+            budget,
+            slack,
+            root: Cell::new(0),
+            procs: RefCell::default(),
+            pressure: Notify::new(),
+            stuck_warned: Cell::new(false),
+            fatal: RefCell::default(),
+            tasks: RefCell::default(),
+            next_drop_id: Cell::new(0),
+            servers_refuse: Cell::new(false),
+            shared: Cell::new(0),
+        })
+    }
+
+    /// Sets the pid of the program the workload runs (before its shim says hello).
+    pub fn set_root(&self, pid: u32) {
+        self.root.set(pid);
+    }
+
+    /// Pages resident (or about to be) in all its processes, a page shared copy-on-write by two
+    /// of them counted once.
+    pub fn resident(&self) -> usize {
+        let sum: usize = self
+            .procs
+            .borrow()
+            .iter()
+            .map(|p| p.table.borrow().resident())
+            .sum();
+        sum.saturating_sub(self.shared.get())
+    }
+
+    /// Sets [`Self::shared`] from the processes' shared pages. Each such page is counted in
+    /// (at least) two processes, so half the total is what the tables count twice; a page shared
+    /// by three processes is then counted a little too often, never too rarely.
+    fn update_shared(&self) {
+        let total: usize = self
+            .procs
+            .borrow()
+            .iter()
+            .map(|p| p.shared_pages.borrow().len())
+            .sum();
+        self.shared.set(total / 2);
+    }
+
+    /// Forgets what is shared (a process went: until the next measurement, count every page).
+    fn forget_shared(&self) {
+        for p in self.procs.borrow().iter() {
+            p.shared_pages.borrow_mut().clear();
+        }
+        self.shared.set(0);
+    }
+
+    /// Pids of its attached processes.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs
+            .borrow()
+            .iter()
+            .map(|p| p.pid.get())
+            .filter(|&p| p != 0)
+            .collect()
+    }
+
+    /// SIGKILLs every attached process of the workload.
+    pub(crate) fn kill_all(&self) {
+        for pid in self.pids() {
+            // SAFETY: kill(2) with a pid of a process of this workload and a constant signal.
+            unsafe {
+                libc::kill(pid as i32, libc::SIGKILL);
+            }
+        }
+    }
+
+    /// Processes under management (attached or forked and not paired yet).
+    pub fn process_count(&self) -> usize {
+        self.procs.borrow().len()
+    }
+
+    /// The first fatal error, if any: the workload must be stopped.
+    pub fn fatal(&self) -> Option<String> {
+        self.fatal.borrow().clone()
+    }
+
+    /// Starts the evictor and the listener for shims connecting to `listener`.
+    pub fn start(self: &Rc<Self>, listener: UnixListener) {
+        let mut tasks = self.tasks.borrow_mut();
+        tasks.push(tokio::task::spawn_local(evictor(self.clone())));
+        tasks.push(tokio::task::spawn_local(repairer(self.clone())));
+        tasks.push(tokio::task::spawn_local(sharing(self.clone())));
+        tasks.push(tokio::task::spawn_local(accept_loop(
+            self.clone(),
+            listener,
+        )));
+    }
+
+    /// Handles one shim connection: attaches the program or forked child that says hello.
+    pub async fn hello(self: &Rc<Self>, stream: UnixStream) -> anyhow::Result<()> {
+        tokio::time::timeout(Duration::from_secs(5), stream.readable())
+            .await
+            .context("no hello from the shim within 5 s")??;
+        let peer = stream.peer_cred()?.pid();
+        let std_stream = stream.into_std()?;
+        std_stream.set_nonblocking(false)?;
+        std_stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let hello = fdpass::recv_hello(&std_stream).context("handshake with the shim")?;
+        std_stream.set_read_timeout(None)?;
+        if peer != Some(hello.pid as i32) {
+            bail!("a hello for pid {} came from pid {peer:?}", hello.pid);
+        }
+        let (stack, stack_len) = hello.helper_stack;
+        match hello.kind {
+            HelloKind::Api => {
+                let p = self
+                    .procs
+                    .borrow()
+                    .iter()
+                    .find(|p| p.pid.get() == hello.pid && !p.removed.get())
+                    .cloned();
+                std_stream.set_nonblocking(true)?;
+                let mut api = UnixStream::from_std(std_stream)?;
+                let Some(p) = p else {
+                    let _ = write_words(&mut api, &[proto::REFUSED]).await;
+                    bail!("client API: process {} is not managed", hello.pid);
+                };
+                write_words(&mut api, &[proto::READY]).await?;
+                let task = tokio::task::spawn_local(api_loop(p.clone(), api));
+                p.tasks.borrow_mut().push(task);
+            }
+            HelloKind::Program(fd) => {
+                // Under the daemon the program may say hello before `run` says which pid it is.
+                if self.root.get() == 0 {
+                    self.root.set(hello.pid);
+                }
+                let root = self.root.get();
+                let known = self.procs.borrow().iter().any(|p| p.pid.get() == hello.pid);
+                if !known && !procfs::descends_from(hello.pid, root) {
+                    std_stream.set_nonblocking(true)?;
+                    let mut shim = UnixStream::from_std(std_stream)?;
+                    let _ = write_words(&mut shim, &[proto::REFUSED]).await;
+                    self.stats.borrow_mut().unmanaged_processes += 1;
+                    bail!("process {} is not part of this workload", hello.pid);
+                }
+                // The same process exec'd: its old address space is gone.
+                let old: Vec<Rc<Proc>> = self
+                    .procs
+                    .borrow()
+                    .iter()
+                    .filter(|p| p.pid.get() == hello.pid)
+                    .cloned()
+                    .collect();
+                for p in old {
+                    p.remove();
+                }
+                let uffd = Uffd::new(fd).context("userfaultfd API handshake")?;
+                let p = Proc::new(
+                    self,
+                    uffd,
+                    PageTable::with_slots(Clock::default(), self.slots.clone()),
+                    BTreeMap::new(),
+                    BTreeMap::new(),
+                );
+                p.pid.set(hello.pid);
+                p.refused.borrow_mut().insert(stack, stack + stack_len);
+                p.scan_maps();
+                std_stream.set_nonblocking(true)?;
+                let mut shim = UnixStream::from_std(std_stream)?;
+                write_words(&mut shim, &[proto::READY]).await?;
+                p.start_fault_loop();
+                p.start_scanner();
+                p.wait_for_helper(shim).await;
+                self.stats.borrow_mut().attached += 1;
+                info!(pid = hello.pid, workload = %self.name, "process under management");
+            }
+            HelloKind::Forked { ppid, seq } => {
+                let child = self
+                    .procs
+                    .borrow()
+                    .iter()
+                    .find(|p| p.pid.get() == 0 && p.forked_from.get() == Some((ppid, seq)))
+                    .cloned();
+                let Some(p) = child else {
+                    let _ = fdpass::send_with_fd(&std_stream, &[proto::REFUSED], -1);
+                    bail!(
+                        "process {} says it is fork {seq} of {ppid}, which is unknown",
+                        hello.pid
+                    );
+                };
+                p.pid.set(hello.pid);
+                p.forked_from.set(None);
+                p.refused.borrow_mut().insert(stack, stack + stack_len);
+                // The child keeps its own copy of its uffd, as the first program does.
+                fdpass::send_with_fd(&std_stream, &[proto::READY], p.uffd.as_raw_fd())
+                    .context("handing the forked child its userfaultfd")?;
+                std_stream.set_nonblocking(true)?;
+                p.start_scanner();
+                p.wait_for_helper(UnixStream::from_std(std_stream)?).await;
+                self.stats.borrow_mut().attached += 1;
+                debug!(pid = hello.pid, ppid, seq, "forked child under management");
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes processes whose address space is gone (exited or exec'd without the shim) and
+    /// releases their remote pages. Returns how many processes remain.
+    pub fn reap(&self) -> usize {
+        let gone: Vec<Rc<Proc>> = self
+            .procs
+            .borrow()
+            .iter()
+            .filter(|p| !p.uffd.mm_alive(p.unregistered_page()))
+            .cloned()
+            .collect();
+        for p in gone {
+            debug!(pid = p.pid.get(), "address space gone");
+            p.remove();
+        }
+        self.procs.borrow().len()
+    }
+
+    /// Resident managed bytes and RssAnon bytes of its processes (for the managed share).
+    pub fn sample_share(&self) {
+        let mut rss = 0;
+        for pid in self.pids() {
+            rss += procfs::rss_anon(pid).unwrap_or(0);
+        }
+        let resident = self.resident() as u64 * PAGE;
+        if rss > 0 {
+            self.stats.borrow_mut().share_samples.push((resident, rss));
+        }
+    }
+
+    /// Stops serving and frees every page of the workload on the servers; returns how many.
+    pub async fn stop(&self) -> u64 {
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+        let procs: Vec<Rc<Proc>> = self.procs.borrow_mut().drain(..).collect();
+        for p in procs {
+            p.abort_tasks();
+        }
+        self.servers.drop_space(self.space).await
+    }
+
+    fn fail(&self, msg: String) {
+        let mut f = self.fatal.borrow_mut();
+        if f.is_none() {
+            tracing::error!("{msg}");
+            *f = Some(msg);
+        }
+    }
+
+    fn free_later(self: &Rc<Self>, released: Vec<Remote>) {
+        if released.is_empty() {
+            return;
+        }
+        let free = self.slots.borrow_mut().release(released);
+        if free.is_empty() {
+            return;
+        }
+        let g = self.clone();
+        tokio::task::spawn_local(async move { g.servers.free(g.space, free).await });
+    }
+
+    fn after_resident_change(&self) {
+        let resident = self.resident();
+        self.stats.borrow_mut().resident(resident);
+        if resident > self.budget {
+            self.pressure.notify_one();
+        }
+    }
+
+    fn over_hard_limit(&self) -> bool {
+        self.resident() >= self.budget + self.slack
+            && !self.stuck_warned.get()
+            && !self.servers_refuse.get()
+    }
+
+    fn retry_deferred(&self) {
+        let procs: Vec<Rc<Proc>> = self.procs.borrow().clone();
+        for p in procs {
+            p.retry_deferred();
+        }
+    }
+}
+
+async fn accept_loop(g: Rc<Group>, listener: UnixListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let g2 = g.clone();
+        tokio::task::spawn_local(async move {
+            if let Err(e) = g2.hello(stream).await {
+                debug!("a process of the workload stays unmanaged: {e:#}");
+            }
+        });
+    }
+}

@@ -1,0 +1,416 @@
+//! One process of a workload: its uffd, page table and registered ranges; address-space events
+//! (remove, unmap, remap, fork); the scanner that registers new mappings; the measurement of
+//! pages shared between processes.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::{BTreeMap, HashMap, HashSet},
+    io,
+    os::fd::OwnedFd,
+    rc::Rc,
+    time::Duration,
+};
+
+use tokio::net::UnixStream;
+use tracing::{debug, warn};
+
+use super::{
+    faults::fault_loop,
+    shim_link::{read_words, runs},
+    Group, SCAN_INTERVAL,
+};
+use crate::{
+    eviction::Clock,
+    pages::{PageTable, PAGE},
+    procfs, shim_proto as proto,
+    uffd::{Event, Uffd},
+};
+
+/// One process of a workload (one address space, one uffd).
+pub(super) struct Proc {
+    pub(super) g: Rc<Group>,
+    /// 0 for a forked child until its shim says hello.
+    pub(super) pid: Cell<u32>,
+    /// For a forked child not paired yet: its parent and which of the parent's forks it is.
+    pub(super) forked_from: Cell<Option<(u32, u64)>>,
+    /// Fork events seen on this process's uffd.
+    pub(super) forks: Cell<u64>,
+    pub(super) uffd: Rc<Uffd>,
+    pub(super) table: RefCell<PageTable<Clock>>,
+    /// Ranges registered with the uffd: start -> end.
+    pub(super) registered: RefCell<BTreeMap<u64, u64>>,
+    /// Ranges that could not be registered (left alone): start -> end.
+    pub(super) refused: RefCell<BTreeMap<u64, u64>>,
+    /// Per page, how many REMOVE events our own drops still owe us.
+    pub(super) our_drops: RefCell<HashMap<u64, u32>>,
+    /// Faults that wait for room under the budget.
+    pub(super) deferred: RefCell<Vec<(u64, bool)>>,
+    /// Runs of remote faults, most recent first (at most [`STREAMS`](super::prefetch::STREAMS)): the end of the run's
+    /// last fetch (the faulting page or the farthest one prefetched with it), how many remote
+    /// faults in a row continued it, and whether it runs down. Several, so that threads each
+    /// walking their own part of memory keep their own runs.
+    pub(super) streams: RefCell<Vec<(u64, u32, bool)>>,
+    /// Page the next zero-fill fault of a sequential run is expected at, and the run's length.
+    pub(super) next_zero: Cell<(u64, u32)>,
+    /// The shim's helper, once attached (taken out while an eviction talks to it).
+    pub(super) shim: RefCell<Option<UnixStream>>,
+    pub(super) tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+    /// No longer part of the workload (exited, or replaced by an exec).
+    pub(super) removed: Cell<bool>,
+    /// The shim's helper runs: drops can be asked for.
+    pub(super) helper_up: Cell<bool>,
+    /// Its resident pages that another process of the workload maps too (copy-on-write since a
+    /// fork): evicting one would free nothing. Refreshed by [`sharing`].
+    pub(super) shared_pages: RefCell<HashSet<u64>>,
+}
+
+impl Proc {
+    pub(super) fn new(
+        g: &Rc<Group>,
+        uffd: Uffd,
+        table: PageTable<Clock>,
+        registered: BTreeMap<u64, u64>,
+        refused: BTreeMap<u64, u64>,
+    ) -> Rc<Self> {
+        let p = Rc::new(Self {
+            g: g.clone(),
+            pid: Cell::new(0),
+            forked_from: Cell::new(None),
+            forks: Cell::new(0),
+            uffd: Rc::new(uffd),
+            table: RefCell::new(table),
+            registered: RefCell::new(registered),
+            refused: RefCell::new(refused),
+            our_drops: RefCell::default(),
+            deferred: RefCell::default(),
+            streams: RefCell::default(),
+            next_zero: Cell::new((0, 0)),
+            shim: RefCell::default(),
+            tasks: RefCell::default(),
+            removed: Cell::new(false),
+            helper_up: Cell::new(false),
+            shared_pages: RefCell::default(),
+        });
+        g.procs.borrow_mut().push(p.clone());
+        p
+    }
+
+    /// Enables eviction once the shim's helper runs (its thread may need faults served first).
+    /// Without a helper (the process ended first, or the helper failed) nothing is evicted
+    /// from this process; its faults are still served.
+    pub(super) async fn wait_for_helper(&self, mut shim: UnixStream) {
+        let up = tokio::time::timeout(Duration::from_secs(30), read_words(&mut shim)).await;
+        match up {
+            Ok(Ok(words)) if words == [proto::HELPER_UP] => {
+                *self.shim.borrow_mut() = Some(shim);
+                self.helper_up.set(true);
+            }
+            other => {
+                let pid = self.pid.get();
+                if procfs::rss_anon(pid).is_some() {
+                    debug!("the shim helper in process {pid} did not start ({other:?}): nothing will be evicted from it");
+                } else {
+                    debug!("process {pid} ended before its shim's helper started");
+                }
+            }
+        }
+    }
+
+    pub(super) fn start_fault_loop(self: &Rc<Self>) {
+        self.tasks
+            .borrow_mut()
+            .push(tokio::task::spawn_local(fault_loop(self.clone())));
+    }
+
+    pub(super) fn start_scanner(self: &Rc<Self>) {
+        self.tasks
+            .borrow_mut()
+            .push(tokio::task::spawn_local(scanner(self.clone())));
+    }
+
+    pub(super) fn abort_tasks(&self) {
+        for t in self.tasks.borrow_mut().drain(..) {
+            t.abort();
+        }
+    }
+
+    /// The process is gone (or replaced by an exec): stop serving it, release its pages.
+    pub(super) fn remove(self: &Rc<Self>) {
+        if self.removed.replace(true) {
+            return;
+        }
+        self.abort_tasks();
+        self.g.procs.borrow_mut().retain(|p| !Rc::ptr_eq(p, self));
+        self.g.forget_shared();
+        let refs = self.table.borrow().all_references();
+        self.g.free_later(refs);
+        self.shim.borrow_mut().take();
+        self.g.pressure.notify_one();
+    }
+
+    /// A page no registered range of this process covers (for [`Uffd::mm_alive`]).
+    pub(super) fn unregistered_page(&self) -> u64 {
+        let mut a = 0x10000;
+        for (&s, &e) in self.registered.borrow().iter() {
+            if s <= a && a < e {
+                a = e;
+            }
+        }
+        a
+    }
+
+    pub(super) fn fail(&self, msg: String) {
+        // A process that is exiting (or already a zombie) makes the work in flight fail; that is
+        // not an error worth reporting.
+        let pid = self.pid.get();
+        if self.removed.get() || pid == 0 || procfs::rss_anon(pid).is_none() {
+            debug!("after the process ended: {msg}");
+            return;
+        }
+        self.g.fail(msg);
+    }
+
+    /// Registers anonymous mappings not registered yet, and counts their present pages.
+    pub(super) fn scan_maps(self: &Rc<Self>) {
+        let pid = self.pid.get();
+        let ranges = match procfs::anonymous_ranges(pid) {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                debug!(pid, "process gone");
+                self.remove();
+                return;
+            }
+            Err(e) => {
+                debug!("reading the mappings of {pid}: {e}");
+                return;
+            }
+        };
+        for (start, end) in ranges {
+            let gaps = uncovered(
+                &self.registered.borrow(),
+                &self.refused.borrow(),
+                start,
+                end,
+            );
+            for (s, e) in gaps {
+                match self.uffd.register(s, e - s) {
+                    Ok(()) => {
+                        self.registered.borrow_mut().insert(s, e);
+                        if let Ok(present) = procfs::present_pages(pid, s, e) {
+                            let mut t = self.table.borrow_mut();
+                            for p in present {
+                                t.found_present(p);
+                            }
+                        }
+                    }
+                    Err(err) => {
+                        debug!("cannot register {s:#x}-{e:#x}: {err}");
+                        self.refused.borrow_mut().insert(s, e);
+                    }
+                }
+            }
+        }
+        self.g.after_resident_change();
+    }
+
+    fn forget_range(&self, start: u64, end: u64) {
+        cut(&mut self.registered.borrow_mut(), start, end);
+        cut(&mut self.refused.borrow_mut(), start, end);
+    }
+
+    /// The process forked: serve the child's memory from now on, with a copy of this table.
+    fn forked(self: &Rc<Self>, fd: OwnedFd) {
+        let seq = self.forks.get() + 1;
+        self.forks.set(seq);
+        // The parent waits in fork() until this event is read, so its mappings' flags are those
+        // the kernel copied by. Should they be unreadable, every page is inherited: a wiped
+        // range would then read the parent's data in the child, so say so.
+        let pid = self.pid.get();
+        let not_inherited = procfs::not_inherited_ranges(pid).unwrap_or_else(|e| {
+            warn!(pid, "reading /proc/{pid}/smaps at a fork: {e}; MADV_WIPEONFORK and MADV_DONTFORK ranges are inherited");
+            Vec::new()
+        });
+        let table = self
+            .table
+            .borrow()
+            .fork_clone(Clock::default(), &not_inherited);
+        // A wiped range stays registered in the child (the kernel keeps the registration of
+        // every mapping it copies); a MADV_DONTFORK one is not mapped there, and its stale entry
+        // only makes the scanner skip that address.
+        let child = Proc::new(
+            &self.g,
+            Uffd::forked(fd),
+            table,
+            self.registered.borrow().clone(),
+            self.refused.borrow().clone(),
+        );
+        child.forked_from.set(Some((self.pid.get(), seq)));
+        // Right after the fork every page the child has is the parent's, shared copy-on-write:
+        // count it once until `sharing` measures what writes have since separated.
+        let inherited = child.table.borrow().resident_pages();
+        self.shared_pages.borrow_mut().extend(&inherited);
+        child.shared_pages.borrow_mut().extend(inherited);
+        self.g.update_shared();
+        child.start_fault_loop();
+        debug!(parent = self.pid.get(), seq, "fork");
+        self.g.after_resident_change();
+    }
+
+    pub(super) fn handle_event(self: &Rc<Self>, event: Event) {
+        match event {
+            Event::Remove { start, end } => {
+                let mut program = Vec::new();
+                {
+                    let mut ours = self.our_drops.borrow_mut();
+                    let mut p = start;
+                    while p < end {
+                        match ours.get_mut(&p) {
+                            Some(n) if *n > 0 => *n -= 1,
+                            _ => program.push(p),
+                        }
+                        p += PAGE;
+                    }
+                }
+                let mut garbage = Vec::new();
+                for (s, len) in runs(&program) {
+                    garbage.extend(self.table.borrow_mut().program_dropped(s, s + len));
+                }
+                self.g.free_later(garbage);
+            }
+            Event::Unmap { start, end } => {
+                let garbage = self.table.borrow_mut().unmapped(start, end);
+                self.forget_range(start, end);
+                self.g.free_later(garbage);
+            }
+            Event::Remap { from, to, len } => {
+                let garbage = self.table.borrow_mut().remapped(from, to, len);
+                self.forget_range(from, from + len);
+                // The new range keeps its registration; record it so the scanner skips it.
+                self.registered.borrow_mut().insert(to, to + len);
+                self.g.free_later(garbage);
+            }
+            Event::Fork { ufd } => self.forked(crate::uffd::adopt_fork_fd(ufd)),
+            Event::Fault { .. } => unreachable!("faults are handled by handle_fault"),
+            Event::Other(kind) => warn!("unexpected userfaultfd event {kind}"),
+        }
+    }
+}
+
+/// Removes `[start, end)` from a map of ranges, splitting what overlaps.
+pub(super) fn cut(map: &mut BTreeMap<u64, u64>, start: u64, end: u64) {
+    let overlapping: Vec<(u64, u64)> = map
+        .range(..end)
+        .filter(|(_, &e)| e > start)
+        .map(|(&s, &e)| (s, e))
+        .collect();
+    for (s, e) in overlapping {
+        map.remove(&s);
+        if s < start {
+            map.insert(s, start);
+        }
+        if e > end {
+            map.insert(end, e);
+        }
+    }
+}
+
+/// Parts of `[start, end)` not in `registered` nor `refused`.
+pub(super) fn uncovered(
+    registered: &BTreeMap<u64, u64>,
+    refused: &BTreeMap<u64, u64>,
+    start: u64,
+    end: u64,
+) -> Vec<(u64, u64)> {
+    let mut covered: Vec<(u64, u64)> = registered
+        .range(..end)
+        .chain(refused.range(..end))
+        .filter(|(_, &e)| e > start)
+        .map(|(&s, &e)| (s.max(start), e.min(end)))
+        .collect();
+    covered.sort();
+    let mut out = Vec::new();
+    let mut at = start;
+    for (s, e) in covered {
+        if s > at {
+            out.push((at, s));
+        }
+        at = at.max(e);
+    }
+    if at < end {
+        out.push((at, end));
+    }
+    out
+}
+
+async fn scanner(p: Rc<Proc>) {
+    loop {
+        p.scan_maps();
+        tokio::time::sleep(SCAN_INTERVAL).await;
+    }
+}
+
+/// How often [`sharing`] measures which pages processes of a workload share.
+const SHARING_INTERVAL: Duration = Duration::from_millis(250);
+
+/// While the workload has several processes, measures which of their resident pages are shared
+/// copy-on-write (pagemap, off the fault thread), so that such a page counts once against the
+/// budget and is not picked for an eviction that would free nothing. Writes separate pages between
+/// two measurements; until the next one they count once, so the workload can be over its budget
+/// by what it wrote in that time (see docs/fork-and-processes.md).
+pub(super) async fn sharing(g: Rc<Group>) {
+    loop {
+        tokio::time::sleep(SHARING_INTERVAL).await;
+        let procs: Vec<Rc<Proc>> = g.procs.borrow().clone();
+        if procs.len() < 2 {
+            if g.shared.get() != 0 {
+                g.forget_shared();
+            }
+            continue;
+        }
+        if procs.iter().any(|p| p.pid.get() == 0) {
+            continue; // a child not paired yet: keep the estimate made at its fork
+        }
+        let jobs: Vec<(u32, Vec<u64>)> = procs
+            .iter()
+            .map(|p| (p.pid.get(), p.table.borrow().resident_pages()))
+            .collect();
+        let measured = tokio::task::spawn_blocking(move || {
+            jobs.into_iter()
+                .map(|(pid, pages)| procfs::shared_pages(pid, &pages))
+                .collect::<io::Result<Vec<Vec<u64>>>>()
+        })
+        .await;
+        let Ok(Ok(measured)) = measured else {
+            continue; // a process went meanwhile: its removal reset the count
+        };
+        let now = g.procs.borrow();
+        if now.len() != procs.len() || now.iter().zip(&procs).any(|(a, b)| !Rc::ptr_eq(a, b)) {
+            continue;
+        }
+        drop(now);
+        for (p, pages) in procs.iter().zip(measured) {
+            *p.shared_pages.borrow_mut() = pages.into_iter().collect();
+        }
+        g.update_shared();
+        g.after_resident_change();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uncovered_finds_the_gaps() {
+        let mut reg = BTreeMap::new();
+        reg.insert(10, 20);
+        reg.insert(30, 40);
+        let refused = BTreeMap::new();
+        assert_eq!(
+            uncovered(&reg, &refused, 0, 50),
+            vec![(0, 10), (20, 30), (40, 50)]
+        );
+        assert_eq!(uncovered(&reg, &refused, 12, 18), vec![]);
+        assert_eq!(uncovered(&reg, &refused, 15, 35), vec![(20, 30)]);
+    }
+}
