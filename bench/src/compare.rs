@@ -13,6 +13,7 @@ use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -22,7 +23,8 @@ use yonder_common::size::ByteSize;
 
 use crate::{
     cluster::Cluster,
-    plot,
+    corpus, plot,
+    redis_workload::{self, Control},
     stats::median,
     system::{self, CgroupVersion, Machine},
     workload,
@@ -67,6 +69,12 @@ pub enum Builtin {
     Sequential,
     /// A Python program: the demo's (~36 MiB of small objects), hashing them six times.
     Python,
+    /// `xz -9 -T1` compressing a generated text corpus (`--xz-corpus`, default 6 MiB: about
+    /// 80 MiB of peak RSS).
+    Xz,
+    /// `redis-server` driven by the bench from outside the budget: SETs of `--redis-dataset`,
+    /// random GETs, a `BGSAVE` (a fork), `SHUTDOWN NOSAVE`.
+    Redis,
 }
 
 /// Arguments of `yonder-bench compare`.
@@ -101,6 +109,18 @@ pub struct Args {
     /// Timed touches of the random and zipfian workloads (default: twice the pages).
     #[arg(long)]
     pub touches: Option<u64>,
+    /// Size of the generated text corpus the xz workload compresses.
+    #[arg(long, default_value = "6MiB")]
+    pub xz_corpus: ByteSize,
+    /// Bytes of values the redis workload loads (keys and Redis's own overhead come on top).
+    #[arg(long, default_value = "256MiB")]
+    pub redis_dataset: ByteSize,
+    /// Mean length of a value of the redis workload, bytes (each is 50–150 % of it).
+    #[arg(long, default_value_t = 400)]
+    pub redis_value_bytes: u64,
+    /// Random GETs of the redis workload (default: as many as it has keys).
+    #[arg(long)]
+    pub redis_gets: Option<u64>,
     /// Runs of each configuration; the tables show the median.
     #[arg(long, default_value_t = 3)]
     pub runs: usize,
@@ -110,7 +130,8 @@ pub struct Args {
     /// Copies of each evicted page (`yonder-agent --replicas`).
     #[arg(long, default_value_t = 2)]
     pub replicas: usize,
-    /// Directory of the swap file (must be on a disk, not tmpfs).
+    /// Directory of the swap file (must be on a disk, not tmpfs), and of the xz workload's
+    /// corpus and the redis workload's RDB file (in temporary directories removed afterwards).
     #[arg(long, default_value = "/var/tmp")]
     pub swap_dir: PathBuf,
     /// zram compression algorithm (default: the device's).
@@ -387,9 +408,8 @@ pub fn measure(args: &Args) -> anyhow::Result<CompareReport> {
         None
     };
     let mut workloads = Vec::new();
-    for (name, argv, touches) in workload_commands(args)? {
-        let w = measure_workload(args, &mut machine, cluster.as_ref(), &name, argv, touches)?;
-        workloads.push(w);
+    for w in workload_commands(args)? {
+        workloads.push(measure_workload(args, &mut machine, cluster.as_ref(), &w)?);
     }
     Ok(CompareReport {
         machine: info,
@@ -402,15 +422,171 @@ pub fn measure(args: &Args) -> anyhow::Result<CompareReport> {
     })
 }
 
-/// (name, command line, whether it reports touches) of each workload to run.
-fn workload_commands(args: &Args) -> anyhow::Result<Vec<(String, Vec<String>, bool)>> {
+/// One workload of the comparison.
+struct Workload {
+    /// Its name in tables, JSON and chart files.
+    name: String,
+    /// Whether it reports touches (the built-in touch workloads).
+    touches: bool,
+    /// How each run is set up.
+    kind: Kind,
+}
+
+/// How each run of a workload is set up.
+enum Kind {
+    /// The same command line every run.
+    Command(Vec<String>),
+    /// `xz -9 -T1 -k -f CORPUS` on a generated corpus of `bytes` in `dir` (removed on drop).
+    Xz {
+        /// Kept for its `Drop`, which removes the corpus.
+        _dir: tempfile::TempDir,
+        corpus: PathBuf,
+        bytes: u64,
+    },
+    /// `redis-server` with its `--dir` in `dir` (removed on drop), driven by the bench.
+    Redis {
+        dir: tempfile::TempDir,
+        config: redis_workload::Config,
+    },
+}
+
+/// What drives a server workload during a run (on its own thread, while the run is watched).
+type Driver<'a> = dyn Fn(&Control) -> anyhow::Result<String> + Sync + 'a;
+
+impl Workload {
+    fn command(name: String, argv: Vec<String>, touches: bool) -> Self {
+        Self {
+            name,
+            touches,
+            kind: Kind::Command(argv),
+        }
+    }
+
+    /// The measured command line of a run and, for Redis, its port (a fresh one each run).
+    fn plan(&self) -> anyhow::Result<(Vec<String>, Option<u16>)> {
+        Ok(match &self.kind {
+            Kind::Command(argv) => (argv.clone(), None),
+            Kind::Xz { corpus, .. } => (
+                ["xz", "-9", "-T1", "-k", "-f"]
+                    .map(String::from)
+                    .into_iter()
+                    .chain([corpus.display().to_string()])
+                    .collect(),
+                None,
+            ),
+            Kind::Redis { dir, .. } => {
+                let port = redis_workload::free_port()?;
+                (redis_workload::server_argv(port, dir.path()), Some(port))
+            }
+        })
+    }
+
+    /// One run: `wrap` makes the command that runs the measured command line in a mode; the
+    /// bench drives the server (Redis) and checks the output (xz). A failed check or drive is
+    /// the run's `failure`. The run's output files are removed afterwards.
+    fn run(
+        &self,
+        wrap: impl FnOnce(&[String]) -> Command,
+        deadline: Duration,
+    ) -> anyhow::Result<Outcome> {
+        let (argv, port) = self.plan()?;
+        let mut cmd = wrap(&argv);
+        let result = match (&self.kind, port) {
+            (Kind::Redis { dir, config }, Some(port)) => {
+                let drive = |c: &Control| redis_workload::drive(config, port, dir.path(), c);
+                run_once(&mut cmd, deadline, Some(&drive))
+            }
+            _ => run_once(&mut cmd, deadline, None),
+        };
+        let check = match (&result, &self.kind) {
+            (Ok(o), Kind::Xz { corpus, bytes, .. }) if o.failure.is_none() => {
+                check_xz(corpus, *bytes)
+            }
+            _ => Ok(()),
+        };
+        let cleaned = self.clean();
+        let mut o = result?;
+        if let Err(e) = check {
+            o.failure = Some(format!("{e:#}"));
+        }
+        cleaned?;
+        Ok(o)
+    }
+
+    /// Removes what a run wrote: xz's output, Redis's RDB files.
+    fn clean(&self) -> anyhow::Result<()> {
+        match &self.kind {
+            Kind::Command(_) => {}
+            Kind::Xz { corpus, .. } => {
+                let out = xz_output(corpus);
+                match std::fs::remove_file(&out) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(e).with_context(|| format!("removing {}", out.display()));
+                    }
+                    _ => {}
+                }
+            }
+            Kind::Redis { dir, .. } => {
+                for e in std::fs::read_dir(dir.path())? {
+                    let p = e?.path();
+                    std::fs::remove_file(&p)
+                        .with_context(|| format!("removing {}", p.display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where `xz -k` writes its output.
+fn xz_output(corpus: &Path) -> PathBuf {
+    let mut p = corpus.as_os_str().to_owned();
+    p.push(".xz");
+    p.into()
+}
+
+/// Checks that xz's output is there and says it holds `bytes` (`xz --robot --list` reads the
+/// sizes from the file's index: cheap, no decompression).
+fn check_xz(corpus: &Path, bytes: u64) -> anyhow::Result<()> {
+    let out = xz_output(corpus);
+    let list = Command::new("xz")
+        .args(["--robot", "--list"])
+        .arg(&out)
+        .output()
+        .context("running xz --list")?;
+    let text = String::from_utf8_lossy(&list.stdout);
+    let size = text
+        .lines()
+        .find_map(|l| l.strip_prefix("totals\t"))
+        .and_then(|l| l.split('\t').nth(3)?.parse::<u64>().ok());
+    anyhow::ensure!(
+        list.status.success() && size == Some(bytes),
+        "xz's output {} does not hold the {bytes} bytes of the corpus (xz --list: {}{})",
+        out.display(),
+        text.trim(),
+        String::from_utf8_lossy(&list.stderr).trim()
+    );
+    Ok(())
+}
+
+/// A temporary directory for a workload's files in `--swap-dir` (on the disk, like the swap
+/// file), named `yonder-bench-<what>-*`.
+fn scratch_dir(args: &Args, what: &str) -> anyhow::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix(&format!("{}{what}-", system::PREFIX))
+        .tempdir_in(&args.swap_dir)
+        .with_context(|| format!("making a directory in {}", args.swap_dir.display()))
+}
+
+/// The workloads to run.
+fn workload_commands(args: &Args) -> anyhow::Result<Vec<Workload>> {
     if !args.command.is_empty() {
         let name = args.name.clone().unwrap_or_else(|| {
             Path::new(&args.command[0])
                 .file_name()
                 .map_or("command".into(), |n| n.to_string_lossy().into_owned())
         });
-        return Ok(vec![(name, args.command.clone(), false)]);
+        return Ok(vec![Workload::command(name, args.command.clone(), false)]);
     }
     let exe = std::env::current_exe()?.display().to_string();
     let pages = args.size.0 / 4096;
@@ -447,14 +623,48 @@ fn workload_commands(args: &Args) -> anyhow::Result<Vec<(String, Vec<String>, bo
             .into()
         };
         out.push(match w {
-            Builtin::Random => (name("random"), touch("random"), true),
-            Builtin::Zipfian => (name("zipfian"), touch("zipfian"), true),
-            Builtin::Sequential => (name("sequential"), touch("sequential"), true),
-            Builtin::Python => (
+            Builtin::Random => Workload::command(name("random"), touch("random"), true),
+            Builtin::Zipfian => Workload::command(name("zipfian"), touch("zipfian"), true),
+            Builtin::Sequential => Workload::command(name("sequential"), touch("sequential"), true),
+            Builtin::Python => Workload::command(
                 "python".into(),
                 vec![python()?, "-c".into(), PYTHON.into()],
                 false,
             ),
+            Builtin::Xz => {
+                anyhow::ensure!(args.xz_corpus.0 > 0, "--xz-corpus must not be 0");
+                let dir = scratch_dir(args, "xz")?;
+                let corpus = dir.path().join("corpus.txt");
+                corpus::write(&corpus, args.xz_corpus.0 as usize, corpus::SEED)?;
+                Workload {
+                    name: "xz".into(),
+                    touches: false,
+                    kind: Kind::Xz {
+                        _dir: dir,
+                        corpus,
+                        bytes: args.xz_corpus.0,
+                    },
+                }
+            }
+            Builtin::Redis => {
+                anyhow::ensure!(
+                    args.redis_dataset.0 > 0 && args.redis_value_bytes > 1,
+                    "--redis-dataset must not be 0, --redis-value-bytes at least 2"
+                );
+                Workload {
+                    name: "redis".into(),
+                    touches: false,
+                    kind: Kind::Redis {
+                        dir: scratch_dir(args, "redis")?,
+                        config: redis_workload::Config {
+                            dataset: args.redis_dataset.0,
+                            value_bytes: args.redis_value_bytes,
+                            gets: args.redis_gets,
+                            seed: redis_workload::SEED,
+                        },
+                    },
+                }
+            }
         });
     }
     Ok(out)
@@ -484,15 +694,22 @@ fn measure_workload(
     args: &Args,
     machine: &mut Option<Machine>,
     cluster: Option<&Cluster>,
-    name: &str,
-    argv: Vec<String>,
-    touches: bool,
+    w: &Workload,
 ) -> anyhow::Result<WorkloadReport> {
+    let (name, touches) = (w.name.as_str(), w.touches);
+    let argv = w.plan()?.0;
     let deadline = Duration::from_secs(args.timeout);
     eprintln!("compare: {name}: all local ({} runs)", args.runs);
     let mut local = Vec::new();
     for _ in 0..args.runs {
-        let o = run_once(Command::new(&argv[0]).args(&argv[1..]), deadline)?;
+        let o = w.run(
+            |argv| {
+                let mut c = Command::new(&argv[0]);
+                c.args(&argv[1..]);
+                c
+            },
+            deadline,
+        )?;
         if let Some(why) = &o.failure {
             bail!("{name} failed on its own ({why}):\n{}", o.stderr_tail());
         }
@@ -513,13 +730,17 @@ fn measure_workload(
         for &ratio in &args.ratios {
             eprintln!("compare: {name}: Yonder at {ratio} %");
             let local_mem = format!("{}KiB", budget(ratio).div_ceil(1024));
-            let mut agent_args = cluster.agent_args(&local_mem, args.replicas);
-            agent_args.extend(argv.iter().cloned());
+            let agent_args = cluster.agent_args(&local_mem, args.replicas);
             let mut outs = Vec::new();
             for _ in 0..args.runs {
-                let mut cmd = Command::new(yonder_tests::bin("yonder-agent"));
-                cmd.args(&agent_args);
-                let o = run_once(&mut cmd, deadline)?;
+                let o = w.run(
+                    |argv| {
+                        let mut c = Command::new(yonder_tests::bin("yonder-agent"));
+                        c.args(&agent_args).args(argv);
+                        c
+                    },
+                    deadline,
+                )?;
                 if let Some(why) = &o.failure {
                     eprintln!(
                         "compare: {name}: Yonder at {ratio} % failed ({why}):\n{}",
@@ -566,8 +787,14 @@ fn measure_workload(
                 let mut peaks = Vec::new();
                 for run in 0..args.runs {
                     let memcg = m.cgroup(&format!("{name}-{ratio}-{run}"), limit)?;
-                    let wrapped = memcg.wrap(&argv);
-                    let o = run_once(Command::new("sh").args(&wrapped), deadline);
+                    let o = w.run(
+                        |argv| {
+                            let mut c = Command::new("sh");
+                            c.args(memcg.wrap(argv));
+                            c
+                        },
+                        deadline,
+                    );
                     let faults = memcg.stat("pgmajfault").or(memcg.stat("total_pgmajfault"));
                     let peak = memcg.peak();
                     let oom_kills = memcg.oom_kills();
@@ -717,8 +944,14 @@ fn median_u64(values: impl Iterator<Item = u64>) -> u64 {
 
 /// Runs `cmd` in its own process group to the end, sampling the RSS of its process tree; a
 /// non-zero exit or running past `deadline` (then the group is killed) is recorded in the
-/// outcome's `failure`. On Ctrl-C it kills the group and fails.
-fn run_once(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Outcome> {
+/// outcome's `failure`. With a `driver` (a server workload), the driver runs on its own thread
+/// meanwhile; if it fails, the group and the server it found are killed and the run fails. On
+/// Ctrl-C it kills the group (and the server) and fails.
+fn run_once(
+    cmd: &mut Command,
+    deadline: Duration,
+    driver: Option<&Driver<'_>>,
+) -> anyhow::Result<Outcome> {
     if system::interrupted() {
         bail!("interrupted");
     }
@@ -739,62 +972,115 @@ fn run_once(cmd: &mut Command, deadline: Duration) -> anyhow::Result<Outcome> {
     let out = read(Box::new(child.stdout.take().context("stdout")?));
     let err = read(Box::new(child.stderr.take().context("stderr")?));
     let mut o = Outcome::default();
-    let mut next_sample = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        if Instant::now() >= next_sample {
-            let (anon, file) = tree_rss(pid);
-            o.anon_peak = o.anon_peak.max(anon);
-            o.file_peak = o.file_peak.max(file);
-            next_sample = Instant::now() + Duration::from_millis(10);
-        }
-        if system::interrupted() {
-            // The whole group: the agent, the workload and anything they started.
-            system::kill(-(pid as i32), libc::SIGKILL);
-            let _ = child.wait();
-            bail!("interrupted: killed {cmd:?}");
-        }
-        if started.elapsed() > deadline {
-            system::kill(-(pid as i32), libc::SIGKILL);
-            let _ = child.wait();
-            o.failure = Some(format!(
-                "timed out after {} s (--timeout)",
-                deadline.as_secs()
-            ));
-            break child.wait()?;
-        }
-        std::thread::sleep(Duration::from_millis(1));
+    let control = Control::default();
+    let driver_failed = AtomicBool::new(false);
+    // The whole group (the agent, the workload and anything they started), and the server by
+    // its PID in case it left the group.
+    let kill_all = || {
+        system::kill(-(pid as i32), libc::SIGKILL);
+        control.kill_server();
     };
+    let (status, driven) = std::thread::scope(|scope| {
+        let driving = driver.map(|d| {
+            scope.spawn(|| {
+                let r = d(&control);
+                if r.is_err() {
+                    driver_failed.store(true, Ordering::Relaxed);
+                }
+                r
+            })
+        });
+        let watched = (|| -> anyhow::Result<std::process::ExitStatus> {
+            let mut next_sample = Instant::now();
+            let mut killed = false;
+            loop {
+                if let Some(status) = child.try_wait()? {
+                    return Ok(status);
+                }
+                if driver_failed.load(Ordering::Relaxed) && !killed {
+                    kill_all();
+                    killed = true;
+                }
+                if Instant::now() >= next_sample {
+                    let (anon, file) = tree_rss(pid);
+                    o.anon_peak = o.anon_peak.max(anon);
+                    o.file_peak = o.file_peak.max(file);
+                    next_sample = Instant::now() + Duration::from_millis(10);
+                }
+                if system::interrupted() {
+                    bail!("interrupted: killed {cmd:?}");
+                }
+                if started.elapsed() > deadline {
+                    kill_all();
+                    o.failure = Some(format!(
+                        "timed out after {} s (--timeout)",
+                        deadline.as_secs()
+                    ));
+                    return Ok(child.wait()?);
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        })();
+        // The driver gives up at its next read or write; the scope waits for it.
+        control.stop.store(true, Ordering::Relaxed);
+        if watched.is_err() {
+            kill_all();
+            let _ = child.wait();
+        }
+        let driven = driving.map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("the driver panicked")))
+        });
+        watched.map(|status| (status, driven))
+    })?;
     o.wall_s = started.elapsed().as_secs_f64();
     // Anything of the group still running (a daemonised child) is killed too.
-    system::kill(-(pid as i32), libc::SIGKILL);
+    kill_all();
     o.stdout = out.join().unwrap_or_default();
     o.stderr = err.join().unwrap_or_default();
+    match driven {
+        Some(Ok(summary)) => o.stdout.push_str(&format!("{summary}\n")),
+        Some(Err(e)) if o.failure.is_none() => o.failure = Some(format!("{e:#}")),
+        _ => {}
+    }
     if !status.success() && o.failure.is_none() {
         o.failure = Some(status.to_string());
     }
     Ok(o)
 }
 
-/// Anonymous and other resident memory of process `pid` and its descendants, in bytes.
+/// Anonymous and other resident memory of process `pid` and its descendants, in bytes. With
+/// more than one process, anonymous memory is the sum of `Pss_Anon`: a forked child shares its
+/// parent's pages until either writes them (Redis's BGSAVE child shares the whole dataset),
+/// and summing `RssAnon` would count them twice.
 fn tree_rss(pid: u32) -> (u64, u64) {
-    let mut anon = 0;
-    let mut other = 0;
+    let mut procs = Vec::new();
     let mut todo = vec![pid];
     while let Some(p) = todo.pop() {
-        if let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/status")) {
-            let kb = |key: &str| -> u64 {
-                s.lines()
-                    .find_map(|l| l.strip_prefix(key))
-                    .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                    .unwrap_or(0)
-            };
-            anon += kb("RssAnon:") * 1024;
-            other += (kb("RssFile:") + kb("RssShmem:")) * 1024;
-        }
+        procs.push(p);
         todo.extend(yonder_tests::children(p));
+    }
+    let kb = |s: &str, key: &str| -> u64 {
+        s.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    let mut anon = 0;
+    let mut other = 0;
+    for &p in &procs {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{p}/status")) else {
+            continue;
+        };
+        other += (kb(&s, "RssFile:") + kb(&s, "RssShmem:")) * 1024;
+        let pss = (procs.len() > 1)
+            .then(|| std::fs::read_to_string(format!("/proc/{p}/smaps_rollup")).ok())
+            .flatten()
+            .filter(|r| r.contains("Pss_Anon:"));
+        anon += match pss {
+            Some(r) => kb(&r, "Pss_Anon:"),
+            None => kb(&s, "RssAnon:"),
+        } * 1024;
     }
     (anon, other)
 }
@@ -899,8 +1185,24 @@ pub fn text_table(report: &CompareReport) -> String {
     s
 }
 
-/// The tables as Markdown (for bench/RESULTS.md), one per workload.
+/// The tables as Markdown (for bench/RESULTS.md), one per workload, with a note on the columns.
 pub fn markdown(report: &CompareReport) -> String {
+    markdown_tables(report) + MARKDOWN_NOTE
+}
+
+/// What the Markdown tables' columns mean.
+pub const MARKDOWN_NOTE: &str = concat!(
+    "time: completion time of the whole program (start to exit); × all local: that time\n",
+    "divided by all local's; touches/s: the timed phase of the built-in workloads; faults:\n",
+    "Yonder's remote faults or the memory cgroup's major faults (swap-ins); miss p50 / p99:\n",
+    "latency of a timed touch of a page that was not resident (the touch workloads' own\n",
+    "measure, the same in every mode); \"(n failed)\": runs that failed (the JSON says why,\n",
+    "e.g. the memory cgroup's OOM killer), left out of the figures; budget: local memory for\n",
+    "anonymous pages (the cgroup's limit adds the program's other RSS).\n",
+);
+
+/// The tables as Markdown, one per workload, without the note.
+pub fn markdown_tables(report: &CompareReport) -> String {
     let mut s = String::new();
     for w in &report.workloads {
         s.push_str(&format!(
@@ -929,15 +1231,6 @@ pub fn markdown(report: &CompareReport) -> String {
         }
         s.push('\n');
     }
-    s.push_str(concat!(
-        "time: completion time of the whole program (start to exit); × all local: that time\n",
-        "divided by all local's; touches/s: the timed phase of the built-in workloads; faults:\n",
-        "Yonder's remote faults or the memory cgroup's major faults (swap-ins); miss p50 / p99:\n",
-        "latency of a timed touch of a page that was not resident (the touch workloads' own\n",
-        "measure, the same in every mode); \"(n failed)\": runs that failed (the JSON says why,\n",
-        "e.g. the memory cgroup's OOM killer), left out of the figures; budget: local memory for\n",
-        "anonymous pages (the cgroup's limit adds the program's other RSS).\n",
-    ));
     s
 }
 

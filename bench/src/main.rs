@@ -2,6 +2,7 @@
 
 mod cluster;
 mod compare;
+mod corpus;
 mod demo;
 mod floor;
 mod latency;
@@ -9,6 +10,7 @@ mod mem;
 mod os;
 mod pattern;
 mod plot;
+mod redis_workload;
 mod report;
 mod server_bench;
 mod stats;
