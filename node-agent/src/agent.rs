@@ -46,6 +46,8 @@ pub struct RunConfig {
     pub daemon: Option<PathBuf>,
     /// Replication and failure detection.
     pub policy: Policy,
+    /// Which pages leave first.
+    pub eviction: crate::eviction::Policy,
 }
 
 impl RunConfig {
@@ -101,6 +103,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default();
     let group = Group::new(name, servers, config.budget_pages(), config.slack_pages());
+    group.set_policy(config.eviction);
     group.set_root(child_pid);
 
     let accepted = tokio::select! {

@@ -71,6 +71,8 @@ pub struct DaemonConfig {
     /// A server that does not answer a request within this many milliseconds is marked down.
     /// Default 2000.
     pub server_timeout_ms: u64,
+    /// Which pages leave first: `s3fifo` (default) or `clock` (docs/eviction.md).
+    pub eviction_policy: crate::eviction::Policy,
 }
 
 impl DaemonConfig {
@@ -99,6 +101,7 @@ impl Default for DaemonConfig {
             replicas: 2,
             write_quorum: None,
             server_timeout_ms: 2000,
+            eviction_policy: crate::eviction::Policy::default(),
         }
     }
 }
@@ -446,6 +449,7 @@ impl Daemon {
             (budget / PAGE) as usize,
             2 * EVICT_BATCH,
         );
+        group.set_policy(self.config.eviction_policy);
         group.stats.borrow_mut().labels = vec![
             metrics::Label::new("workload", id.to_string()),
             metrics::Label::new("name", name.clone()),

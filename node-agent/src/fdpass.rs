@@ -19,6 +19,9 @@ pub struct Hello {
     pub kind: HelloKind,
     /// The shim helper's stack `(start, len)`: never registered.
     pub helper_stack: (u64, u64),
+    /// The parking area `(start, len)` of a program's hello (evicted pages are moved there);
+    /// `(0, 0)` for other hellos (a forked child inherits its parent's, empty).
+    pub parking: (u64, u64),
 }
 
 /// How the process that says hello came to be.
@@ -97,6 +100,7 @@ pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
             pid: words[3] as u32,
             kind: HelloKind::Api,
             helper_stack: (0, 0),
+            parking: (0, 0),
         });
     }
     if !program && !forked {
@@ -123,6 +127,7 @@ pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
                 seq: words[5],
             },
             helper_stack: (words[6], words[7]),
+            parking: (0, 0),
         });
     }
     let uffd = fd
@@ -131,6 +136,7 @@ pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
         pid: words[3] as u32,
         kind: HelloKind::Program(uffd),
         helper_stack: (words[4], words[5]),
+        parking: (words[6], words[7]),
     })
 }
 

@@ -76,6 +76,9 @@ struct RunArgs {
     /// replica stays unreachable for ten times this is declared lost (a fatal error).
     #[arg(long, default_value_t = 2000)]
     server_timeout_ms: u64,
+    /// Which pages leave first under memory pressure: s3fifo or clock (docs/eviction.md).
+    #[arg(long, default_value_t = yonder_agent::eviction::Policy::default())]
+    eviction_policy: yonder_agent::eviction::Policy,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
@@ -142,6 +145,7 @@ fn main() -> ExitCode {
         metrics: args.metrics,
         command: args.command,
         daemon,
+        eviction: args.eviction_policy,
         policy: yonder_agent::remote::Policy {
             replicas: args.replicas,
             write_quorum: args.write_quorum.unwrap_or(args.replicas),

@@ -5,15 +5,21 @@
 //! States of a page (a page with no entry was never seen, or was dropped by the program, and
 //! reads as zeros):
 //!
-//! - `Resident`: present in the workload. `dirty` unless its content equals `remote` (it was
-//!   fetched and not written since: it was installed write-protected and no write fault came).
+//! - `Resident`: present in the workload. `dirty` when it is known to differ from `remote` (or
+//!   has none); otherwise it may equal `remote` (it was fetched from there), which an eviction
+//!   checks by comparing the content's digest with the one recorded for that copy ([`Slots`]).
 //! - `Fetching`: not present, a fetch of `remote` is in flight.
-//! - `Evicting`: present and write-protected while its content is saved and then dropped.
+//! - `Evicting`: leaving. Either parked (moved into the process's parking area by `UFFDIO_MOVE`:
+//!   any access is a missing fault that moves it back, a rescue), or, for a page that cannot move,
+//!   present and write-protected until the shim drops it.
 //! - `Evicted`: not present; its content is `remote`.
+//!
+//! The table also keeps ghosts: pages evicted recently. A fetch of a ghost is a refault (the
+//! eviction was a mistake), which the policy hears about.
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     rc::Rc,
 };
 
@@ -21,6 +27,16 @@ use crate::eviction::EvictionPolicy;
 
 /// Size of a page.
 pub const PAGE: u64 = 4096;
+
+/// A 128-bit digest of a page's content (XXH3-128): equal digests are taken as equal content
+/// when deciding that a page need not be written again (a false match would need a collision of
+/// a 128-bit hash between a page and its own earlier content).
+pub type Digest = u128;
+
+/// The digest of one page.
+pub fn digest(content: &[u8]) -> Digest {
+    xxhash_rust::xxh3::xxh3_128(content)
+}
 
 /// The remote slots of one workload (all its processes), with how many page-table entries refer
 /// to each. After a fork, parent and child refer to the same slots; a slot referred to by more
@@ -31,6 +47,8 @@ pub struct Slots {
     next_slot: u64,
     next_version: u64,
     refs: HashMap<u64, u32>,
+    /// Per slot, the version last written and the digest of its content.
+    digests: HashMap<u64, (u64, Digest)>,
 }
 
 impl Default for Slots {
@@ -39,6 +57,7 @@ impl Default for Slots {
             next_slot: 0,
             next_version: 1,
             refs: HashMap::new(),
+            digests: HashMap::new(),
         }
     }
 }
@@ -68,6 +87,16 @@ impl Slots {
         self.refs.get(&slot).copied().unwrap_or(0)
     }
 
+    /// Records the digest of the content written as `remote`.
+    pub fn set_digest(&mut self, remote: Remote, d: Digest) {
+        self.digests.insert(remote.slot, (remote.version, d));
+    }
+
+    /// Whether `remote` is known to hold content with digest `d`.
+    pub fn holds(&self, remote: Remote, d: Digest) -> bool {
+        self.digests.get(&remote.slot) == Some(&(remote.version, d))
+    }
+
     /// Drops one reference per copy in `released`; returns the copies no one refers to any more
     /// (to free on the servers). Their version is `u64::MAX`: slots are never reused, so the
     /// free may remove whatever version the servers hold.
@@ -78,6 +107,7 @@ impl Slots {
                 Some(n) if *n > 1 => *n -= 1,
                 Some(_) => {
                     self.refs.remove(&r.slot);
+                    self.digests.remove(&r.slot);
                     free.push(Remote {
                         slot: r.slot,
                         version: u64::MAX,
@@ -110,10 +140,12 @@ pub struct Remote {
 pub struct Evicting {
     /// The remote copy it had before (if any).
     pub old: Option<Remote>,
-    /// Whether its content must be written (no up-to-date remote copy).
+    /// Known to differ from `old` (its content must be written whatever its digest).
     pub dirty: bool,
-    /// The copy the eviction writes (or reuses), once known.
+    /// The copy the eviction writes (or reuses), once its content was read ([`PageTable::decide`]).
     pub new: Option<Remote>,
+    /// Where the page waits in the parking area, when it was moved there.
+    pub parked: Option<u64>,
     /// The drop has been sent to the shim: the page may already be gone from the workload.
     pub dropping: bool,
     /// The program dropped the page meanwhile: it must read as zeros afterwards.
@@ -166,6 +198,19 @@ pub enum MissingFault {
     InFlight,
     /// Leave the thread blocked until the eviction of this page ends, then wake it.
     WaitForEviction,
+    /// The page is parked at this address: move it back (which wakes the thread).
+    Rescue(u64),
+}
+
+/// What a page under eviction needs once its content is known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Its remote copy already holds this content: nothing to write.
+    Clean(Remote),
+    /// Write the content as this copy.
+    Write(Remote),
+    /// It is no longer being evicted.
+    Gone,
 }
 
 /// The page table of one workload.
@@ -174,6 +219,13 @@ pub struct PageTable<P> {
     policy: P,
     resident: usize,
     slots: Rc<RefCell<Slots>>,
+    /// Pages evicted recently, oldest first (at most `ghost_cap`).
+    ghosts: VecDeque<u64>,
+    ghost_set: HashSet<u64>,
+    ghost_cap: usize,
+    /// Parking addresses whose page no longer needs them (dropped or unmapped by the program
+    /// while parked), to be freed by the owner ([`Self::take_unparked`]).
+    unparked: Vec<u64>,
 }
 
 impl<P: EvictionPolicy> PageTable<P> {
@@ -189,7 +241,39 @@ impl<P: EvictionPolicy> PageTable<P> {
             policy,
             resident: 0,
             slots,
+            ghosts: VecDeque::new(),
+            ghost_set: HashSet::new(),
+            ghost_cap: 0,
+            unparked: Vec::new(),
         }
+    }
+
+    /// Remembers up to `n` recently evicted pages as ghosts (0: none).
+    pub fn set_ghost_capacity(&mut self, n: usize) {
+        self.ghost_cap = n;
+        while self.ghosts.len() > n {
+            if let Some(g) = self.ghosts.pop_front() {
+                self.ghost_set.remove(&g);
+            }
+        }
+    }
+
+    fn remember_ghost(&mut self, page: u64) {
+        if self.ghost_cap == 0 || !self.ghost_set.insert(page) {
+            return;
+        }
+        self.ghosts.push_back(page);
+        if self.ghosts.len() > self.ghost_cap {
+            if let Some(g) = self.ghosts.pop_front() {
+                self.ghost_set.remove(&g);
+            }
+        }
+    }
+
+    /// Parking addresses the table no longer needs (their pages were dropped or unmapped by the
+    /// program while parked): the caller frees them.
+    pub fn take_unparked(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.unparked)
     }
 
     /// The slots this table's remote copies live in.
@@ -210,8 +294,14 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// Pages in `not_inherited` (sorted `(start, end)` ranges the parent marked
     /// `MADV_WIPEONFORK` or `MADV_DONTFORK`) get no entry: the child's memory there is empty
     /// (read as zeros) or not mapped at all.
-    pub fn fork_clone(&self, policy: P, not_inherited: &[(u64, u64)]) -> Self {
+    ///
+    /// A page parked in the parent is in neither address space's page tables at its address,
+    /// and the child's parking area is empty (wiped on fork): it is returned as `(page, parking
+    /// address)` for the caller to copy into the child, where it is resident and dirty.
+    pub fn fork_clone(&self, policy: P, not_inherited: &[(u64, u64)]) -> (Self, Vec<(u64, u64)>) {
         let mut child = Self::with_slots(policy, self.slots.clone());
+        child.ghost_cap = self.ghost_cap;
+        let mut copies = Vec::new();
         let mut slots = self.slots.borrow_mut();
         for (&page, &state) in &self.pages {
             if not_inherited.iter().any(|&(a, b)| a <= page && page < b) {
@@ -221,6 +311,15 @@ impl<P: EvictionPolicy> PageTable<P> {
                 State::Resident { .. } => state,
                 State::Fetching { remote } | State::Evicted { remote } => State::Evicted { remote },
                 State::Evicting(e) if e.program_dropped => continue,
+                State::Evicting(Evicting {
+                    parked: Some(at), ..
+                }) => {
+                    copies.push((page, at));
+                    State::Resident {
+                        dirty: true,
+                        remote: None,
+                    }
+                }
                 State::Evicting(e) if !e.dropping => State::Resident {
                     dirty: true,
                     remote: e.old,
@@ -243,7 +342,7 @@ impl<P: EvictionPolicy> PageTable<P> {
             }
             child.pages.insert(page, state);
         }
-        child
+        (child, copies)
     }
 
     /// Every remote copy the table refers to, one per reference it holds (to release them all
@@ -307,6 +406,9 @@ impl<P: EvictionPolicy> PageTable<P> {
             Some(State::Resident { .. }) => MissingFault::ZeroFill,
             Some(State::Fetching { .. }) => MissingFault::InFlight,
             Some(State::Evicted { remote }) => MissingFault::Fetch(*remote),
+            Some(State::Evicting(Evicting {
+                parked: Some(at), ..
+            })) => MissingFault::Rescue(*at),
             Some(State::Evicting(e)) if !e.dropping => {
                 // Not dropped by us yet, so the program dropped it: zeros, and the eviction
                 // must not keep the old content.
@@ -340,15 +442,26 @@ impl<P: EvictionPolicy> PageTable<P> {
         }
     }
 
-    /// Starts fetching an evicted page; false if it is not evicted.
+    /// Starts fetching an evicted page; false if it is not evicted. A page evicted recently (a
+    /// ghost) is a refault: the policy hears of it, and it is reported in the result's second
+    /// part.
     pub fn start_fetch(&mut self, page: u64) -> bool {
+        self.start_fetch_seeing_refault(page).0
+    }
+
+    /// As [`Self::start_fetch`]; also says whether the page was a ghost (a refault).
+    pub fn start_fetch_seeing_refault(&mut self, page: u64) -> (bool, bool) {
         match self.pages.get(&page) {
             Some(&State::Evicted { remote }) => {
                 self.pages.insert(page, State::Fetching { remote });
                 self.resident += 1;
-                true
+                let refault = self.ghost_set.remove(&page);
+                if refault {
+                    self.policy.refaulted(page);
+                }
+                (true, refault)
             }
-            _ => false,
+            _ => (false, false),
         }
     }
 
@@ -357,7 +470,8 @@ impl<P: EvictionPolicy> PageTable<P> {
         self.pages.get(&page) == Some(&State::Fetching { remote })
     }
 
-    /// A fetched page was installed (write-protected unless `dirty`).
+    /// A fetched page was installed; `dirty` when the faulting access was a write (its content
+    /// may already differ), else it may still equal `remote`.
     pub fn fetched(&mut self, page: u64, remote: Remote, dirty: bool) {
         if self.fetch_wanted(page, remote) {
             self.pages.insert(
@@ -400,19 +514,15 @@ impl<P: EvictionPolicy> PageTable<P> {
         }
     }
 
-    /// Picks up to `n` resident pages to evict and marks them `Evicting`. For each, returns the
-    /// page and the remote copy the eviction must end with: `(page, remote, write_needed)`.
-    pub fn start_eviction(&mut self, n: usize) -> Vec<(u64, Remote, bool)> {
+    /// Picks up to `n` resident pages to evict and marks them `Evicting` (see
+    /// [`Self::start_eviction_of`]).
+    pub fn start_eviction(&mut self, n: usize) -> Vec<u64> {
         self.start_eviction_except(n, &HashSet::new())
     }
 
     /// As [`Self::start_eviction`], passing over the pages in `except` (pages another process
     /// maps too, whose eviction here would free no memory).
-    pub fn start_eviction_except(
-        &mut self,
-        n: usize,
-        except: &HashSet<u64>,
-    ) -> Vec<(u64, Remote, bool)> {
+    pub fn start_eviction_except(&mut self, n: usize, except: &HashSet<u64>) -> Vec<u64> {
         let pages = &self.pages;
         let victims = self.policy.pick(n, &mut |p| {
             matches!(pages.get(&p), Some(State::Resident { .. })) && !except.contains(&p)
@@ -437,46 +547,135 @@ impl<P: EvictionPolicy> PageTable<P> {
             .collect()
     }
 
-    /// Marks the given pages `Evicting` (those that are resident), as [`Self::start_eviction`].
-    pub fn start_eviction_of(&mut self, victims: Vec<u64>) -> Vec<(u64, Remote, bool)> {
+    /// Marks the given pages `Evicting` (those that are resident) and returns them. What each
+    /// needs written is decided once its content is read ([`Self::decide`]).
+    pub fn start_eviction_of(&mut self, victims: Vec<u64>) -> Vec<u64> {
         let mut out = Vec::with_capacity(victims.len());
         for page in victims {
             let Some(&State::Resident { dirty, remote }) = self.pages.get(&page) else {
                 continue;
             };
-            let write = dirty || remote.is_none();
-            let new = match remote {
-                Some(r) if !write => r,
-                _ => {
-                    let mut slots = self.slots.borrow_mut();
-                    // Rewrite the slot only if no other process refers to it.
-                    let slot = match remote {
-                        Some(r) if slots.refs(r.slot) <= 1 => r.slot,
-                        _ => slots.alloc(),
-                    };
-                    Remote {
-                        slot,
-                        version: slots.version(),
-                    }
-                }
-            };
             self.pages.insert(
                 page,
                 State::Evicting(Evicting {
                     old: remote,
-                    dirty: write,
-                    new: Some(new),
+                    dirty: dirty || remote.is_none(),
+                    new: None,
+                    parked: None,
                     dropping: false,
                     program_dropped: false,
                 }),
             );
-            out.push((page, new, write));
+            out.push(page);
         }
         out
     }
 
-    /// The eviction of `page` could not save it (server error, full servers): it stays resident.
-    /// Returns a remote copy that is now garbage (the new slot it did not fill), if any.
+    /// `page`, being evicted, now waits in the parking area at `at`.
+    pub fn parked(&mut self, page: u64, at: u64) {
+        if let Some(State::Evicting(e)) = self.pages.get_mut(&page) {
+            e.parked = Some(at);
+        }
+    }
+
+    /// The content of `page`, being evicted, has digest `d`: decides whether it must be
+    /// written and as which copy. Its old copy is reused when it holds this very content;
+    /// otherwise a new version, in the old slot unless another process refers to that slot.
+    pub fn decide(&mut self, page: u64, d: Digest) -> Decision {
+        let Some(State::Evicting(e)) = self.pages.get_mut(&page) else {
+            return Decision::Gone;
+        };
+        if e.program_dropped {
+            return Decision::Gone;
+        }
+        let mut slots = self.slots.borrow_mut();
+        if let Some(old) = e.old {
+            if !e.dirty && slots.holds(old, d) {
+                e.new = Some(old);
+                return Decision::Clean(old);
+            }
+        }
+        let slot = match e.old {
+            Some(r) if slots.refs(r.slot) <= 1 => r.slot,
+            _ => slots.alloc(),
+        };
+        let new = Remote {
+            slot,
+            version: slots.version(),
+        };
+        slots.set_digest(new, d);
+        e.new = Some(new);
+        e.dirty = true;
+        Decision::Write(new)
+    }
+
+    /// The parked `page` was saved as `new` (or was clean): it is evicted. Returns the parking
+    /// address to free and the remote copies that are now garbage; `None` when the page is no
+    /// longer this eviction (rescued, dropped or unmapped meanwhile: see [`Self::abandoned`]).
+    pub fn finish_parked(&mut self, page: u64, new: Remote) -> Option<(u64, Vec<Remote>)> {
+        let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
+            return None;
+        };
+        let at = e.parked?;
+        if e.new != Some(new) || e.program_dropped {
+            return None;
+        }
+        self.resident -= 1;
+        self.pages.insert(page, State::Evicted { remote: new });
+        self.remember_ghost(page);
+        let garbage = e.old.filter(|o| o.slot != new.slot).into_iter().collect();
+        Some((at, garbage))
+    }
+
+    /// A write of `new` for `page` finished (or failed) after the page left that eviction: the
+    /// copy is garbage unless the page still refers to its slot.
+    pub fn abandoned(&mut self, page: u64, new: Remote) -> Option<Remote> {
+        let uses = |r: Option<Remote>| r.is_some_and(|r| r.slot == new.slot);
+        let still_used = match self.pages.get(&page) {
+            Some(State::Resident { remote, .. }) => uses(*remote),
+            Some(State::Fetching { remote } | State::Evicted { remote }) => uses(Some(*remote)),
+            Some(State::Evicting(e)) => uses(e.old) || uses(e.new),
+            None => false,
+        };
+        if still_used {
+            return None;
+        }
+        let mut slots = self.slots.borrow_mut();
+        if slots.refs(new.slot) > 1 {
+            // Another process shares the slot (it forked while the write was in flight).
+            return slots.release(vec![new]).pop();
+        }
+        slots.refs.remove(&new.slot);
+        slots.digests.remove(&new.slot);
+        Some(Remote {
+            slot: new.slot,
+            version: u64::MAX,
+        })
+    }
+
+    /// The parked `page` was moved back (a fault wanted it): it is resident again, and in use.
+    /// Its content is what was parked, so it equals its old copy when the eviction found it
+    /// clean. Returns the parking address, now empty.
+    pub fn rescued(&mut self, page: u64) -> Option<u64> {
+        let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
+            return None;
+        };
+        let at = e.parked?;
+        let clean = e.old.is_some() && e.new == e.old;
+        self.pages.insert(
+            page,
+            State::Resident {
+                dirty: !clean && e.dirty,
+                remote: e.old,
+            },
+        );
+        self.policy.rescued(page);
+        Some(at)
+    }
+
+    /// The eviction of `page` could not save it (server error, full servers, or the page could
+    /// not be moved or protected): it stays resident. Returns a remote copy that is now garbage
+    /// (the new slot it did not fill), if any.
     pub fn abort_eviction(&mut self, page: u64) -> Option<Remote> {
         let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
             return None;
@@ -519,6 +718,7 @@ impl<P: EvictionPolicy> PageTable<P> {
             garbage.extend(e.new);
         } else if let Some(remote) = e.new {
             self.pages.insert(page, State::Evicted { remote });
+            self.remember_ghost(page);
         } else {
             self.pages.remove(&page);
         }
@@ -539,11 +739,21 @@ impl<P: EvictionPolicy> PageTable<P> {
                     *dirty = true;
                     garbage.extend(remote.take());
                 }
+                Some(State::Evicting(e)) if e.parked.is_some() => {
+                    // Parked: it reads as zeros from now on, and its parked copy is freed.
+                    let e = *e;
+                    garbage.extend(e.old);
+                    garbage.extend(new_slot(&e));
+                    self.unparked.extend(e.parked);
+                    self.pages.remove(&page);
+                    self.resident -= 1;
+                }
                 Some(State::Evicting(e)) => e.program_dropped = true,
                 Some(State::Fetching { remote }) => {
                     garbage.push(*remote);
                     self.pages.remove(&page);
                     self.resident -= 1;
+                    self.policy.removed(page);
                 }
                 Some(State::Evicted { remote }) => {
                     garbage.push(*remote);
@@ -567,10 +777,12 @@ impl<P: EvictionPolicy> PageTable<P> {
             match state {
                 State::Evicting(e) => {
                     // Out of the eviction at once: the address may be mapped again by the time
-                    // the eviction would drop it, and a drop must never hit new memory.
+                    // the eviction would drop it, and a drop must never hit new memory. A parked
+                    // page is simply freed where it waits.
                     self.resident -= 1;
                     garbage.extend(e.old);
                     garbage.extend(new_slot(&e));
+                    self.unparked.extend(e.parked);
                 }
                 State::Resident { remote, .. } => {
                     self.resident -= 1;
@@ -579,10 +791,12 @@ impl<P: EvictionPolicy> PageTable<P> {
                 }
                 State::Fetching { remote } => {
                     self.resident -= 1;
+                    self.policy.removed(page);
                     garbage.push(remote);
                 }
                 State::Evicted { remote } => garbage.push(remote),
             }
+            self.ghost_set.remove(&page);
             self.pages.remove(&page);
         }
         garbage
@@ -610,6 +824,9 @@ impl<P: EvictionPolicy> PageTable<P> {
                     self.resident -= 1;
                     State::Evicted { remote }
                 }
+                // Parked: it waits where it is, and a fault at the new address moves it back
+                // there.
+                State::Evicting(e) if e.parked.is_some() => State::Evicting(e),
                 // The page moved before the drop: it is still present (and still
                 // write-protected, which a write fault will clear) at the new address.
                 State::Evicting(e) if !e.dropping => {
@@ -669,13 +886,40 @@ mod tests {
         PageTable::new(Clock::default())
     }
 
-    fn evict_all(t: &mut PageTable<Clock>) -> Vec<(u64, Remote, bool)> {
+    /// The write-protect path for every candidate: decide from `content(page)`'s digest, drop,
+    /// finish. Returns each page with its decision.
+    fn evict_all_with(
+        t: &mut PageTable<Clock>,
+        content: impl Fn(u64) -> u8,
+    ) -> Vec<(u64, Decision)> {
         let victims = t.start_eviction(usize::MAX);
-        for (page, _, _) in &victims {
-            assert!(t.dropping(*page));
-            t.finish_eviction(*page);
+        evict_pages(t, victims, content)
+    }
+
+    fn evict_pages(
+        t: &mut PageTable<Clock>,
+        victims: Vec<u64>,
+        content: impl Fn(u64) -> u8,
+    ) -> Vec<(u64, Decision)> {
+        let mut out = Vec::new();
+        for page in victims {
+            let d = t.decide(page, digest(&[content(page); PAGE as usize]));
+            assert!(t.dropping(page));
+            t.finish_eviction(page);
+            out.push((page, d));
         }
-        victims
+        out
+    }
+
+    fn evict_all(t: &mut PageTable<Clock>) -> Vec<(u64, Decision)> {
+        evict_all_with(t, |_| 0)
+    }
+
+    fn written(d: Decision) -> Remote {
+        match d {
+            Decision::Write(r) => r,
+            other => panic!("expected a write, got {other:?}"),
+        }
     }
 
     #[test]
@@ -684,34 +928,37 @@ mod tests {
         assert_eq!(t.missing_fault(0), MissingFault::ZeroFill);
         t.zero_filled(0);
         assert_eq!(t.resident(), 1);
-        let v = evict_all(&mut t);
+        let v = evict_all_with(&mut t, |_| 7);
         assert_eq!(v.len(), 1);
-        let (_, remote, write) = v[0];
-        assert!(write, "a page never saved must be written");
+        let remote = written(v[0].1);
         assert_eq!(t.resident(), 0);
         assert_eq!(t.missing_fault(0), MissingFault::Fetch(remote));
         assert!(t.start_fetch(0));
         assert_eq!(t.missing_fault(0), MissingFault::InFlight);
         t.fetched(0, remote, false);
         assert_eq!(t.resident(), 1);
-        // Clean: evicting again writes nothing and keeps the same copy.
-        let v = evict_all(&mut t);
-        assert_eq!(v, vec![(0, remote, false)]);
+        // Same content: evicting again writes nothing and keeps the same copy.
+        let v = evict_all_with(&mut t, |_| 7);
+        assert_eq!(v, vec![(0, Decision::Clean(remote))]);
         assert_eq!(t.state(0), Some(State::Evicted { remote }));
     }
 
     #[test]
-    fn a_written_page_gets_a_newer_version_in_the_same_slot() {
+    fn a_page_whose_content_changed_gets_a_newer_version_in_the_same_slot() {
         let mut t = table();
         t.zero_filled(0);
-        let (_, first, _) = evict_all(&mut t)[0];
+        let first = written(evict_all_with(&mut t, |_| 1)[0].1);
         t.start_fetch(0);
         t.fetched(0, first, false);
-        assert_eq!(t.write_fault(0), WriteFault::Unprotect);
-        let (_, second, write) = evict_all(&mut t)[0];
-        assert!(write);
+        // Written without any fault: only the content says so.
+        let second = written(evict_all_with(&mut t, |_| 2)[0].1);
         assert_eq!(second.slot, first.slot);
         assert!(second.version > first.version);
+        // A fetched page that took a write fault is dirty whatever its digest.
+        t.start_fetch(0);
+        t.fetched(0, second, true);
+        let third = written(evict_all_with(&mut t, |_| 2)[0].1);
+        assert!(third.version > second.version);
     }
 
     #[test]
@@ -722,15 +969,19 @@ mod tests {
         let victims = t.start_eviction(2);
         assert_eq!(victims.len(), 2);
         assert_eq!(t.write_fault(0), WriteFault::WaitForEviction);
-        // The program drops page 1 before our drop: it must end as zeros, its copy garbage.
+        // The program drops page 1 before our drop: it must end as zeros, nothing written.
         assert!(t.program_dropped(PAGE, 2 * PAGE).is_empty());
-        for (p, _, _) in &victims {
+        assert!(matches!(
+            t.decide(0, digest(&[1; 4096])),
+            Decision::Write(_)
+        ));
+        assert_eq!(t.decide(PAGE, digest(&[1; 4096])), Decision::Gone);
+        for p in &victims {
             t.dropping(*p);
         }
         assert_eq!(t.missing_fault(0), MissingFault::WaitForEviction);
         t.finish_eviction(0);
-        let garbage = t.finish_eviction(PAGE);
-        assert_eq!(garbage.len(), 1);
+        assert!(t.finish_eviction(PAGE).is_empty());
         assert_eq!(t.state(PAGE), None);
         assert_eq!(t.missing_fault(PAGE), MissingFault::ZeroFill);
         assert!(matches!(t.state(0), Some(State::Evicted { .. })));
@@ -757,11 +1008,8 @@ mod tests {
             t.zero_filled(i * PAGE);
         }
         let v = t.start_eviction(2);
-        let evicted: Vec<u64> = v.iter().map(|x| x.0).collect();
-        for p in &evicted {
-            t.dropping(*p);
-            t.finish_eviction(*p);
-        }
+        let evicted = v.clone();
+        evict_pages(&mut t, v, |_| 3);
         let base = 1 << 30;
         t.remapped(0, base, 4 * PAGE);
         assert_eq!(t.resident(), 2);
@@ -776,7 +1024,7 @@ mod tests {
         }
         // A page moved in the middle of its eviction (before the drop) stays resident there.
         let v = t.start_eviction(1);
-        let (p, _, _) = v[0];
+        let p = v[0];
         t.remapped(p, 2 * base, PAGE);
         assert!(matches!(
             t.state(2 * base),
@@ -791,7 +1039,7 @@ mod tests {
         let mut t = table();
         t.zero_filled(0);
         let v = t.start_eviction(1);
-        t.abort_eviction(v[0].0);
+        t.abort_eviction(v[0]);
         assert_eq!(
             t.state(0),
             Some(State::Resident {
@@ -803,6 +1051,130 @@ mod tests {
         assert_eq!(t.start_eviction(1).len(), 1, "still a candidate");
     }
 
+    /// Parks every candidate at `PARK + index` and decides it from `content`.
+    const PARK: u64 = 1 << 40;
+
+    fn park_all(t: &mut PageTable<Clock>, content: u8) -> Vec<(u64, u64, Decision)> {
+        let victims = t.start_eviction(usize::MAX);
+        victims
+            .into_iter()
+            .enumerate()
+            .map(|(i, page)| {
+                let at = PARK + i as u64 * PAGE;
+                t.parked(page, at);
+                (page, at, t.decide(page, digest(&[content; 4096])))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_parked_page_is_rescued_by_a_fault_and_its_write_is_abandoned() {
+        let mut t = table();
+        t.zero_filled(0);
+        t.zero_filled(PAGE);
+        let parked = park_all(&mut t, 5);
+        assert_eq!(parked.len(), 2);
+        let (p0, at0, d0) = parked[0];
+        let (p1, at1, d1) = parked[1];
+        assert_eq!(t.missing_fault(p0), MissingFault::Rescue(at0));
+        assert_eq!(t.resident(), 2, "parked pages count against the budget");
+        // Page 0 is faulted back before its write completes.
+        assert_eq!(t.rescued(p0), Some(at0));
+        assert!(matches!(
+            t.state(p0),
+            Some(State::Resident {
+                dirty: true,
+                remote: None
+            })
+        ));
+        assert_eq!(t.finish_parked(p0, written(d0)), None);
+        let freed = t
+            .abandoned(p0, written(d0))
+            .expect("its new copy is garbage");
+        assert_eq!(freed.slot, written(d0).slot);
+        // Page 1 is saved: evicted, its slot handed back.
+        assert_eq!(t.finish_parked(p1, written(d1)), Some((at1, vec![])));
+        assert_eq!(
+            t.state(p1),
+            Some(State::Evicted {
+                remote: written(d1)
+            })
+        );
+        assert_eq!(t.resident(), 1);
+    }
+
+    #[test]
+    fn a_clean_parked_page_is_done_at_once_and_a_rescue_keeps_it_clean() {
+        let mut t = table();
+        t.zero_filled(0);
+        let r = written(evict_all_with(&mut t, |_| 9)[0].1);
+        t.start_fetch(0);
+        t.fetched(0, r, false);
+        let parked = park_all(&mut t, 9);
+        assert_eq!(parked[0].2, Decision::Clean(r));
+        // Rescued before it was finished: still equal to its copy.
+        assert_eq!(t.rescued(0), Some(parked[0].1));
+        assert_eq!(
+            t.state(0),
+            Some(State::Resident {
+                dirty: false,
+                remote: Some(r)
+            })
+        );
+        let parked = park_all(&mut t, 9);
+        assert_eq!(parked[0].2, Decision::Clean(r));
+        assert_eq!(t.finish_parked(0, r), Some((parked[0].1, vec![])));
+        assert_eq!(t.state(0), Some(State::Evicted { remote: r }));
+    }
+
+    #[test]
+    fn the_program_dropping_unmapping_or_moving_a_parked_page() {
+        let mut t = table();
+        for i in 0..3 {
+            t.zero_filled(i * PAGE);
+        }
+        let parked = park_all(&mut t, 4);
+        // Dropped while parked: zeros from now on, its parked copy freed.
+        t.program_dropped(0, PAGE);
+        assert_eq!(t.state(0), None);
+        assert_eq!(t.missing_fault(0), MissingFault::ZeroFill);
+        // Unmapped while parked: gone, parked copy freed.
+        t.unmapped(PAGE, 2 * PAGE);
+        assert_eq!(t.state(PAGE), None);
+        assert_eq!(t.take_unparked(), vec![parked[0].1, parked[1].1]);
+        // Moved while parked: the rescue goes to the new address.
+        let base = 1 << 30;
+        t.remapped(2 * PAGE, base, PAGE);
+        assert_eq!(t.missing_fault(base), MissingFault::Rescue(parked[2].1));
+        assert_eq!(t.resident(), 1);
+        // Writes finishing afterwards: garbage for the two that went.
+        assert!(t.finish_parked(0, written(parked[0].2)).is_none());
+        assert!(t.abandoned(0, written(parked[0].2)).is_some());
+        assert_eq!(
+            t.finish_parked(base, written(parked[2].2)).map(|x| x.0),
+            Some(parked[2].1)
+        );
+    }
+
+    #[test]
+    fn refaults_are_seen_for_recent_evictions_only() {
+        let mut t = table();
+        t.set_ghost_capacity(2);
+        for i in 0..4 {
+            t.zero_filled(i * PAGE);
+        }
+        evict_all(&mut t);
+        // Ghosts: the last two evicted.
+        let evicted_last: Vec<u64> = t.ghosts.iter().copied().collect();
+        assert_eq!(evicted_last.len(), 2);
+        for i in 0..4 {
+            let page = i * PAGE;
+            let (started, refault) = t.start_fetch_seeing_refault(page);
+            assert!(started);
+            assert_eq!(refault, evicted_last.contains(&page), "page {i}");
+        }
+    }
+
     #[test]
     fn fork_shares_slots_and_each_side_writes_to_its_own() {
         let mut parent = table();
@@ -810,24 +1182,21 @@ mod tests {
             parent.zero_filled(i * PAGE);
         }
         // Page 0 evicted, page 1 fetched back clean, page 2 dirty without a copy.
-        let v = parent.start_eviction_of(vec![0, PAGE]);
-        for (p, _, _) in &v {
-            parent.dropping(*p);
-            parent.finish_eviction(*p);
-        }
-        let r1 = v[1].1;
+        let victims = parent.start_eviction_of(vec![0, PAGE]);
+        let v = evict_pages(&mut parent, victims, |p| p as u8);
+        let r1 = written(v[1].1);
         parent.start_fetch(PAGE);
         parent.fetched(PAGE, r1, false);
-        let mut child = parent.fork_clone(Clock::default(), &[]);
+        let (mut child, copies) = parent.fork_clone(Clock::default(), &[]);
+        assert!(copies.is_empty());
         assert_eq!(child.resident(), parent.resident());
         assert_eq!(child.state(0), parent.state(0));
         assert_eq!(child.slots().borrow().refs(r1.slot), 2);
 
-        // The child writes page 1 and evicts it: a new slot, the parent's copy stays.
-        assert_eq!(child.write_fault(PAGE), WriteFault::Unprotect);
+        // The child changes page 1 and evicts it: a new slot, the parent's copy stays.
         let cv = child.start_eviction_of(vec![PAGE]);
-        assert!(cv[0].2);
-        assert_ne!(cv[0].1.slot, r1.slot, "a shared slot is never rewritten");
+        let new = written(child.decide(cv[0], digest(&[0xee; 4096])));
+        assert_ne!(new.slot, r1.slot, "a shared slot is never rewritten");
         child.dropping(PAGE);
         let garbage = child.finish_eviction(PAGE);
         assert_eq!(garbage, vec![r1]);
@@ -842,14 +1211,16 @@ mod tests {
         );
 
         // Now the parent alone refers to r1: its own rewrite reuses the slot.
-        parent.write_fault(PAGE);
         let pv = parent.start_eviction_of(vec![PAGE]);
-        assert_eq!(pv[0].1.slot, r1.slot);
+        assert_eq!(
+            written(parent.decide(pv[0], digest(&[1; 4096]))).slot,
+            r1.slot
+        );
 
         // When the child goes, only slots no one else refers to are freed.
         let freed = child.slots().borrow_mut().release(child.all_references());
         let freed: Vec<u64> = freed.iter().map(|r| r.slot).collect();
-        assert_eq!(freed, vec![cv[0].1.slot]);
+        assert_eq!(freed, vec![new.slot]);
     }
 
     #[test]
@@ -859,13 +1230,10 @@ mod tests {
             parent.zero_filled(i * PAGE);
         }
         // Pages 0 and 2 evicted; pages 1 and 3 resident.
-        let v = parent.start_eviction_of(vec![0, 2 * PAGE]);
-        for (p, _, _) in &v {
-            parent.dropping(*p);
-            parent.finish_eviction(*p);
-        }
+        let victims = parent.start_eviction_of(vec![0, 2 * PAGE]);
+        let v = evict_pages(&mut parent, victims, |_| 1);
         // Pages 0 and 1 are in a range the child does not inherit.
-        let child = parent.fork_clone(Clock::default(), &[(0, 2 * PAGE)]);
+        let (child, _) = parent.fork_clone(Clock::default(), &[(0, 2 * PAGE)]);
         assert_eq!(
             child.state(0),
             None,
@@ -875,18 +1243,23 @@ mod tests {
         assert_eq!(child.state(2 * PAGE), parent.state(2 * PAGE));
         assert_eq!(child.resident(), 1);
         // No reference is taken for what the child does not have.
-        assert_eq!(child.slots().borrow().refs(v[0].1.slot), 1);
-        assert_eq!(child.slots().borrow().refs(v[1].1.slot), 2);
+        assert_eq!(child.slots().borrow().refs(written(v[0].1).slot), 1);
+        assert_eq!(child.slots().borrow().refs(written(v[1].1).slot), 2);
     }
 
     #[test]
     fn fork_during_an_eviction_gives_the_child_a_state_its_memory_can_be_in() {
         let mut t = table();
-        t.zero_filled(0);
-        t.zero_filled(PAGE);
+        for i in 0..3 {
+            t.zero_filled(i * PAGE);
+        }
         let v = t.start_eviction_of(vec![0, PAGE]);
+        let saved = written(t.decide(v[1], digest(&[1; 4096])));
         t.dropping(PAGE);
-        let mut child = t.fork_clone(Clock::default(), &[]);
+        // Page 2 is parked.
+        let w = t.start_eviction_of(vec![2 * PAGE]);
+        t.parked(w[0], PARK);
+        let (mut child, copies) = t.fork_clone(Clock::default(), &[]);
         // Not dropped yet: the child has the page, dirty (it will save it itself).
         assert_eq!(
             child.state(0),
@@ -896,16 +1269,25 @@ mod tests {
             })
         );
         // Drop under way: the child may or may not have it; its content is the saved copy.
-        assert_eq!(child.state(PAGE), Some(State::Evicted { remote: v[1].1 }));
+        assert_eq!(child.state(PAGE), Some(State::Evicted { remote: saved }));
         // If it does have it, a write proves it: the state is repaired, nothing lost.
         assert_eq!(child.write_fault(PAGE), WriteFault::Unprotect);
         assert_eq!(
             child.state(PAGE),
             Some(State::Resident {
                 dirty: true,
-                remote: Some(v[1].1)
+                remote: Some(saved)
             })
         );
-        assert_eq!(child.resident(), 2);
+        // Parked in the parent: the caller copies it into the child, where it is resident.
+        assert_eq!(copies, vec![(2 * PAGE, PARK)]);
+        assert_eq!(
+            child.state(2 * PAGE),
+            Some(State::Resident {
+                dirty: true,
+                remote: None
+            })
+        );
+        assert_eq!(child.resident(), 3);
     }
 }

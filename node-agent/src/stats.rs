@@ -19,6 +19,16 @@ pub struct Stats {
     pub evicted: u64,
     /// Of those, pages dropped without a write because the server copy was current.
     pub clean_drops: u64,
+    /// Of the pages evicted, those moved to the parking area (`UFFDIO_MOVE`).
+    pub evicted_moved: u64,
+    /// Of the pages evicted, those evicted by write protection (they could not move).
+    pub evicted_protected: u64,
+    /// Parked pages faulted back before their eviction ended (they were in use).
+    pub rescues: u64,
+    /// Remote faults on pages evicted a short while ago (ghosts: the eviction was a mistake).
+    pub refaults: u64,
+    /// Most pages parked at once.
+    pub peak_parked: usize,
     /// Bytes fetched from servers.
     pub bytes_in: u64,
     /// Bytes written to servers.
@@ -51,6 +61,11 @@ impl Default for Stats {
             wp_faults: 0,
             evicted: 0,
             clean_drops: 0,
+            evicted_moved: 0,
+            evicted_protected: 0,
+            rescues: 0,
+            refaults: 0,
+            peak_parked: 0,
             bytes_in: 0,
             bytes_out: 0,
             peak_resident: 0,
@@ -120,6 +135,50 @@ impl Stats {
         counter!("yonder_agent_written_bytes_total", l).increment(written * 4096);
     }
 
+    /// Records pages whose eviction went through the parking area.
+    pub fn evicted_by_move(&mut self, pages: u64) {
+        self.evicted_moved += pages;
+        counter!(
+            "yonder_agent_evicted_pages_by_path_total",
+            self.path_labels("move")
+        )
+        .increment(pages);
+    }
+
+    /// Records pages evicted by write protection (they could not move).
+    pub fn evicted_by_protection(&mut self, pages: u64) {
+        self.evicted_protected += pages;
+        counter!(
+            "yonder_agent_evicted_pages_by_path_total",
+            self.path_labels("protect")
+        )
+        .increment(pages);
+    }
+
+    fn path_labels(&self, path: &'static str) -> Vec<Label> {
+        let mut l = self.labels.clone();
+        l.push(Label::new("path", path));
+        l
+    }
+
+    /// Records a parked page faulted back (rescued).
+    pub fn rescue(&mut self) {
+        self.rescues += 1;
+        counter!("yonder_agent_rescues_total", self.labels(None)).increment(1);
+    }
+
+    /// Records a remote fault on a page evicted a short while ago.
+    pub fn refault(&mut self) {
+        self.refaults += 1;
+        counter!("yonder_agent_refaults_total", self.labels(None)).increment(1);
+    }
+
+    /// Records how many pages are parked now.
+    pub fn parked(&mut self, pages: usize) {
+        self.peak_parked = self.peak_parked.max(pages);
+        gauge!("yonder_agent_parked_pages", self.labels(None)).set(pages as f64);
+    }
+
     /// Records the resident page count.
     pub fn resident(&mut self, pages: usize) {
         self.peak_resident = self.peak_resident.max(pages);
@@ -163,6 +222,16 @@ impl Stats {
             self.bytes_out as f64 / (1 << 20) as f64,
             self.bytes_in as f64 / (1 << 20) as f64
         );
+        if self.evicted > 0 {
+            s += &format!(
+                "yonder: eviction paths: {} pages moved to parking, {} write-protected (could not move); {} rescued from parking, {} refaults; at most {} pages parked\n",
+                self.evicted_moved,
+                self.evicted_protected,
+                self.rescues,
+                self.refaults,
+                self.peak_parked
+            );
+        }
         s += &format!(
             "yonder: resident managed memory peaked at {:.1} MiB; budget {:.1} MiB (+{:.1} MiB slack)\n",
             mib(self.peak_resident as u64),

@@ -25,6 +25,15 @@ pub const FEATURES: u64 = sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP
     | sys::UFFD_FEATURE_EVENT_UNMAP
     | sys::UFFD_FEATURE_EVENT_FORK
     | sys::UFFD_FEATURE_THREAD_ID;
+// UFFD_FEATURE_WP_ASYNC is deliberately not asked for: it would make every write-protect fault
+// resolve itself, and the eviction of pages that cannot move (shared after a fork) relies on a
+// racing writer blocking in one (docs/eviction.md).
+
+/// `UFFD_FEATURE_MOVE` (Linux 6.8): `UFFDIO_MOVE` moves pages between ranges of the address
+/// space. Asked for when the kernel offers it; evictions fall back to write protection without it.
+/// The feature is chosen at the handshake, which the agent does, though the moves themselves
+/// come from the shim's helper (the kernel refuses them from another process).
+pub const FEATURE_MOVE: u64 = 1 << 16;
 
 /// One event read from the uffd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +96,8 @@ pub enum Install {
 /// A userfaultfd received from a workload.
 pub struct Uffd {
     fd: OwnedFd,
+    /// The kernel accepted [`FEATURE_MOVE`] for this uffd.
+    can_move: bool,
 }
 
 fn ioctl<T>(fd: RawFd, req: u32, arg: &mut T) -> io::Result<()> {
@@ -113,21 +124,41 @@ fn install_result(r: io::Result<()>) -> io::Result<Install> {
 }
 
 impl Uffd {
-    /// Takes ownership of a uffd and performs the API handshake with [`FEATURES`].
+    /// Takes ownership of a uffd and performs the API handshake with [`FEATURES`], plus
+    /// [`FEATURE_MOVE`] where the kernel has it (a refused handshake leaves the uffd
+    /// uninitialised, so it is tried again without).
     pub fn new(fd: OwnedFd) -> io::Result<Self> {
-        let uffd = Self { fd };
         let mut api = sys::uffdio_api {
             api: sys::UFFD_API,
-            features: FEATURES,
+            features: FEATURES | FEATURE_MOVE,
             ioctls: 0,
         };
-        ioctl(uffd.fd.as_raw_fd(), sys::UFFDIO_API, &mut api)?;
-        Ok(uffd)
+        let can_move = match ioctl(fd.as_raw_fd(), sys::UFFDIO_API, &mut api) {
+            Ok(()) => true,
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                let mut api = sys::uffdio_api {
+                    api: sys::UFFD_API,
+                    features: FEATURES,
+                    ioctls: 0,
+                };
+                ioctl(fd.as_raw_fd(), sys::UFFDIO_API, &mut api)?;
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        Ok(Self { fd, can_move })
     }
 
-    /// Takes ownership of a uffd the kernel created at a fork (already past the handshake).
-    pub fn forked(fd: OwnedFd) -> Self {
-        Self { fd }
+    /// Takes ownership of a uffd the kernel created at a fork (already past the handshake, with
+    /// the features of the parent's, `can_move` among them).
+    pub fn forked(fd: OwnedFd, can_move: bool) -> Self {
+        Self { fd, can_move }
+    }
+
+    /// Whether pages can be moved within the address space (`UFFDIO_MOVE`, which the kernel takes
+    /// only from a thread of that process: the shim's helper issues it).
+    pub fn can_move(&self) -> bool {
+        self.can_move
     }
 
     /// Whether the address space of this uffd still exists (false once its process exited or

@@ -43,6 +43,12 @@ static UFFD: AtomicI32 = AtomicI32::new(-1);
 /// The socket to the agent that the helper serves; -1 before.
 static SOCK: AtomicI32 = AtomicI32::new(-1);
 
+/// The parking area (start, length in bytes): where the agent moves pages it evicts
+/// (`UFFDIO_MOVE`) until they are saved. Set once at load time; a forked child inherits the
+/// mapping empty (`MADV_WIPEONFORK`) at the same address.
+static PARK_START: AtomicU64 = AtomicU64::new(0);
+static PARK_LEN: AtomicU64 = AtomicU64::new(0);
+
 /// Held from the prepare to the parent/child handler of a fork: forks are numbered one at a time.
 static FORK_LOCK: AtomicBool = AtomicBool::new(false);
 
@@ -192,7 +198,39 @@ fn helper_stack() -> io::Result<*mut libc::c_void> {
     Ok(p)
 }
 
-fn send_hello(stream: &UnixStream, uffd: &OwnedFd, stack: u64) -> io::Result<()> {
+/// Maps the parking area: private anonymous memory the program never touches, reserved but not
+/// backed until the agent moves pages in. Wiped in forked children (the parent's parked pages are
+/// the parent's business) and never made of huge pages (pages move one by one).
+fn parking_area() -> io::Result<u64> {
+    let len = (proto::PARK_PAGES * 4096) as usize;
+    // SAFETY: a fresh anonymous private mapping; nothing else refers to it.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: advice on the mapping just created, which holds no data yet.
+    let ok = unsafe {
+        libc::madvise(p, len, libc::MADV_WIPEONFORK) == 0
+            && libc::madvise(p, len, libc::MADV_NOHUGEPAGE) == 0
+    };
+    if !ok {
+        return Err(io::Error::last_os_error());
+    }
+    PARK_START.store(p as u64, Ordering::Release);
+    PARK_LEN.store(len as u64, Ordering::Release);
+    Ok(p as u64)
+}
+
+fn send_hello(stream: &UnixStream, uffd: &OwnedFd, stack: u64, park: u64) -> io::Result<()> {
     // SAFETY: getpid(2) cannot fail.
     let pid = unsafe { libc::getpid() } as u64;
     let words = [
@@ -202,6 +240,8 @@ fn send_hello(stream: &UnixStream, uffd: &OwnedFd, stack: u64) -> io::Result<()>
         pid,
         stack,
         HELPER_STACK as u64,
+        park,
+        proto::PARK_PAGES * 4096,
     ];
     let mut data = [0u8; 8 * (proto::HELLO_WORDS + 1)];
     for (i, w) in words.iter().enumerate() {
@@ -247,9 +287,10 @@ fn start(path: OsString) -> io::Result<()> {
         )
     })?;
     let stack = helper_stack()?;
+    let park = parking_area()?;
     save_agent_addr(&path)?;
     let mut stream = UnixStream::connect(&path)?;
-    send_hello(&stream, &uffd, stack as u64)?;
+    send_hello(&stream, &uffd, stack as u64, park)?;
     let mut reply = [0u8; 16];
     stream.read_exact(&mut reply)?;
     match u64::from_le_bytes(reply[8..16].try_into().expect("8 bytes")) {
@@ -559,6 +600,99 @@ fn drop_protected(pagemap: i32, start: u64, len: u64) -> u64 {
     errno
 }
 
+/// Frees `[start, start+len)` of the parking area: pages the agent has saved and will never move
+/// back. Anything outside the parking area is refused (EINVAL): the program's memory is not
+/// dropped this way.
+fn free_parked(start: u64, len: u64) -> u64 {
+    let (park, park_len) = (
+        PARK_START.load(Ordering::Acquire),
+        PARK_LEN.load(Ordering::Acquire),
+    );
+    let inside = start >= park
+        && start
+            .checked_add(len)
+            .is_some_and(|end| end <= park + park_len)
+        && start.is_multiple_of(4096)
+        && len.is_multiple_of(4096);
+    if !inside || park == 0 {
+        return libc::EINVAL as u64;
+    }
+    // SAFETY: the range lies inside the parking area, which the program never uses; the agent
+    // asks for it once the pages there are saved and no longer wanted.
+    let rc = unsafe {
+        libc::madvise(
+            start as *mut libc::c_void,
+            len as usize,
+            libc::MADV_DONTNEED,
+        )
+    };
+    if rc != 0 {
+        return io::Error::last_os_error().raw_os_error().unwrap_or(-1) as u64;
+    }
+    0
+}
+
+/// Runs a PARK request (see `proto::PARK`): each run moved with `UFFDIO_MOVE` into the parking
+/// area, and the reply with what moved. A run whose destination leaves the parking area is
+/// refused (EINVAL) without a move.
+fn park(sock: i32, uffd: i32, word: &dyn Fn(usize) -> u64) {
+    #[repr(C)]
+    struct UffdioMove {
+        dst: u64,
+        src: u64,
+        len: u64,
+        mode: u64,
+        moved: i64,
+    }
+    const UFFDIO_MOVE: libc::c_ulong = 0xc028_aa05;
+    let (park, park_len) = (
+        PARK_START.load(Ordering::Acquire),
+        PARK_LEN.load(Ordering::Acquire),
+    );
+    let id = word(1);
+    let n = (word(2) as usize).min(proto::MAX_RANGES);
+    let mut reply = [0u8; 8 * (4 + 2 * proto::MAX_RANGES)];
+    let mut put = |i: usize, w: u64| reply[8 * i..8 * i + 8].copy_from_slice(&w.to_le_bytes());
+    put(0, 3 + 2 * n as u64);
+    put(1, proto::PARKED);
+    put(2, id);
+    put(3, n as u64);
+    for r in 0..n {
+        let (src, dst, len) = (word(3 + 3 * r), word(4 + 3 * r), word(5 + 3 * r));
+        let inside = park != 0
+            && dst >= park
+            && dst
+                .checked_add(len)
+                .is_some_and(|end| end <= park + park_len);
+        let (moved, errno) = if !inside {
+            (0, libc::EINVAL as u64)
+        } else {
+            let mut mv = UffdioMove {
+                dst,
+                src,
+                len,
+                mode: 0,
+                moved: 0,
+            };
+            // SAFETY: UFFDIO_MOVE takes a uffdio_move, whose layout UffdioMove repeats; the kernel
+            // checks both ranges (private anonymous, registered with this uffd), and the
+            // destination is our parking area, which the program never uses.
+            let rc = unsafe { libc::ioctl(uffd, UFFDIO_MOVE, &mut mv) };
+            if rc == 0 {
+                (len / 4096, 0)
+            } else {
+                let e = io::Error::last_os_error()
+                    .raw_os_error()
+                    .unwrap_or(libc::EIO);
+                (mv.moved.max(0) as u64 / 4096, e as u64)
+            }
+        };
+        put(4 + 2 * r, moved);
+        put(5 + 2 * r, errno);
+    }
+    write_full(sock, &reply[..8 * (4 + 2 * n)]);
+}
+
 /// The helper thread: runs the agent's drop requests until the agent goes away. Uses only its
 /// own stack.
 extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
@@ -590,7 +724,12 @@ extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
         }
         let word =
             |i: usize| u64::from_le_bytes(buf[8 * i..8 * i + 8].try_into().expect("8 bytes"));
-        if word(0) != proto::DROP {
+        let op = word(0);
+        if op == proto::PARK {
+            park(sock, _uffd_kept_open, &word);
+            continue;
+        }
+        if op != proto::DROP && op != proto::FREE_PARKED {
             continue;
         }
         let id = word(1);
@@ -598,7 +737,9 @@ extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
         let mut errno = 0u64;
         for r in 0..n {
             let (start, len) = (word(3 + 2 * r), word(4 + 2 * r));
-            let e = if pagemap >= 0 {
+            let e = if op == proto::FREE_PARKED {
+                free_parked(start, len)
+            } else if pagemap >= 0 {
                 drop_protected(pagemap, start, len)
             } else {
                 libc::EIO as u64
@@ -608,7 +749,12 @@ extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
             }
         }
         let mut reply = [0u8; 32];
-        for (i, w) in [3u64, proto::DROPPED, id, errno].iter().enumerate() {
+        let done = if op == proto::DROP {
+            proto::DROPPED
+        } else {
+            proto::FREED
+        };
+        for (i, w) in [3u64, done, id, errno].iter().enumerate() {
             reply[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
         // A failed write means the agent is gone: the next read notices.

@@ -6,8 +6,9 @@
 
 /// Environment variable naming the agent's socket.
 pub const SOCKET_ENV: &str = "YONDER_AGENT_SOCK";
-/// Words of the hello: `[MAGIC, VERSION, pid, helper stack start, helper stack length]`.
-pub const HELLO_WORDS: usize = 5;
+/// Words of the hello: `[MAGIC, VERSION, pid, helper stack start, helper stack length, parking
+/// area start, parking area length]`.
+pub const HELLO_WORDS: usize = 7;
 /// First word of the hello.
 pub const MAGIC: u64 = 0x594f_4e44_4552_0001;
 /// Protocol version, second word of the hello.
@@ -28,10 +29,24 @@ pub const DROP: u64 = 3;
 pub const DROPPED: u64 = 4;
 /// Shim → agent, the helper's first message: `[HELPER_UP]`; drops may be sent from now on.
 pub const HELPER_UP: u64 = 5;
+/// Agent → shim: `[FREE_PARKED, id, n, start, len, ...]`, free these ranges of the parking area
+/// (MADV_DONTNEED); ranges outside the parking area are refused.
+pub const FREE_PARKED: u64 = 6;
+/// Shim → agent: `[FREED, id, errno]`.
+pub const FREED: u64 = 7;
+/// Agent → shim: `[PARK, id, n, src, dst, len, ...]`, move these runs of pages into the parking
+/// area with `UFFDIO_MOVE` (which only a thread of the process itself may issue); `dst` must lie
+/// in the parking area.
+pub const PARK: u64 = 8;
+/// Shim → agent: `[PARKED, id, n, moved, errno, ...]`, per run the pages moved from its start and
+/// the error that stopped it (0 if none).
+pub const PARKED: u64 = 9;
+/// Pages in the parking area the shim maps for the agent's evictions (`UFFDIO_MOVE` target).
+pub const PARK_PAGES: u64 = 8192;
 /// Most ranges in one DROP message.
 pub const MAX_RANGES: usize = 64;
 /// Most words in any message.
-pub const MAX_WORDS: usize = 3 + 2 * MAX_RANGES;
+pub const MAX_WORDS: usize = 3 + 3 * MAX_RANGES;
 
 /// Words of a client-API hello (no descriptor): `[API_MAGIC, VERSION, pid]`. The agent answers
 /// `[READY]` if `pid` is a process it manages, `[REFUSED]` otherwise. Then each request is

@@ -1,9 +1,14 @@
-//! CLOCK (second chance): a ring of resident pages with a reference bit set on use; the hand
-//! evicts the first page whose bit is clear, clearing bits as it passes.
+//! CLOCK (second chance, with counts): a ring of resident pages, each with a small use count set
+//! on use; the hand evicts the first page whose count is zero, decrementing counts as it passes.
+//! A new page starts at 1 (one more pass), a page that came back after being picked (rescued from
+//! parking, or refaulted) at [`MAX_COUNT`], so it outlives pages seen once.
 
 use std::collections::{HashMap, VecDeque};
 
 use super::EvictionPolicy;
+
+/// Highest use count: passes of the hand a page survives untouched.
+const MAX_COUNT: u8 = 3;
 
 /// Second-chance CLOCK over the resident set.
 #[derive(Default)]
@@ -11,8 +16,8 @@ pub struct Clock {
     /// Ring of (page, generation); entries whose generation is stale are skipped lazily, which
     /// keeps removal O(1).
     ring: VecDeque<(u64, u32)>,
-    /// Tracked pages: current generation and reference bit.
-    live: HashMap<u64, (u32, bool)>,
+    /// Tracked pages: current generation and use count.
+    live: HashMap<u64, (u32, u8)>,
     next_gen: u32,
 }
 
@@ -24,23 +29,37 @@ impl Clock {
                 .retain(|(p, g)| live.get(p).is_some_and(|(lg, _)| lg == g));
         }
     }
+
+    /// Tracks `page` (once) with at least `count`.
+    fn track(&mut self, page: u64, count: u8) {
+        if let Some((_, c)) = self.live.get_mut(&page) {
+            *c = (*c).max(count);
+            return;
+        }
+        self.next_gen = self.next_gen.wrapping_add(1);
+        self.live.insert(page, (self.next_gen, count));
+        self.ring.push_back((page, self.next_gen));
+    }
 }
 
 impl EvictionPolicy for Clock {
     fn inserted(&mut self, page: u64) {
-        if self.live.contains_key(&page) {
-            return;
-        }
-        self.next_gen = self.next_gen.wrapping_add(1);
         // New pages start referenced: they were just used by the fault that brought them in.
-        self.live.insert(page, (self.next_gen, true));
-        self.ring.push_back((page, self.next_gen));
+        self.track(page, 1);
     }
 
     fn touched(&mut self, page: u64) {
-        if let Some((_, r)) = self.live.get_mut(&page) {
-            *r = true;
+        if let Some((_, c)) = self.live.get_mut(&page) {
+            *c = (*c + 1).min(MAX_COUNT);
         }
+    }
+
+    fn refaulted(&mut self, page: u64) {
+        self.track(page, MAX_COUNT);
+    }
+
+    fn rescued(&mut self, page: u64) {
+        self.track(page, MAX_COUNT);
     }
 
     fn removed(&mut self, page: u64) {
@@ -50,8 +69,9 @@ impl EvictionPolicy for Clock {
 
     fn pick(&mut self, n: usize, eligible: &mut dyn FnMut(u64) -> bool) -> Vec<u64> {
         let mut out = Vec::new();
-        // Two sweeps clear every bit once and then find victims; ineligible pages are passed.
-        let mut budget = 2 * self.ring.len();
+        // Enough sweeps to bring every count to zero and then find victims; ineligible pages
+        // are passed.
+        let mut budget = (MAX_COUNT as usize + 1) * self.ring.len() + 1;
         while out.len() < n && budget > 0 {
             budget -= 1;
             let Some((page, gen)) = self.ring.pop_front() else {
@@ -63,8 +83,8 @@ impl EvictionPolicy for Clock {
             if entry.0 != gen {
                 continue;
             }
-            if entry.1 {
-                entry.1 = false;
+            if entry.1 > 0 {
+                entry.1 -= 1;
                 self.ring.push_back((page, gen));
             } else if eligible(page) {
                 self.live.remove(&page);
@@ -79,7 +99,7 @@ impl EvictionPolicy for Clock {
                 if let Some((page, gen)) = self.ring.pop_front() {
                     if let Some(entry) = self.live.get_mut(&page) {
                         if entry.0 == gen {
-                            entry.1 = false;
+                            entry.1 = entry.1.saturating_sub(1);
                             self.ring.push_back((page, gen));
                         }
                     }
@@ -105,5 +125,7 @@ mod tests {
         suite::respects_eligibility_and_count(&mut Clock::default());
         suite::prefers_pages_not_recently_touched(&mut Clock::default());
         suite::reinsertion_is_tracked_once(&mut Clock::default());
+        suite::pages_that_came_back_outlive_one_time_pages(&mut Clock::default());
+        suite::came_back_pages_are_tracked_once(&mut Clock::default());
     }
 }

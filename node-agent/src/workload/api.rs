@@ -11,7 +11,7 @@ use tokio::net::UnixStream;
 use tracing::warn;
 
 use super::{
-    evict::{evict, Saved},
+    evict::{evict_protected, Saved},
     faults::fetch,
     process::{cut, uncovered, Proc},
     shim_link::{read_words, write_words},
@@ -195,9 +195,22 @@ impl Proc {
                 failed: 0,
             })
         } else {
-            evict(self, victims, &mut shim, id).await
+            evict_protected(self, victims, &mut shim, id).await
         };
         *self.shim.borrow_mut() = Some(shim);
+        // Pages the evictor had parked in the range leave with their batch: wait for them.
+        while self
+            .table
+            .borrow()
+            .states_in(start, end)
+            .iter()
+            .any(|(_, st)| matches!(st, State::Evicting(_)))
+        {
+            if self.removed.get() || Instant::now() > deadline {
+                return libc::ETIMEDOUT;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         match r {
             Ok(Saved { failed: 0, .. }) => 0,
             Ok(_) => libc::ENOSPC,

@@ -1,5 +1,15 @@
-//! Eviction: the evictor that keeps a workload under its budget, and one eviction batch
-//! (write-protect, copy out, store on the servers, drop inside the process through the shim).
+//! Eviction: the evictor that keeps a workload under its budget, and the two ways a batch leaves.
+//!
+//! - **Parking** (`UFFDIO_MOVE`, [`park`] then [`save_parked`]): the victims move into the
+//!   process's parking area, atomically per page, so from that instant any access is a missing
+//!   fault that moves the page back (a rescue). Their content is read from the parked pages, a
+//!   page whose remote copy holds that very content (same digest) is done at once, the others are
+//!   written to the servers while the evictor goes on with the next batch; then the parked pages
+//!   are freed in bulk by the shim. No write protection, so no write fault, and nothing a racing
+//!   write could be lost in.
+//! - **Write protection** ([`evict_protected`]), for pages that cannot move (shared copy-on-write
+//!   after a fork, or a kernel without `UFFDIO_MOVE`): write-protect, copy out, store on the
+//!   servers, drop inside the process through the shim, then wake whoever blocked meanwhile.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -9,20 +19,24 @@ use std::{
 };
 
 use anyhow::{bail, Context};
-use tokio::net::UnixStream;
 use tracing::{debug, warn};
 use yonder_common::protocol::PageData;
 
 use super::{
     process::Proc,
-    shim_link::{read_words, runs, write_words},
+    shim_link::{exchange_blocking, read_words, runs, write_words},
     Group, EVICT_BATCH,
 };
 use crate::{
-    pages::{Remote, PAGE},
+    pages::{digest, Decision, Remote, PAGE},
     procfs, shim_proto as proto,
     uffd::Install,
 };
+
+/// Batches whose writes may be in flight at once (each up to [`EVICT_BATCH`] pages).
+const BATCHES_IN_FLIGHT: usize = 4;
+/// Parked pages whose content is read and hashed between two yields of the fault thread.
+const READ_CHUNK: usize = 64;
 
 /// Evicts from the process with the most resident pages while the workload is over budget.
 pub(super) async fn evictor(g: Rc<Group>) {
@@ -31,16 +45,40 @@ pub(super) async fn evictor(g: Rc<Group>) {
             () = g.pressure.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
+        // Slots freed meanwhile (rescues, pages the program dropped while parked) leave with the
+        // next batch; with none in flight, free them now, or they would hold the budget.
+        if g.batches_in_flight.get() == 0 {
+            g.flush_pending_frees().await;
+        }
         let low = g
             .budget
             .saturating_sub((g.budget / 16).max(EVICT_BATCH / 4));
-        while g.resident() > g.budget {
-            let want = (g.resident() - low).min(EVICT_BATCH);
+        // Pages already on their way out (parked, or saved and being freed) need no new victims.
+        while g.resident().saturating_sub(g.leaving()) > g.budget {
+            // Let the fault loops, and the batches on the wire, run between two batches.
+            tokio::task::yield_now().await;
+            if g.batches_in_flight.get() >= BATCHES_IN_FLIGHT {
+                g.batch_done.notified().await;
+                continue;
+            }
+            if g.servers_refuse.get() {
+                // The last batch could store nothing: wait for what is in flight, then try one
+                // batch a second rather than hammer the servers.
+                if g.batches_in_flight.get() > 0 {
+                    g.batch_done.notified().await;
+                    continue;
+                }
+                g.retry_deferred();
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            let want = (g.resident().saturating_sub(g.leaving()))
+                .saturating_sub(low)
+                .clamp(1, EVICT_BATCH);
             let mut procs: Vec<Rc<Proc>> = g
                 .procs
                 .borrow()
                 .iter()
-                .filter(|p| p.shim.borrow().is_some())
+                .filter(|p| p.helper_up.get() && !p.removed.get())
                 .cloned()
                 .collect();
             procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
@@ -65,7 +103,12 @@ pub(super) async fn evictor(g: Rc<Group>) {
                 }
             }
             let Some((p, victims)) = chosen else {
-                let ready = g.procs.borrow().iter().any(|p| p.shim.borrow().is_some());
+                if g.batches_in_flight.get() > 0 {
+                    // Pages are on their way out; their completion frees room.
+                    g.batch_done.notified().await;
+                    continue;
+                }
+                let ready = g.procs.borrow().iter().any(|p| p.helper_up.get());
                 if !ready {
                     // No helper is up yet (a process is still starting): not stuck, just early.
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -80,42 +123,434 @@ pub(super) async fn evictor(g: Rc<Group>) {
                 break;
             };
             g.stuck_warned.set(false);
-            let next_id = g.next_drop_id.get() + 1;
-            g.next_drop_id.set(next_id);
             debug!(batch = victims.len(), pid = p.pid.get(), "evicting");
-            let Some(mut shim) = p.shim.borrow_mut().take() else {
-                continue;
+            let protected = if p.parking.borrow().is_some() {
+                match park(&p, victims).await {
+                    Ok(mut batch) => {
+                        let fallback = std::mem::take(&mut batch.fallback);
+                        g.batches_in_flight.set(g.batches_in_flight.get() + 1);
+                        tokio::task::spawn_local(save_parked(p.clone(), batch));
+                        fallback
+                    }
+                    Err(e) => {
+                        p.fail(format!("eviction failed: {e:#}"));
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                        Vec::new()
+                    }
+                }
+            } else {
+                victims
             };
-            let r = evict(&p, victims, &mut shim, next_id).await;
-            match r {
-                Ok(Saved { written, failed }) => {
-                    *p.shim.borrow_mut() = Some(shim);
-                    if written > 0 && g.servers_refuse.replace(false) {
-                        eprintln!("yonder: the memory servers take pages again: eviction resumed");
-                    }
-                    if failed > 0 && written == 0 {
-                        // Nothing could be stored: servers full or unreachable. Let the workload
-                        // run over its budget (faults must not wait for room that cannot come)
-                        // and try again in a second rather than hammer the servers.
-                        if !g.servers_refuse.replace(true) {
-                            eprintln!(
-                                "yonder: the memory servers take no more pages (full or unreachable): eviction paused, the workload runs over its budget"
-                            );
-                        }
-                        g.retry_deferred();
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                        break;
-                    }
-                }
-                Err(e) => {
-                    // A process that ended mid-eviction is reaped; anything else is fatal.
-                    p.fail(format!("eviction failed: {e:#}"));
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
+            if !protected.is_empty() {
+                run_protected(&g, &p, protected).await;
             }
             g.retry_deferred();
         }
         g.retry_deferred();
+        if g.over_hard_limit() && g.batches_in_flight.get() > 0 {
+            // Faults wait for room that batches on the wire will make: wait for one, rather
+            // than wake up for every fault that is deferred again.
+            g.batch_done.notified().await;
+        }
+    }
+}
+
+impl Group {
+    /// Frees, in every process, the parking slots waiting for a batch to free them.
+    async fn flush_pending_frees(&self) {
+        let procs: Vec<Rc<Proc>> = self.procs.borrow().clone();
+        for p in procs {
+            let pending: Vec<u64> = p.pending_free.borrow_mut().drain(..).collect();
+            if !pending.is_empty() {
+                p.free_parked(pending).await;
+                self.after_resident_change();
+            }
+        }
+    }
+}
+
+/// Evicts `victims` of `p` by write protection, with the shim's drop; reports servers that
+/// refuse pages as [`evictor`] expects.
+async fn run_protected(g: &Rc<Group>, p: &Rc<Proc>, victims: Vec<u64>) {
+    let Some(mut shim) = p.take_shim().await else {
+        for pg in victims {
+            let garbage = p.table.borrow_mut().abort_eviction(pg);
+            g.free_later(garbage.into_iter().collect());
+        }
+        return;
+    };
+    let id = g.next_drop_id.get() + 1;
+    g.next_drop_id.set(id);
+    let r = evict_protected(p, victims, &mut shim, id).await;
+    *p.shim.borrow_mut() = Some(shim);
+    match r {
+        Ok(Saved { written, failed }) => g.stored(written, failed),
+        // A process that ended mid-eviction is reaped; anything else is fatal.
+        Err(e) => p.fail(format!("eviction failed: {e:#}")),
+    }
+}
+
+impl Group {
+    /// Notes what a batch stored: `written` pages, `failed` that the servers refused.
+    fn stored(&self, written: u64, failed: u64) {
+        if written > 0 && self.servers_refuse.replace(false) {
+            eprintln!("yonder: the memory servers take pages again: eviction resumed");
+        }
+        if failed > 0 && written == 0 {
+            // Nothing could be stored: servers full or unreachable. Let the workload run over
+            // its budget (faults must not wait for room that cannot come).
+            if !self.servers_refuse.replace(true) {
+                eprintln!(
+                    "yonder: the memory servers take no more pages (full or unreachable): eviction paused, the workload runs over its budget"
+                );
+            }
+            self.retry_deferred();
+        }
+    }
+}
+
+/// A batch of parked pages on its way out.
+pub(super) struct ParkedBatch {
+    /// Pages to write: page, the copy to write, where it is parked, its content.
+    writes: Vec<(u64, Remote, u64, PageData)>,
+    /// Parking addresses whose page is saved already (clean): to free.
+    to_free: Vec<u64>,
+    /// Pages that could not move: evicted by write protection instead.
+    fallback: Vec<u64>,
+    /// Pages moved to the parking area.
+    moved: u64,
+    /// Of those, pages that needed no write.
+    clean: u64,
+}
+
+/// How long the shim's helper may take to answer a PARK before the workload is stopped.
+const PARK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Moves the victims of `p` (all marked `Evicting`) into its parking area, one `UFFDIO_MOVE`
+/// per contiguous run, reads and hashes their content, and decides which must be written. Pages
+/// that cannot move are returned for the write-protect path; pages that must not be evicted now
+/// (the address space is changing, the parking area is full) stay resident.
+///
+/// The kernel takes `UFFDIO_MOVE` only from a thread of the process itself, so the shim's helper
+/// issues it, and this thread waits for its answer *blocked*, reading no userfaultfd event
+/// meanwhile. That is what makes the move safe against the program changing its memory at the
+/// same time: an unmap, remap, drop or fork raises `mmap_changing` on the uffd until its event is
+/// read, and a move while it is raised fails with `EAGAIN` instead of moving a page that may
+/// belong to new memory at the same address. Events read before the request are in the page
+/// table already; events after it wait until the table knows what moved.
+async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<ParkedBatch> {
+    victims.sort_unstable();
+    // Runs of victims, each cut to fit runs of free parking slots: (source, slot, pages).
+    let mut moves: Vec<(u64, u64, u64)> = Vec::new();
+    let mut aborted = Vec::new();
+    {
+        let mut parking_ref = p.parking.borrow_mut();
+        let parking = parking_ref.as_mut().context("no parking area")?;
+        for (start, len) in runs(&victims) {
+            let end = start + len;
+            let mut page = start;
+            while page < end {
+                let want = ((end - page) / PAGE) as usize;
+                let Some((at, n)) = parking.take_run(want) else {
+                    aborted.extend((page..end).step_by(PAGE as usize));
+                    break;
+                };
+                moves.push((page, at, n as u64));
+                page += n as u64 * PAGE;
+            }
+        }
+    }
+    let mut parked: Vec<(u64, u64)> = Vec::with_capacity(victims.len());
+    let mut fallback = Vec::new();
+    let Some(shim) = p.take_shim().await else {
+        // The process is gone: nothing to save.
+        for &(page, at, n) in &moves {
+            for i in 0..n {
+                aborted.push(page + i * PAGE);
+                if let Some(k) = p.parking.borrow_mut().as_mut() {
+                    k.release(at + i * PAGE);
+                }
+            }
+        }
+        let mut garbage = Vec::new();
+        for pg in aborted {
+            garbage.extend(p.table.borrow_mut().abort_eviction(pg));
+        }
+        p.g.free_later(garbage);
+        bail!("the process is gone");
+    };
+    // From here to the end of the exchange nothing awaits: this thread blocks.
+    let id = p.g.next_drop_id.get() + 1;
+    p.g.next_drop_id.set(id);
+    let mut result: anyhow::Result<()> = Ok(());
+    for chunk in moves.chunks(proto::MAX_RANGES) {
+        let mut words = vec![proto::PARK, id, chunk.len() as u64];
+        for &(src, dst, n) in chunk {
+            words.extend([src, dst, n * PAGE]);
+        }
+        let reply = match exchange_blocking(&shim, &words, PARK_TIMEOUT) {
+            Ok(r) => r,
+            Err(e) => {
+                result = Err(anyhow::Error::new(e).context("the shim did not answer a park"));
+                Vec::new()
+            }
+        };
+        let ok = reply.len() == 3 + 2 * chunk.len()
+            && reply[0] == proto::PARKED
+            && reply[1] == id
+            && reply[2] == chunk.len() as u64;
+        if !ok && result.is_ok() {
+            result = Err(anyhow::anyhow!("unexpected answer to a park: {reply:?}"));
+        }
+        let mut k_ref = p.parking.borrow_mut();
+        let k = k_ref.as_mut().context("no parking area")?;
+        for (i, &(src, dst, n)) in chunk.iter().enumerate() {
+            let (moved, errno) = if ok {
+                (reply[3 + 2 * i].min(n), reply[4 + 2 * i] as i32)
+            } else {
+                (0, libc::EAGAIN)
+            };
+            for j in 0..moved {
+                parked.push((src + j * PAGE, dst + j * PAGE));
+            }
+            for j in moved..n {
+                k.release(dst + j * PAGE);
+            }
+            if moved < n {
+                let failing = src + moved * PAGE;
+                tracing::trace!(page = failing, errno, "cannot move");
+                match errno {
+                    // Not exclusive to the process (shared copy-on-write after a fork: EBUSY),
+                    // or a mapping the kernel will not move from (EINVAL): protect instead.
+                    libc::EBUSY | libc::EINVAL | libc::EPERM => fallback.push(failing),
+                    // Not present (dropped, no event read yet), the address space is changing,
+                    // or an occupied slot: not now.
+                    _ => aborted.push(failing),
+                }
+                // What follows the failing page was not tried: it stays resident for now.
+                aborted.extend((moved + 1..n).map(|j| src + j * PAGE));
+            }
+        }
+    }
+    *p.shim.borrow_mut() = Some(shim);
+    debug!(
+        parked = parked.len(),
+        aborted = aborted.len(),
+        fallback = fallback.len(),
+        "park exchange done"
+    );
+    {
+        let mut t = p.table.borrow_mut();
+        for &(page, at) in &parked {
+            t.parked(page, at);
+        }
+    }
+    let mut garbage = Vec::new();
+    for pg in aborted {
+        garbage.extend(p.table.borrow_mut().abort_eviction(pg));
+    }
+    p.g.free_later(garbage);
+    result?;
+    {
+        let held = p.parking.borrow().as_ref().map_or(0, |k| k.held());
+        p.g.stats.borrow_mut().parked(held);
+    }
+
+    // Read and hash the parked pages, a chunk at a time so that faults are served in between.
+    // A parked page stays in its slot until the slot is freed (a rescue copies it back), so the
+    // read never faults.
+    let pid = p.pid.get();
+    let mut batch = ParkedBatch {
+        writes: Vec::new(),
+        to_free: Vec::new(),
+        fallback,
+        moved: parked.len() as u64,
+        clean: 0,
+    };
+    let mut buf = vec![0u8; READ_CHUNK * PAGE as usize];
+    for chunk in parked.chunks(READ_CHUNK) {
+        tokio::task::yield_now().await;
+        let still: Vec<(u64, u64)> = {
+            let t = p.table.borrow();
+            chunk
+                .iter()
+                .copied()
+                .filter(|&(page, at)| {
+                    matches!(t.state(page), Some(crate::pages::State::Evicting(e)) if e.parked == Some(at))
+                })
+                .collect()
+        };
+        let ats: Vec<u64> = still.iter().map(|x| x.1).collect();
+        let bytes = &mut buf[..ats.len() * PAGE as usize];
+        procfs::read_pages(pid, &ats, bytes).context("reading parked pages")?;
+        let mut t = p.table.borrow_mut();
+        let mut freed_garbage = Vec::new();
+        for (i, &(page, at)) in still.iter().enumerate() {
+            let content = &bytes[i * PAGE as usize..(i + 1) * PAGE as usize];
+            match t.decide(page, digest(content)) {
+                Decision::Clean(r) => {
+                    if let Some((at, g)) = t.finish_parked(page, r) {
+                        batch.to_free.push(at);
+                        freed_garbage.extend(g);
+                        batch.clean += 1;
+                    }
+                }
+                Decision::Write(new) => {
+                    batch
+                        .writes
+                        .push((page, new, at, PageData::from_bytes(content)));
+                }
+                Decision::Gone => {}
+            }
+        }
+        drop(t);
+        p.g.free_later(freed_garbage);
+    }
+    Ok(batch)
+}
+
+/// Writes a parked batch to the servers, ends the eviction of each page that is still parked
+/// (a page that was rescued, dropped or unmapped meanwhile is left as it is now, its new copy
+/// freed), moves back the pages the servers refused, and frees the parked pages through the
+/// shim. Runs beside the evictor, so the next batch is chosen while this one is on the wire.
+async fn save_parked(p: Rc<Proc>, batch: ParkedBatch) {
+    let g = p.g.clone();
+    let ParkedBatch {
+        writes,
+        mut to_free,
+        moved,
+        clean,
+        ..
+    } = batch;
+    debug!(
+        writes = writes.len(),
+        to_free = to_free.len(),
+        "saving a parked batch"
+    );
+    let items: Vec<(Remote, PageData)> = writes.iter().map(|w| (w.1, w.3.clone())).collect();
+    let stored = if items.is_empty() {
+        Vec::new()
+    } else {
+        g.servers.write(g.space, items).await
+    };
+    let mut written = 0u64;
+    let mut failed = 0u64;
+    let mut garbage = Vec::new();
+    for ((page, new, at, _), ok) in writes.into_iter().zip(stored) {
+        let still_parked = matches!(
+            p.table.borrow().state(page),
+            Some(crate::pages::State::Evicting(e)) if e.parked == Some(at) && e.new == Some(new)
+        );
+        if !still_parked {
+            garbage.extend(p.table.borrow_mut().abandoned(page, new));
+            continue;
+        }
+        if ok {
+            if let Some((at, g2)) = p.table.borrow_mut().finish_parked(page, new) {
+                to_free.push(at);
+                garbage.extend(g2);
+                written += 1;
+            }
+            continue;
+        }
+        failed += 1;
+        // Refused: move it back where it was (nothing else can be there: any access since the
+        // move was a fault that waits for this page).
+        if let Err(e) = unpark(&p, page, at, &mut to_free).await {
+            p.fail(format!("cannot move the parked page {page:#x} back: {e}"));
+            continue;
+        }
+        garbage.extend(p.table.borrow_mut().abort_eviction(page));
+    }
+    if failed > 0 {
+        warn!("{failed} pages could not be stored; they stay resident");
+    }
+    to_free.extend(p.table.borrow_mut().take_unparked());
+    to_free.extend(p.pending_free.borrow_mut().drain(..));
+    {
+        let mut st = g.stats.borrow_mut();
+        st.evictions(written + clean, written);
+        st.evicted_by_move(written + clean);
+    }
+    g.free_later(garbage);
+    g.stored(written, failed);
+    p.free_parked(to_free).await;
+    g.batches_in_flight
+        .set(g.batches_in_flight.get().saturating_sub(1));
+    g.batch_done.notify_waiters();
+    g.after_resident_change();
+    g.retry_deferred();
+    debug!(moved, clean, written, failed, "parked batch saved");
+}
+
+/// Puts the parked page at `at` back at `page` (a copy: see `Proc::rescue`), retrying while the
+/// address space changes; its slot is freed with the others.
+async fn unpark(p: &Proc, page: u64, at: u64, to_free: &mut Vec<u64>) -> io::Result<()> {
+    let mut buf = [0u8; PAGE as usize];
+    procfs::read_pages(p.pid.get(), &[at], &mut buf)?;
+    for _ in 0..1000 {
+        match p.uffd.copy(page, &buf, false)? {
+            Install::Again => tokio::task::yield_now().await,
+            Install::Done | Install::Exists | Install::Gone => {
+                to_free.push(at);
+                return Ok(());
+            }
+        }
+    }
+    Err(io::Error::from_raw_os_error(libc::EAGAIN))
+}
+
+impl Proc {
+    /// Frees parking slots whose pages are saved or no longer wanted: the shim drops them, and
+    /// they are handed out again once it has. Until then they count against the budget.
+    pub(super) async fn free_parked(&self, addrs: Vec<u64>) {
+        if addrs.is_empty() {
+            return;
+        }
+        if let Some(k) = self.parking.borrow_mut().as_mut() {
+            for &a in &addrs {
+                k.freeing(a);
+            }
+        }
+        let mut sorted = addrs.clone();
+        sorted.sort_unstable();
+        let ranges = runs(&sorted);
+        let Some(mut shim) = self.take_shim().await else {
+            return; // the process is gone, and its parking area with it
+        };
+        let id = self.g.next_drop_id.get() + 1;
+        self.g.next_drop_id.set(id);
+        let mut ok = true;
+        for chunk in ranges.chunks(proto::MAX_RANGES) {
+            let mut words = vec![proto::FREE_PARKED, id, chunk.len() as u64];
+            for &(s, l) in chunk {
+                words.extend([s, l]);
+            }
+            let reply = match write_words(&mut shim, &words).await {
+                Ok(()) => read_words(&mut shim).await,
+                Err(e) => Err(e),
+            };
+            match reply {
+                Ok(r) if r.len() == 3 && r[0] == proto::FREED && r[1] == id && r[2] == 0 => {}
+                Ok(r) => {
+                    warn!("the shim could not free parked pages: {r:?}");
+                    ok = false;
+                }
+                Err(e) => {
+                    debug!("the shim did not answer a free (process gone?): {e}");
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        *self.shim.borrow_mut() = Some(shim);
+        if ok {
+            if let Some(k) = self.parking.borrow_mut().as_mut() {
+                for &a in &addrs {
+                    k.freed(a);
+                }
+            }
+        }
     }
 }
 
@@ -130,8 +565,6 @@ async fn write_protect(p: &Proc, start: u64, len: u64, on: bool) -> io::Result<(
     }
 }
 
-/// Evicts a batch without losing a racing write: write-protect, copy out, write to the servers,
-/// drop inside the process, then wake whoever blocked meanwhile.
 /// What an eviction batch managed to store.
 pub(super) struct Saved {
     /// Pages written to the servers.
@@ -140,14 +573,15 @@ pub(super) struct Saved {
     pub(super) failed: u64,
 }
 
-pub(super) async fn evict(
+/// Evicts a batch without losing a racing write: write-protect, copy out, write to the servers,
+/// drop inside the process, then wake whoever blocked meanwhile.
+pub(super) async fn evict_protected(
     p: &Rc<Proc>,
-    victims: Vec<(u64, Remote, bool)>,
-    shim: &mut UnixStream,
+    mut pages: Vec<u64>,
+    shim: &mut tokio::net::UnixStream,
     id: u64,
 ) -> anyhow::Result<Saved> {
     let pid = p.pid.get();
-    let mut pages: Vec<u64> = victims.iter().map(|v| v.0).collect();
     pages.sort_unstable();
     let all_runs = runs(&pages);
     for &(start, len) in &all_runs {
@@ -156,15 +590,16 @@ pub(super) async fn evict(
             .with_context(|| format!("write-protecting {start:#x}+{len:#x}"))?;
     }
 
-    // Copy out the pages that need writing; pages no longer present were dropped by the program.
-    let to_write: Vec<(u64, Remote)> = victims.iter().filter(|v| v.2).map(|v| (v.0, v.1)).collect();
+    // Copy out every victim (its digest says whether its remote copy is current); a page no
+    // longer present was dropped by the program and reads as zeros. The read runs on a blocking
+    // thread: it could fault on the process's memory, which this thread must stay free to serve.
     let mut present = HashSet::new();
-    for &(start, len) in &runs(&to_write.iter().map(|x| x.0).collect::<Vec<_>>()) {
+    for &(start, len) in &all_runs {
         present.extend(procfs::present_pages(pid, start, start + len)?);
     }
-    let readable: Vec<u64> = to_write
+    let readable: Vec<u64> = pages
         .iter()
-        .map(|x| x.0)
+        .copied()
         .filter(|pg| present.contains(pg))
         .collect();
     let (readable, contents) = tokio::task::spawn_blocking(move || {
@@ -176,17 +611,19 @@ pub(super) async fn evict(
     for (i, pg) in readable.iter().enumerate() {
         content_of.insert(*pg, &contents[i * PAGE as usize..(i + 1) * PAGE as usize]);
     }
-    let items: Vec<(Remote, PageData)> = to_write
-        .iter()
-        .map(|(pg, r)| {
-            (
-                *r,
-                content_of
-                    .get(pg)
-                    .map_or(PageData::Zero, |b| PageData::from_bytes(b)),
-            )
-        })
-        .collect();
+    const ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
+    let mut to_write: Vec<(u64, Remote)> = Vec::new();
+    let mut items: Vec<(Remote, PageData)> = Vec::new();
+    {
+        let mut t = p.table.borrow_mut();
+        for &pg in &pages {
+            let content = content_of.get(&pg).copied().unwrap_or(&ZEROS);
+            if let Decision::Write(new) = t.decide(pg, digest(content)) {
+                to_write.push((pg, new));
+                items.push((new, PageData::from_bytes(content)));
+            }
+        }
+    }
     let stored = p.g.servers.write(p.g.space, items).await;
 
     let mut garbage = Vec::new();
@@ -273,7 +710,11 @@ pub(super) async fn evict(
         still_present = still_present.len(),
         "evicted"
     );
-    p.g.stats.borrow_mut().evictions(done, written.min(done));
+    {
+        let mut st = p.g.stats.borrow_mut();
+        st.evictions(done, written.min(done));
+        st.evicted_by_protection(done);
+    }
     let resident = p.g.resident();
     p.g.stats.borrow_mut().resident(resident);
     p.g.free_later(garbage);

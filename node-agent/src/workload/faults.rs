@@ -6,6 +6,7 @@ use std::{rc::Rc, time::Instant};
 use super::{prefetch::track_stream, process::Proc, PREFETCH_MAX, ZEROS, ZERO_AHEAD_MAX};
 use crate::{
     pages::{MissingFault, Remote, State, WriteFault, PAGE},
+    procfs,
     uffd::{Event, Install},
 };
 
@@ -41,6 +42,8 @@ impl Proc {
         tracing::trace!(page, ?decision, "missing fault");
         match decision {
             MissingFault::InFlight | MissingFault::WaitForEviction => {}
+            // Parked pages count against the budget already: moving one back adds nothing.
+            MissingFault::Rescue(at) => self.rescue(page, at, write),
             MissingFault::ZeroFill | MissingFault::Fetch(_) if self.g.over_hard_limit() => {
                 self.deferred.borrow_mut().push((page, write));
                 self.g.pressure.notify_one();
@@ -69,12 +72,47 @@ impl Proc {
                 }
             }
             MissingFault::Fetch(remote) => {
-                if self.table.borrow_mut().start_fetch(page) {
+                let (started, refault) = self.table.borrow_mut().start_fetch_seeing_refault(page);
+                if refault {
+                    self.g.stats.borrow_mut().refault();
+                }
+                if started {
                     let batch = self.with_prefetch(page, remote);
                     self.g.after_resident_change();
                     tokio::task::spawn_local(fetch(self.clone(), batch, write, at));
                 }
             }
+        }
+    }
+
+    /// Brings the parked page at `at` back to `page`, which wakes the faulting thread: it was in
+    /// use, and its eviction ends here (a write of it in flight is discarded when it completes).
+    /// The agent cannot move it back (`UFFDIO_MOVE` is refused from outside the process) and a
+    /// hop to the shim's helper costs a cross-vCPU wake-up, so it copies it: read from the slot
+    /// (nothing can change a parked page), installed with `UFFDIO_COPY`; the slot is freed with
+    /// the next batch.
+    fn rescue(self: &Rc<Self>, page: u64, at: u64, write: bool) {
+        let mut buf = [0u8; PAGE as usize];
+        if let Err(e) = procfs::read_pages(self.pid.get(), &[at], &mut buf) {
+            self.fail(format!(
+                "cannot read the parked page {page:#x} at {at:#x}: {e}"
+            ));
+            return;
+        }
+        match self.uffd.copy(page, &buf, false) {
+            Ok(Install::Done | Install::Exists) => {
+                let at = self.table.borrow_mut().rescued(page);
+                if let Some(at) = at {
+                    if let Some(k) = self.parking.borrow_mut().as_mut() {
+                        k.freeing(at);
+                    }
+                    self.pending_free.borrow_mut().push(at);
+                }
+                self.g.stats.borrow_mut().rescue();
+            }
+            Ok(Install::Again) => self.retry_fault(page, write),
+            Ok(Install::Gone) => {}
+            Err(e) => self.fail(format!("cannot install the parked page {page:#x}: {e}")),
         }
     }
 
@@ -249,8 +287,9 @@ pub(super) async fn fetch(p: Rc<Proc>, batch: Vec<(u64, Remote)>, write: bool, a
             if !p.table.borrow().fetch_wanted(page, remote) {
                 break;
             }
-            // A read installs the page write-protected: it is clean until a write says otherwise.
-            match p.uffd.copy(page, &data, !dirty) {
+            // Installed writable: whether it stays equal to its remote copy is decided at its
+            // eviction, from its content's digest, so a write costs no fault.
+            match p.uffd.copy(page, &data, false) {
                 Ok(Install::Done | Install::Exists) => {
                     p.table.borrow_mut().fetched(page, remote, dirty);
                     let mut stats = p.g.stats.borrow_mut();

@@ -47,7 +47,7 @@ use tokio::{
 use tracing::{debug, info};
 
 use crate::{
-    eviction::Clock,
+    eviction::{EvictionPolicy, Policy},
     fdpass::{self, HelloKind},
     pages::{PageTable, Remote, Slots, PAGE},
     procfs,
@@ -107,6 +107,12 @@ pub struct Group {
     /// Resident pages counted in two processes' tables that are one page of memory (shared
     /// copy-on-write since a fork): subtracted from the sum of the tables (see [`Self::resident`]).
     shared: Cell<usize>,
+    /// Parked batches whose writes are in flight.
+    batches_in_flight: Cell<usize>,
+    /// Signalled when a parked batch is done.
+    batch_done: Notify,
+    /// The eviction policy of its processes.
+    policy: Cell<Policy>,
 }
 
 /// A random space id, so that agents sharing a client certificate do not collide.
@@ -145,7 +151,22 @@ impl Group {
             next_drop_id: Cell::new(0),
             servers_refuse: Cell::new(false),
             shared: Cell::new(0),
+            batches_in_flight: Cell::new(0),
+            batch_done: Notify::new(),
+            policy: Cell::new(Policy::default()),
         })
+    }
+
+    /// Chooses the eviction policy (before any process attaches).
+    pub fn set_policy(&self, policy: Policy) {
+        self.policy.set(policy);
+    }
+
+    /// An empty page table for one of its processes.
+    fn new_table(&self) -> PageTable<Box<dyn EvictionPolicy>> {
+        let mut t = PageTable::with_slots(self.policy.get().build(), self.slots.clone());
+        t.set_ghost_capacity(self.budget);
+        t
     }
 
     /// Sets the pid of the program the workload runs (before its shim says hello).
@@ -160,9 +181,14 @@ impl Group {
             .procs
             .borrow()
             .iter()
-            .map(|p| p.table.borrow().resident())
+            .map(|p| p.table.borrow().resident() + p.parking_freeing())
             .sum();
         sum.saturating_sub(self.shared.get())
+    }
+
+    /// Of [`Self::resident`], pages on their way out: parked, or saved and being freed.
+    pub fn leaving(&self) -> usize {
+        self.procs.borrow().iter().map(|p| p.parking_in_use()).sum()
     }
 
     /// Sets [`Self::shared`] from the processes' shared pages. Each such page is counted in
@@ -290,12 +316,13 @@ impl Group {
                 let p = Proc::new(
                     self,
                     uffd,
-                    PageTable::with_slots(Clock::default(), self.slots.clone()),
+                    self.new_table(),
                     BTreeMap::new(),
                     BTreeMap::new(),
                 );
                 p.pid.set(hello.pid);
                 p.refused.borrow_mut().insert(stack, stack + stack_len);
+                p.set_up_parking(hello.parking);
                 p.scan_maps();
                 std_stream.set_nonblocking(true)?;
                 let mut shim = UnixStream::from_std(std_stream)?;

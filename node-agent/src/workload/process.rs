@@ -20,10 +20,10 @@ use super::{
     Group, SCAN_INTERVAL,
 };
 use crate::{
-    eviction::Clock,
+    eviction::{EvictionPolicy, Parking},
     pages::{PageTable, PAGE},
     procfs, shim_proto as proto,
-    uffd::{Event, Uffd},
+    uffd::{Event, Install, Uffd},
 };
 
 /// One process of a workload (one address space, one uffd).
@@ -36,7 +36,11 @@ pub(super) struct Proc {
     /// Fork events seen on this process's uffd.
     pub(super) forks: Cell<u64>,
     pub(super) uffd: Rc<Uffd>,
-    pub(super) table: RefCell<PageTable<Clock>>,
+    pub(super) table: RefCell<PageTable<Box<dyn EvictionPolicy>>>,
+    /// Its parking area, where evicted pages wait until saved (none: evictions write-protect).
+    pub(super) parking: RefCell<Option<Parking>>,
+    /// Parking slots to free with the next freeing request (their pages went away meanwhile).
+    pub(super) pending_free: RefCell<Vec<u64>>,
     /// Ranges registered with the uffd: start -> end.
     pub(super) registered: RefCell<BTreeMap<u64, u64>>,
     /// Ranges that could not be registered (left alone): start -> end.
@@ -68,7 +72,7 @@ impl Proc {
     pub(super) fn new(
         g: &Rc<Group>,
         uffd: Uffd,
-        table: PageTable<Clock>,
+        table: PageTable<Box<dyn EvictionPolicy>>,
         registered: BTreeMap<u64, u64>,
         refused: BTreeMap<u64, u64>,
     ) -> Rc<Self> {
@@ -79,6 +83,8 @@ impl Proc {
             forks: Cell::new(0),
             uffd: Rc::new(uffd),
             table: RefCell::new(table),
+            parking: RefCell::default(),
+            pending_free: RefCell::default(),
             registered: RefCell::new(registered),
             refused: RefCell::new(refused),
             our_drops: RefCell::default(),
@@ -93,6 +99,57 @@ impl Proc {
         });
         g.procs.borrow_mut().push(p.clone());
         p
+    }
+
+    /// Takes the parking area `(start, len)` the shim mapped: registers it with the uffd (a
+    /// `UFFDIO_MOVE` target must be) and keeps the scanner off it. Without `UFFDIO_MOVE`, or if
+    /// it cannot be registered, evictions write-protect instead.
+    pub(super) fn set_up_parking(&self, (start, len): (u64, u64)) {
+        if len == 0 || !self.uffd.can_move() {
+            debug!(
+                can_move = self.uffd.can_move(),
+                len, "no parking area: evictions write-protect"
+            );
+            return;
+        }
+        self.refused.borrow_mut().insert(start, start + len);
+        match self.uffd.register(start, len) {
+            Ok(()) => {
+                *self.parking.borrow_mut() = Some(Parking::new(start, (len / PAGE) as usize));
+            }
+            Err(e) => warn!("cannot register the parking area: {e}; evictions write-protect"),
+        }
+    }
+
+    /// Parking slots that hold pages (parked, or saved and being freed).
+    pub(super) fn parking_in_use(&self) -> usize {
+        self.parking
+            .borrow()
+            .as_ref()
+            .map_or(0, |k| k.held() + k.freeing_count())
+    }
+
+    /// Parking slots whose pages are saved and being freed (no longer in the page table, still
+    /// in memory).
+    pub(super) fn parking_freeing(&self) -> usize {
+        self.parking
+            .borrow()
+            .as_ref()
+            .map_or(0, |k| k.freeing_count())
+    }
+
+    /// The connection to the shim's helper, once no one else is using it; `None` once the
+    /// process is gone or never had a helper.
+    pub(super) async fn take_shim(&self) -> Option<UnixStream> {
+        loop {
+            if let Some(s) = self.shim.borrow_mut().take() {
+                return Some(s);
+            }
+            if self.removed.get() || !self.helper_up.get() {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
     }
 
     /// Enables eviction once the shim's helper runs (its thread may need faults served first).
@@ -230,30 +287,61 @@ impl Proc {
             warn!(pid, "reading /proc/{pid}/smaps at a fork: {e}; MADV_WIPEONFORK and MADV_DONTFORK ranges are inherited");
             Vec::new()
         });
-        let table = self
+        let (table, copies) = self
             .table
             .borrow()
-            .fork_clone(Clock::default(), &not_inherited);
+            .fork_clone(self.g.policy.get().build(), &not_inherited);
         // A wiped range stays registered in the child (the kernel keeps the registration of
         // every mapping it copies); a MADV_DONTFORK one is not mapped there, and its stale entry
         // only makes the scanner skip that address.
         let child = Proc::new(
             &self.g,
-            Uffd::forked(fd),
+            Uffd::forked(fd, self.uffd.can_move()),
             table,
             self.registered.borrow().clone(),
             self.refused.borrow().clone(),
         );
         child.forked_from.set(Some((self.pid.get(), seq)));
-        // Right after the fork every page the child has is the parent's, shared copy-on-write:
-        // count it once until `sharing` measures what writes have since separated.
-        let inherited = child.table.borrow().resident_pages();
+        // The child's parking area is the parent's, inherited empty (wiped on fork).
+        if let Some(k) = self.parking.borrow().as_ref() {
+            *child.parking.borrow_mut() = Some(k.empty_copy());
+        }
+        // Pages parked in the parent at the fork are in neither address space's page tables:
+        // give the child its own copy now (the parent is still in fork(), so they stay put).
+        if let Err(e) = self.copy_parked_into(&child, &copies) {
+            self.fail(format!(
+                "giving a forked child the pages parked at the fork: {e}"
+            ));
+        }
+        let copied: std::collections::HashSet<u64> = copies.iter().map(|c| c.0).collect();
+        // Right after the fork every other page the child has is the parent's, shared
+        // copy-on-write: count it once until `sharing` measures what writes have since
+        // separated.
+        let mut inherited = child.table.borrow().resident_pages();
+        inherited.retain(|pg| !copied.contains(pg));
         self.shared_pages.borrow_mut().extend(&inherited);
         child.shared_pages.borrow_mut().extend(inherited);
         self.g.update_shared();
         child.start_fault_loop();
         debug!(parent = self.pid.get(), seq, "fork");
         self.g.after_resident_change();
+    }
+
+    /// Installs in `child` the content of this process's parked pages, `(page, parking address)`.
+    fn copy_parked_into(&self, child: &Proc, copies: &[(u64, u64)]) -> io::Result<()> {
+        let mut buf = vec![0u8; PAGE as usize];
+        for &(page, at) in copies {
+            procfs::read_pages(self.pid.get(), &[at], &mut buf)?;
+            let mut tries = 0;
+            loop {
+                match child.uffd.copy(page, &buf, false)? {
+                    Install::Done | Install::Exists | Install::Gone => break,
+                    Install::Again if tries < 1000 => tries += 1,
+                    Install::Again => return Err(io::Error::from_raw_os_error(libc::EAGAIN)),
+                }
+            }
+        }
+        Ok(())
     }
 
     pub(super) fn handle_event(self: &Rc<Self>, event: Event) {
@@ -292,6 +380,17 @@ impl Proc {
             Event::Fork { ufd } => self.forked(crate::uffd::adopt_fork_fd(ufd)),
             Event::Fault { .. } => unreachable!("faults are handled by handle_fault"),
             Event::Other(kind) => warn!("unexpected userfaultfd event {kind}"),
+        }
+        // Pages the program dropped or unmapped while they were parked: their slots are freed
+        // with the next batch (until then they count against the budget, as parked pages do).
+        let unparked = self.table.borrow_mut().take_unparked();
+        if !unparked.is_empty() {
+            if let Some(k) = self.parking.borrow_mut().as_mut() {
+                for &a in &unparked {
+                    k.freeing(a);
+                }
+            }
+            self.pending_free.borrow_mut().extend(unparked);
         }
     }
 }
