@@ -575,6 +575,7 @@ impl<P: EvictionPolicy> PageTable<P> {
     pub fn parked(&mut self, page: u64, at: u64) {
         if let Some(State::Evicting(e)) = self.pages.get_mut(&page) {
             e.parked = Some(at);
+            e.dropping = false;
         }
     }
 
@@ -699,6 +700,25 @@ impl<P: EvictionPolicy> PageTable<P> {
                 true
             }
             _ => false,
+        }
+    }
+
+    /// `page`, being evicted, turned out not to be present at all: the program dropped it (no
+    /// REMOVE event says so when `MADV_FREE` memory is reclaimed, and a DONTNEED'd page keeps a
+    /// resident entry). It reads as zeros from now on. Returns remote copies that are now garbage.
+    pub fn vanished(&mut self, page: u64) -> Vec<Remote> {
+        let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
+            return Vec::new();
+        };
+        self.pages.remove(&page);
+        self.resident -= 1;
+        e.old.into_iter().chain(new_slot(&e)).collect()
+    }
+
+    /// `page`, being evicted, is known to be still in place after all (it could not be moved).
+    pub fn not_dropping(&mut self, page: u64) {
+        if let Some(State::Evicting(e)) = self.pages.get_mut(&page) {
+            e.dropping = false;
         }
     }
 

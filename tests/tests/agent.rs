@@ -373,3 +373,76 @@ fn a_python_program_growing_its_heap_fast_stays_near_its_budget() {
         .unwrap_or_else(|| panic!("unreadable peak in:\n{}", run.stderr));
     assert!(peak <= 12.0, "peaked at {peak} MiB:\n{}", run.stderr);
 }
+
+/// The program unmaps memory and maps fresh memory at the same address (through the shim's mmap
+/// and through the raw syscall the shim does not see), drops half of it and moves it with mremap,
+/// all while the agent parks and saves its pages: fresh memory reads as zeros, written memory
+/// reads back exactly, and the evictions went through the parking area.
+#[test]
+fn memory_unmapped_and_mapped_again_during_evictions_keeps_its_contents() {
+    let remap = compile_workload(
+        "remap",
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &["-pthread"],
+    );
+    let run = run_agent(
+        "8MiB",
+        &[remap.to_str().unwrap(), "4"],
+        "",
+        Duration::from_secs(600),
+    );
+    assert!(
+        run.status.success() && run.stdout.contains("OK"),
+        "remap failed: {}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let moved = summary_number(&run.stderr, "eviction paths: ");
+    assert!(
+        moved > 1000,
+        "evictions did not go through parking:\n{}",
+        run.stderr
+    );
+    assert_few_write_protect_faults(&run.stderr);
+}
+
+/// Write-protect faults are at most 5 % of remote faults: clean pages are found by their digest,
+/// and only pages that cannot move are write-protected for their eviction.
+fn assert_few_write_protect_faults(stderr: &str) {
+    let remote = summary_number(stderr, "zero-fill, ");
+    let wp = summary_number(stderr, "µs), ");
+    assert!(
+        wp * 20 <= remote.max(20),
+        "{wp} write-protect faults for {remote} remote faults:\n{stderr}"
+    );
+}
+
+/// Forks while pages are parked and saved all the time: each child sees the parent's memory as
+/// of the fork (pages parked at that moment included) and its own writes; the parent keeps its
+/// own; no write-protect fault is needed for the clean-page tracking.
+#[test]
+fn forks_while_pages_are_parked_keep_every_process_memory() {
+    let storm = compile_workload(
+        "forkstorm",
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &["-pthread"],
+    );
+    let run = run_agent(
+        "6MiB",
+        &[storm.to_str().unwrap(), "12", "4"],
+        "",
+        Duration::from_secs(600),
+    );
+    assert!(
+        run.status.success() && run.stdout.contains("OK"),
+        "forkstorm failed: {}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        summary_number(&run.stderr, "eviction paths: ") > 1000,
+        "{}",
+        run.stderr
+    );
+    assert_few_write_protect_faults(&run.stderr);
+}

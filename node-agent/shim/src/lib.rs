@@ -50,6 +50,7 @@ static PARK_START: AtomicU64 = AtomicU64::new(0);
 static PARK_LEN: AtomicU64 = AtomicU64::new(0);
 
 /// Held from the prepare to the parent/child handler of a fork: forks are numbered one at a time.
+/// The helper also holds it while it moves pages for the agent (see `park`).
 static FORK_LOCK: AtomicBool = AtomicBool::new(false);
 
 /// Forks this process made since it came under management.
@@ -657,14 +658,24 @@ fn park(sock: i32, uffd: i32, word: &dyn Fn(usize) -> u64) {
     put(1, proto::PARKED);
     put(2, id);
     put(3, n as u64);
+    // No move while this process forks: a fork waits for the agent to read its event, and the
+    // agent waits for this answer, so a move stuck behind the fork would stall both (seen: the
+    // 10 s timeout, then a lost connection). A fork that starts meanwhile waits in its prepare
+    // handler until the moves are done, which never takes long.
+    let forking = FORK_LOCK
+        .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err();
     for r in 0..n {
         let (src, dst, len) = (word(3 + 3 * r), word(4 + 3 * r), word(5 + 3 * r));
-        let inside = park != 0
+        let inside = !forking
+            && park != 0
             && dst >= park
             && dst
                 .checked_add(len)
                 .is_some_and(|end| end <= park + park_len);
-        let (moved, errno) = if !inside {
+        let (moved, errno) = if forking {
+            (0, libc::EAGAIN as u64)
+        } else if !inside {
             (0, libc::EINVAL as u64)
         } else {
             let mut mv = UffdioMove {
@@ -689,6 +700,9 @@ fn park(sock: i32, uffd: i32, word: &dyn Fn(usize) -> u64) {
         };
         put(4 + 2 * r, moved);
         put(5 + 2 * r, errno);
+    }
+    if !forking {
+        FORK_LOCK.store(false, Ordering::Release);
     }
     write_full(sock, &reply[..8 * (4 + 2 * n)]);
 }

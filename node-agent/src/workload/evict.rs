@@ -24,7 +24,7 @@ use yonder_common::protocol::PageData;
 
 use super::{
     process::Proc,
-    shim_link::{exchange_blocking, read_words, runs, write_words},
+    shim_link::{read_words, runs, write_words},
     Group, EVICT_BATCH,
 };
 use crate::{
@@ -232,12 +232,13 @@ const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// (the address space is changing, the parking area is full) stay resident.
 ///
 /// The kernel takes `UFFDIO_MOVE` only from a thread of the process itself, so the shim's helper
-/// issues it, and this thread waits for its answer *blocked*, reading no userfaultfd event
-/// meanwhile. That is what makes the move safe against the program changing its memory at the
-/// same time: an unmap, remap, drop or fork raises `mmap_changing` on the uffd until its event is
-/// read, and a move while it is raised fails with `EAGAIN` instead of moving a page that may
-/// belong to new memory at the same address. Events read before the request are in the page
-/// table already; events after it wait until the table knows what moved.
+/// issues it, and the process's userfaultfd events are not read until its answer is in. That is
+/// what makes the move safe against the program changing its memory at the same time: an unmap,
+/// remap, drop or fork raises `mmap_changing` on the uffd until its event is read, and a move
+/// while it is raised fails with `EAGAIN` instead of moving a page that may belong to new memory
+/// at the same address. Events read before the request are in the page table already; events
+/// after it wait until the table knows what moved. (Reading them meanwhile would let the program
+/// unmap, map new memory at the same address and write it before the move.)
 async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<ParkedBatch> {
     victims.sort_unstable();
     // Runs of victims, each cut to fit runs of free parking slots: (source, slot, pages).
@@ -262,7 +263,18 @@ async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<ParkedBatch
     }
     let mut parked: Vec<(u64, u64)> = Vec::with_capacity(victims.len());
     let mut fallback = Vec::new();
-    let Some(shim) = p.take_shim().await else {
+    let mut vanished = Vec::new();
+    // From now until the answer, any of these pages may be gone from its address at any moment:
+    // a fault on one waits (and is woken below).
+    {
+        let mut t = p.table.borrow_mut();
+        for &(page, _, n) in &moves {
+            for i in 0..n {
+                t.dropping(page + i * PAGE);
+            }
+        }
+    }
+    let Some(mut shim) = p.take_shim().await else {
         // The process is gone: nothing to save.
         for &(page, at, n) in &moves {
             for i in 0..n {
@@ -279,7 +291,8 @@ async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<ParkedBatch
         p.g.free_later(garbage);
         bail!("the process is gone");
     };
-    // From here to the end of the exchange nothing awaits: this thread blocks.
+    // The process's uffd events wait until the answer (see above); everything else runs on.
+    p.exchanging.set(true);
     let id = p.g.next_drop_id.get() + 1;
     p.g.next_drop_id.set(id);
     let mut result: anyhow::Result<()> = Ok(());
@@ -288,11 +301,21 @@ async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<ParkedBatch
         for &(src, dst, n) in chunk {
             words.extend([src, dst, n * PAGE]);
         }
-        let reply = match exchange_blocking(&shim, &words, PARK_TIMEOUT) {
-            Ok(r) => r,
-            Err(e) => {
-                result = Err(anyhow::Error::new(e).context("the shim did not answer a park"));
-                Vec::new()
+        let reply = if result.is_err() {
+            Vec::new()
+        } else {
+            match tokio::time::timeout(PARK_TIMEOUT, exchange(&mut shim, &words)).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(e)) => {
+                    result = Err(anyhow::Error::new(e).context("the shim did not answer a park"));
+                    Vec::new()
+                }
+                Err(_) => {
+                    result = Err(anyhow::anyhow!(
+                        "the shim did not answer a park within {PARK_TIMEOUT:?}"
+                    ));
+                    Vec::new()
+                }
             }
         };
         let ok = reply.len() == 3 + 2 * chunk.len()
@@ -323,8 +346,10 @@ async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<ParkedBatch
                     // Not exclusive to the process (shared copy-on-write after a fork: EBUSY),
                     // or a mapping the kernel will not move from (EINVAL): protect instead.
                     libc::EBUSY | libc::EINVAL | libc::EPERM => fallback.push(failing),
-                    // Not present (dropped, no event read yet), the address space is changing,
-                    // or an occupied slot: not now.
+                    // Not present: the program dropped it (MADV_DONTNEED/FREE keep the table's
+                    // entry resident, as the page may stay), so it reads as zeros.
+                    libc::ENOENT => vanished.push(failing),
+                    // The address space is changing, or an occupied slot: not now.
                     _ => aborted.push(failing),
                 }
                 // What follows the failing page was not tried: it stays resident for now.
@@ -333,6 +358,24 @@ async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<ParkedBatch
         }
     }
     *p.shim.borrow_mut() = Some(shim);
+    {
+        let mut t = p.table.borrow_mut();
+        for &pg in &fallback {
+            t.not_dropping(pg);
+        }
+        let mut garbage = Vec::new();
+        for &pg in &vanished {
+            garbage.extend(t.vanished(pg));
+        }
+        drop(t);
+        p.g.free_later(garbage);
+    }
+    p.exchanging.set(false);
+    p.exchange_done.notify_waiters();
+    // Threads that faulted on these pages meanwhile wait: let them fault again.
+    for &(page, _, n) in &moves {
+        let _ = p.uffd.wake(page, n * PAGE);
+    }
     debug!(
         parked = parked.len(),
         aborted = aborted.len(),
@@ -498,6 +541,12 @@ async fn unpark(p: &Proc, page: u64, at: u64, to_free: &mut Vec<u64>) -> io::Res
         }
     }
     Err(io::Error::from_raw_os_error(libc::EAGAIN))
+}
+
+/// Sends `words` to the shim and reads its answer.
+async fn exchange(shim: &mut tokio::net::UnixStream, words: &[u64]) -> io::Result<Vec<u64>> {
+    write_words(shim, words).await?;
+    read_words(shim).await
 }
 
 impl Proc {

@@ -233,6 +233,14 @@ pub(super) async fn fault_loop(p: Rc<Proc>) {
     };
     let mut events = Vec::with_capacity(64);
     loop {
+        // While the shim moves pages for an eviction, events stay queued (see `evict::park`).
+        while p.exchanging.get() {
+            let done = p.exchange_done.notified();
+            if !p.exchanging.get() {
+                break;
+            }
+            done.await;
+        }
         let mut guard = match afd.readable().await {
             Ok(g) => g,
             Err(e) => {
@@ -240,6 +248,10 @@ pub(super) async fn fault_loop(p: Rc<Proc>) {
                 return;
             }
         };
+        if p.exchanging.get() {
+            drop(guard);
+            continue;
+        }
         events.clear();
         if let Err(e) = p.uffd.read_events(&mut events) {
             p.fail(format!("reading the userfaultfd: {e}"));

@@ -41,6 +41,10 @@ pub(super) struct Proc {
     pub(super) parking: RefCell<Option<Parking>>,
     /// Parking slots to free with the next freeing request (their pages went away meanwhile).
     pub(super) pending_free: RefCell<Vec<u64>>,
+    /// A PARK request is with the shim: the fault loop reads no event until it is answered.
+    pub(super) exchanging: Cell<bool>,
+    /// Signalled when a PARK request is answered.
+    pub(super) exchange_done: tokio::sync::Notify,
     /// Ranges registered with the uffd: start -> end.
     pub(super) registered: RefCell<BTreeMap<u64, u64>>,
     /// Ranges that could not be registered (left alone): start -> end.
@@ -85,6 +89,8 @@ impl Proc {
             table: RefCell::new(table),
             parking: RefCell::default(),
             pending_free: RefCell::default(),
+            exchanging: Cell::new(false),
+            exchange_done: tokio::sync::Notify::new(),
             registered: RefCell::new(registered),
             refused: RefCell::new(refused),
             our_drops: RefCell::default(),
