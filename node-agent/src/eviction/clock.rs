@@ -121,11 +121,6 @@ mod tests {
 
     #[test]
     fn shared_suite() {
-        suite::picks_only_tracked_pages(&mut Clock::default());
-        suite::respects_eligibility_and_count(&mut Clock::default());
-        suite::prefers_pages_not_recently_touched(&mut Clock::default());
-        suite::reinsertion_is_tracked_once(&mut Clock::default());
-        suite::pages_that_came_back_outlive_one_time_pages(&mut Clock::default());
-        suite::came_back_pages_are_tracked_once(&mut Clock::default());
+        suite::run_all(|| Box::new(Clock::default()));
     }
 }

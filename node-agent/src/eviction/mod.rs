@@ -118,6 +118,16 @@ pub(crate) mod suite {
 
     use super::EvictionPolicy;
 
+    /// Runs every test of the suite, each on a fresh policy from `make`.
+    pub fn run_all(make: impl Fn() -> Box<dyn EvictionPolicy>) {
+        picks_only_tracked_pages(&mut *make());
+        respects_eligibility_and_count(&mut *make());
+        prefers_pages_not_recently_touched(&mut *make());
+        reinsertion_is_tracked_once(&mut *make());
+        pages_that_came_back_outlive_one_time_pages(&mut *make());
+        came_back_pages_are_tracked_once(&mut *make());
+    }
+
     pub fn picks_only_tracked_pages(p: &mut dyn EvictionPolicy) {
         for page in 0..100 {
             p.inserted(page * 4096);

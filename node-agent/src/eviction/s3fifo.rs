@@ -192,12 +192,7 @@ mod tests {
 
     #[test]
     fn shared_suite() {
-        suite::picks_only_tracked_pages(&mut S3Fifo::default());
-        suite::respects_eligibility_and_count(&mut S3Fifo::default());
-        suite::prefers_pages_not_recently_touched(&mut S3Fifo::default());
-        suite::reinsertion_is_tracked_once(&mut S3Fifo::default());
-        suite::pages_that_came_back_outlive_one_time_pages(&mut S3Fifo::default());
-        suite::came_back_pages_are_tracked_once(&mut S3Fifo::default());
+        suite::run_all(|| Box::new(S3Fifo::default()));
     }
 
     #[test]
