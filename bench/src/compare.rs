@@ -130,6 +130,10 @@ pub struct Args {
     /// Copies of each evicted page (`yonder-agent --replicas`).
     #[arg(long, default_value_t = 2)]
     pub replicas: usize,
+    /// The agent's eviction policy (`yonder-agent --eviction-policy`: clock or s3fifo); the
+    /// agent's default when not given.
+    #[arg(long)]
+    pub eviction_policy: Option<String>,
     /// Directory of the swap file (must be on a disk, not tmpfs), and of the xz workload's
     /// corpus and the redis workload's RDB file (in temporary directories removed afterwards).
     #[arg(long, default_value = "/var/tmp")]
@@ -730,7 +734,12 @@ fn measure_workload(
         for &ratio in &args.ratios {
             eprintln!("compare: {name}: Yonder at {ratio} %");
             let local_mem = format!("{}KiB", budget(ratio).div_ceil(1024));
-            let agent_args = cluster.agent_args(&local_mem, args.replicas);
+            let mut agent_args = cluster.agent_args(&local_mem, args.replicas);
+            if let Some(policy) = &args.eviction_policy {
+                // Before the "--" that ends the agent's own arguments.
+                let at = agent_args.len() - 1;
+                agent_args.splice(at..at, ["--eviction-policy".into(), policy.clone()]);
+            }
             let mut outs = Vec::new();
             for _ in 0..args.runs {
                 let o = w.run(

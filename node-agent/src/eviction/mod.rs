@@ -126,6 +126,21 @@ pub(crate) mod suite {
         reinsertion_is_tracked_once(&mut *make());
         pages_that_came_back_outlive_one_time_pages(&mut *make());
         came_back_pages_are_tracked_once(&mut *make());
+        ineligible_new_pages_do_not_hide_eligible_old_ones(&mut *make());
+    }
+
+    /// New pages that cannot be taken now (in flight, or shared with a forked relative) do not
+    /// keep the policy from finding the pages that can, wherever it keeps them.
+    pub fn ineligible_new_pages_do_not_hide_eligible_old_ones(p: &mut dyn EvictionPolicy) {
+        for page in 100..110 {
+            p.rescued(page);
+        }
+        for page in 1000..2000 {
+            p.inserted(page);
+        }
+        let mut picked = p.pick(5, &mut |page| (100..110).contains(&page));
+        picked.sort();
+        assert_eq!(picked.len(), 5, "picked {picked:?}");
     }
 
     pub fn picks_only_tracked_pages(p: &mut dyn EvictionPolicy) {

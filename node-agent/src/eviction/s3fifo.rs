@@ -152,13 +152,21 @@ impl EvictionPolicy for S3Fifo {
         // Every entry is visited at most MAX_FREQ + 2 times (a promotion, the count down, the
         // pick); ineligible ones are passed, so bound the steps.
         let mut steps = (MAX_FREQ as usize + 2) * (self.small.len() + self.main.len()) + 1;
+        // Steps on the probation queue since it last gave a victim: once it has been round
+        // without one (every page there in flight, or shared with a forked relative), the main
+        // queue is next, however full probation is. Without this, ineligible pages on probation
+        // hid every candidate in main, and the evictor found nothing, again and again.
+        let mut small_fruitless = 0;
         while out.len() < n && steps > 0 && !self.live.is_empty() {
             steps -= 1;
             let small_target = self.live.len() * SMALL_PERCENT / 100;
-            let from_small =
-                !self.small.is_empty() && (self.small_len > small_target || self.main.is_empty());
+            let from_small = !self.small.is_empty()
+                && small_fruitless <= self.small.len()
+                && (self.small_len > small_target || self.main.is_empty());
             let victim = if from_small {
-                self.step_small(eligible)
+                let v = self.step_small(eligible);
+                small_fruitless = if v.is_some() { 0 } else { small_fruitless + 1 };
+                v
             } else {
                 self.step_main(eligible)
             };
