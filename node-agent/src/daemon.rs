@@ -71,7 +71,7 @@ pub struct DaemonConfig {
     /// A server that does not answer a request within this many milliseconds is marked down.
     /// Default 2000.
     pub server_timeout_ms: u64,
-    /// Which pages leave first: `clock` (default) or `s3fifo` (docs/eviction.md).
+    /// Which pages leave first: `s3fifo` (default) or `clock` (docs/eviction.md).
     pub eviction_policy: crate::eviction::Policy,
 }
 

@@ -76,7 +76,7 @@ struct RunArgs {
     /// replica stays unreachable for ten times this is declared lost (a fatal error).
     #[arg(long, default_value_t = 2000)]
     server_timeout_ms: u64,
-    /// Which pages leave first under memory pressure: clock or s3fifo (docs/eviction.md).
+    /// Which pages leave first under memory pressure: s3fifo or clock (docs/eviction.md).
     #[arg(long, default_value_t = yonder_agent::eviction::Policy::default())]
     eviction_policy: yonder_agent::eviction::Policy,
     /// The program and its arguments.

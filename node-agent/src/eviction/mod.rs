@@ -20,11 +20,11 @@ pub use s3fifo::S3Fifo;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Policy {
-    /// [`Clock`]: second chance over the resident set (the default: see docs/eviction.md).
-    #[default]
+    /// [`Clock`]: second chance over the resident set.
     Clock,
-    /// [`S3Fifo`]: a small probation queue, a main queue for pages that proved themselves, and
-    /// ghosts of evicted pages.
+    /// [`S3Fifo`]: a small probation queue, and a main queue for pages that proved themselves
+    /// (the default: see docs/eviction.md for the measurements that chose it).
+    #[default]
     S3Fifo,
 }
 
