@@ -135,6 +135,7 @@ pub fn run() -> anyhow::Result<()> {
         &cluster,
         local_bytes,
         REPLICAS,
+        &[],
         &w,
         &mut |phase, done, total| {
             bar.set_message(phase.to_string());

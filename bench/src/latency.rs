@@ -79,6 +79,44 @@ pub struct Args {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Also print where a remote fault's time goes: the agent's stages (fault read → request
+    /// sent → reply read → page installed), the rest (fault delivery and the workload's wake-up)
+    /// and the agent thread's CPU per remote fault.
+    #[arg(long)]
+    pub breakdown: bool,
+    /// Agent variants run side by side, runs interleaved: `NAME=ARGS` where ARGS are extra
+    /// `yonder-agent run` flags, e.g. `--variant spin=--spin-us=200 --variant park=--spin-us=0`.
+    /// Default: one variant with no extra flags.
+    #[arg(long = "variant")]
+    pub variants: Vec<String>,
+}
+
+/// One agent variant: a name and extra flags for `yonder-agent run`.
+#[derive(Debug, Clone)]
+struct Variant {
+    name: String,
+    args: Vec<String>,
+}
+
+fn variants(specs: &[String]) -> anyhow::Result<Vec<Variant>> {
+    if specs.is_empty() {
+        return Ok(vec![Variant {
+            name: String::new(),
+            args: Vec::new(),
+        }]);
+    }
+    specs
+        .iter()
+        .map(|v| {
+            let (name, args) = v
+                .split_once('=')
+                .with_context(|| format!("--variant {v}: expected NAME=ARGS"))?;
+            Ok(Variant {
+                name: name.to_string(),
+                args: args.split_whitespace().map(String::from).collect(),
+            })
+        })
+        .collect()
 }
 
 /// One configuration's runs.
@@ -90,8 +128,17 @@ pub struct Row {
     pub threads: usize,
     /// Each run's workload report.
     pub runs: Vec<Report>,
+    /// The agent variant (`--variant`), empty for the default.
+    #[serde(default)]
+    pub variant: String,
     /// Each run's remote-fault p50 as the agent measured it (fault read to page installed), ns.
     pub agent_remote_p50_ns: Vec<u64>,
+    /// Each run's agent-side stage p50s (send, wire, install), ns.
+    #[serde(default)]
+    pub agent_stages_p50_ns: Vec<[u64; 3]>,
+    /// Each run's agent-thread CPU time per remote fault, µs.
+    #[serde(default)]
+    pub agent_cpu_us_per_fault: Vec<f64>,
     /// Median over runs of the workload-side remote-fault figures.
     pub remote: Summary,
     /// Median over runs of the zero-fill figures.
@@ -130,6 +177,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         print!("{}", text(&report));
+        if args.breakdown {
+            print!("{}", breakdown_text(&report));
+        }
     }
     Ok(())
 }
@@ -162,34 +212,47 @@ pub fn measure(args: &Args, log: &mut dyn FnMut(String)) -> anyhow::Result<Laten
     } else {
         args.patterns.clone()
     };
+    let variants = variants(&args.variants)?;
     let mut rows = Vec::new();
     for &pattern in &patterns {
         for &threads in &args.threads {
-            let mut runs = Vec::new();
-            let mut agent_p50 = Vec::new();
+            let mut runs: Vec<Vec<(Report, AgentSummary)>> = vec![Vec::new(); variants.len()];
             for i in 0..args.runs.max(1) {
-                let w = WorkloadRun {
-                    size: args.size,
-                    pattern,
-                    threads,
-                    theta: args.theta,
-                    stride: args.stride,
-                    touches: args.touches,
-                };
-                let (report, summary) =
-                    run_under_agent(&cluster, local_bytes, args.replicas, &w, &mut |_, _, _| {})?;
-                log(format!(
-                    "{} x{threads} run {}: {} remote faults, p50 {}, p99 {}",
-                    pattern.name(),
-                    i + 1,
-                    report.remote.count,
-                    human_ns(report.remote.p50_ns as f64),
-                    human_ns(report.remote.p99_ns as f64)
-                ));
-                agent_p50.push(summary.remote_p50_ns);
-                runs.push(report);
+                // Variants take turns, so that the machine's drift hits them alike.
+                for (v, variant) in variants.iter().enumerate() {
+                    let w = WorkloadRun {
+                        size: args.size,
+                        pattern,
+                        threads,
+                        theta: args.theta,
+                        stride: args.stride,
+                        touches: args.touches,
+                    };
+                    let (report, summary) = run_under_agent(
+                        &cluster,
+                        local_bytes,
+                        args.replicas,
+                        &variant.args,
+                        &w,
+                        &mut |_, _, _| {},
+                    )?;
+                    log(format!(
+                        "{}{} x{threads} run {}: {} remote faults, p50 {}, p99 {}; agent p50 {}, {:.1} µs CPU per fault",
+                        pattern.name(),
+                        if variant.name.is_empty() { String::new() } else { format!(" [{}]", variant.name) },
+                        i + 1,
+                        report.remote.count,
+                        human_ns(report.remote.p50_ns as f64),
+                        human_ns(report.remote.p99_ns as f64),
+                        human_ns(summary.remote_p50_ns as f64),
+                        summary.cpu_us_per_fault,
+                    ));
+                    runs[v].push((report, summary));
+                }
             }
-            rows.push(row(pattern, threads, runs, agent_p50));
+            for (variant, runs) in variants.iter().zip(runs) {
+                rows.push(row(pattern, threads, &variant.name, runs));
+            }
         }
     }
     Ok(LatencyReport {
@@ -219,7 +282,8 @@ fn median_summary(runs: &[Report], pick: impl Fn(&Report) -> Summary) -> Summary
     }
 }
 
-fn row(pattern: Pattern, threads: usize, runs: Vec<Report>, agent: Vec<u64>) -> Row {
+fn row(pattern: Pattern, threads: usize, variant: &str, runs: Vec<(Report, AgentSummary)>) -> Row {
+    let (runs, agent): (Vec<Report>, Vec<AgentSummary>) = runs.into_iter().unzip();
     let med = |f: &dyn Fn(&Report) -> f64| {
         let mut v: Vec<f64> = runs.iter().map(f).collect();
         median(&mut v)
@@ -232,7 +296,10 @@ fn row(pattern: Pattern, threads: usize, runs: Vec<Report>, agent: Vec<u64>) -> 
         hit: median_summary(&runs, |r| r.hit),
         remote_faults_per_s: med(&|r| r.remote_faults_per_s),
         touches_per_s: med(&|r| r.touches_per_s),
-        agent_remote_p50_ns: agent,
+        variant: variant.to_string(),
+        agent_remote_p50_ns: agent.iter().map(|a| a.remote_p50_ns).collect(),
+        agent_stages_p50_ns: agent.iter().map(|a| a.stages_p50_ns).collect(),
+        agent_cpu_us_per_fault: agent.iter().map(|a| a.cpu_us_per_fault).collect(),
         runs,
     }
 }
@@ -253,7 +320,7 @@ pub fn text(r: &LatencyReport) -> String {
         let f = |ns: u64| human_ns(ns as f64);
         s += &format!(
             "{:<10} {:>4} {:>14} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9.0} | {:>13} {:>6} | {:>7}\n",
-            row.pattern.name(),
+            row.label(),
             row.threads,
             row.remote.count,
             f(row.remote.p50_ns),
@@ -277,7 +344,7 @@ pub fn text(r: &LatencyReport) -> String {
             let mut agent: Vec<f64> = row.agent_remote_p50_ns.iter().map(|v| *v as f64).collect();
             s += &format!(
                 "{:<10} {:>4} {:>14.1} {:>13.1} {:>14.1} {:>16}\n",
-                row.pattern.name(),
+                row.label(),
                 row.threads,
                 x(floors.uffd_local),
                 x(floors.udp_4k),
@@ -287,6 +354,51 @@ pub fn text(r: &LatencyReport) -> String {
         }
     }
     s
+}
+
+/// Where a remote fault's time goes (medians over runs of each run's p50).
+pub fn breakdown_text(r: &LatencyReport) -> String {
+    let mut s = String::from(
+        "\nWhere a remote fault's time goes (p50s, median over runs): agent stages (fault read → request handed to QUIC → reply read → page installed), and the rest of what the workload measured (fault delivery to the agent, the workload's wake-up); agent thread CPU per remote fault (evictions included)\n",
+    );
+    s += "pattern     thr  workload p50  agent p50     send     wire  install  delivery+wake  CPU/fault\n";
+    for row in &r.rows {
+        let med_stage = |k: usize| {
+            let mut v: Vec<f64> = row
+                .agent_stages_p50_ns
+                .iter()
+                .map(|a| a[k] as f64)
+                .collect();
+            median(&mut v)
+        };
+        let mut agent: Vec<f64> = row.agent_remote_p50_ns.iter().map(|v| *v as f64).collect();
+        let agent = median(&mut agent);
+        let mut cpu = row.agent_cpu_us_per_fault.clone();
+        s += &format!(
+            "{:<10} {:>4} {:>13} {:>10} {:>8} {:>8} {:>8} {:>14} {:>8.1} µs\n",
+            row.label(),
+            row.threads,
+            human_ns(row.remote.p50_ns as f64),
+            human_ns(agent),
+            human_ns(med_stage(0)),
+            human_ns(med_stage(1)),
+            human_ns(med_stage(2)),
+            human_ns((row.remote.p50_ns as f64 - agent).max(0.0)),
+            median(&mut cpu),
+        );
+    }
+    s
+}
+
+impl Row {
+    /// The pattern's name, with the variant's when there is one.
+    pub fn label(&self) -> String {
+        if self.variant.is_empty() {
+            self.pattern.name().to_string()
+        } else {
+            format!("{}/{}", self.pattern.name(), self.variant)
+        }
+    }
 }
 
 /// One run of the controlled workload.
@@ -333,6 +445,50 @@ impl WorkloadRun {
 pub struct AgentSummary {
     /// Remote-fault p50 as the agent measures it, ns.
     pub remote_p50_ns: u64,
+    /// p50 of each agent-side stage (send, wire, install), ns.
+    pub stages_p50_ns: [u64; 3],
+    /// Agent thread CPU time per remote fault, µs.
+    pub cpu_us_per_fault: f64,
+}
+
+impl AgentSummary {
+    /// Reads the agent's summary lines.
+    pub fn parse(err: &str) -> Self {
+        let remote_p50_ns = err
+            .lines()
+            .find_map(|l| {
+                let rest = l.split(" remote (p50 ").nth(1)?;
+                rest.split_whitespace().next()?.parse::<f64>().ok()
+            })
+            .map(|us| (us * 1000.0) as u64)
+            .unwrap_or(0);
+        let mut stages_p50_ns = [0; 3];
+        let mut cpu_us_per_fault = 0.0;
+        if let Some(l) = err
+            .lines()
+            .find(|l| l.starts_with("yonder: remote-fault stages"))
+        {
+            for (k, name) in ["send", "wire", "install"].iter().enumerate() {
+                let p50 = l
+                    .split(&format!(" {name} "))
+                    .nth(1)
+                    .and_then(|r| r.split('/').next())
+                    .and_then(|v| v.parse::<f64>().ok());
+                stages_p50_ns[k] = p50.map_or(0, |us| (us * 1000.0) as u64);
+            }
+            cpu_us_per_fault = l
+                .split("agent thread CPU ")
+                .nth(1)
+                .and_then(|r| r.split_whitespace().next())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+        }
+        Self {
+            remote_p50_ns,
+            stages_p50_ns,
+            cpu_us_per_fault,
+        }
+    }
 }
 
 /// Runs `w` under `yonder-agent run` on `cluster` with `local_bytes` of local memory; calls
@@ -342,12 +498,17 @@ pub fn run_under_agent(
     cluster: &Cluster,
     local_bytes: u64,
     replicas: usize,
+    extra: &[String],
     w: &WorkloadRun,
     progress: &mut dyn FnMut(&str, u64, u64),
 ) -> anyhow::Result<(Report, AgentSummary)> {
     let exe = std::env::current_exe()?;
+    let mut args = cluster.agent_args(&format!("{}KiB", local_bytes / 1024), replicas);
+    // Before the `--` that ends the agent's flags.
+    let at = args.len() - 1;
+    args.splice(at..at, extra.iter().cloned());
     let mut child = Command::new(yonder_tests::bin("yonder-agent"))
-        .args(cluster.agent_args(&format!("{}KiB", local_bytes / 1024), replicas))
+        .args(&args)
         .arg(&exe)
         .args(w.args())
         .stdin(Stdio::null())
@@ -380,15 +541,5 @@ pub fn run_under_agent(
         bail!("the workload failed under the agent ({status}):\n{err}");
     }
     let report = result.with_context(|| format!("the workload printed no result:\n{err}"))?;
-    let summary = AgentSummary {
-        remote_p50_ns: err
-            .lines()
-            .find_map(|l| {
-                let rest = l.split(" remote (p50 ").nth(1)?;
-                rest.split_whitespace().next()?.parse::<f64>().ok()
-            })
-            .map(|us| (us * 1000.0) as u64)
-            .unwrap_or(0),
-    };
-    Ok((report, summary))
+    Ok((report, AgentSummary::parse(&err)))
 }

@@ -71,6 +71,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         floor_samples: samples,
         no_floor: true,
         json: false,
+        breakdown: true,
+        variants: vec![],
     };
     if args.quick {
         lat.size = ByteSize(8 << 20);

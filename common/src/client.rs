@@ -9,6 +9,7 @@
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use quinn::{RecvStream, SendStream};
@@ -189,6 +190,12 @@ impl Client {
 
     /// Sends one request and waits for its reply; error replies become [`ClientError::Server`].
     pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
+        self.call_timed(req).await.map(|(resp, _)| resp)
+    }
+
+    /// Like [`Client::call`], and says when the request was handed to QUIC and when its reply
+    /// was read.
+    pub async fn call_timed(&self, req: &Request) -> Result<(Response, Timing), ClientError> {
         let _permit = self
             .in_flight
             .acquire()
@@ -207,7 +214,7 @@ impl Client {
             }
         };
         // On any error the lane is dropped here: its stream may hold a partial frame.
-        let resp = exchange(&mut lane, req).await?;
+        let (resp, timing) = exchange(&mut lane, req).await?;
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         if lanes.len() < MAX_IDLE_LANES {
             lanes.push(lane);
@@ -215,7 +222,7 @@ impl Client {
         drop(lanes);
         match resp {
             Response::Error { code, message } => Err(ClientError::Server { code, message }),
-            resp => Ok(resp),
+            resp => Ok((resp, timing)),
         }
     }
 
@@ -224,6 +231,18 @@ impl Client {
         let want = pages.len();
         match self.call(&Request::Read { pages }).await? {
             Response::Read { pages } => counted("read", pages, want),
+            _ => Err(ClientError::Unexpected("read")),
+        }
+    }
+
+    /// Reads a batch of pages, and says when the request left and its reply arrived.
+    pub async fn read_timed(
+        &self,
+        pages: Vec<ReadItem>,
+    ) -> Result<(Vec<ReadResult>, Timing), ClientError> {
+        let want = pages.len();
+        match self.call_timed(&Request::Read { pages }).await? {
+            (Response::Read { pages }, t) => Ok((counted("read", pages, want)?, t)),
             _ => Err(ClientError::Unexpected("read")),
         }
     }
@@ -279,11 +298,23 @@ fn counted<T>(op: &'static str, items: Vec<T>, want: usize) -> Result<Vec<T>, Cl
     }
 }
 
-async fn exchange(lane: &mut Lane, req: &Request) -> Result<Response, ClientError> {
+/// When a request was handed to QUIC and when its reply had been read (for per-stage latency).
+#[derive(Clone, Copy, Debug)]
+pub struct Timing {
+    /// The request frame was written to its stream.
+    pub sent: Instant,
+    /// The reply frame was read from its stream.
+    pub replied: Instant,
+}
+
+async fn exchange(lane: &mut Lane, req: &Request) -> Result<(Response, Timing), ClientError> {
     encode_frame(req, &mut lane.buf)?;
     write_frame(&mut lane.send, &lane.buf).await?;
+    let sent = Instant::now();
     if !read_frame(&mut lane.recv, &mut lane.buf).await? {
         return Err(ClientError::NoReply);
     }
-    Ok(decode_payload::<Response>(&lane.buf)?)
+    let replied = Instant::now();
+    let resp = decode_payload::<Response>(&lane.buf)?;
+    Ok((resp, Timing { sent, replied }))
 }

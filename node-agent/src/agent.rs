@@ -48,6 +48,9 @@ pub struct RunConfig {
     pub policy: Policy,
     /// Which pages leave first.
     pub eviction: crate::eviction::Policy,
+    /// Spin window of the agent's thread after a fault or reply, µs; 0 sleeps between events
+    /// (see `spin.rs`).
+    pub spin_us: u64,
 }
 
 impl RunConfig {
@@ -91,6 +94,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
     .await?;
     let servers = Rc::new(servers);
     tokio::task::spawn_local(crate::remote::prober(servers.clone()));
+    crate::spin::start(config.spin_us);
 
     let dir = tempfile::Builder::new().prefix("yonder-run-").tempdir()?;
     let sock = dir.path().join("agent.sock");

@@ -73,6 +73,9 @@ pub struct DaemonConfig {
     pub server_timeout_ms: u64,
     /// Which pages leave first: `s3fifo` (default) or `clock` (docs/eviction.md).
     pub eviction_policy: crate::eviction::Policy,
+    /// Spin window of the daemon's thread after a fault or reply, µs; 0 never spins
+    /// (docs/fault-path.md).
+    pub spin_us: u64,
 }
 
 impl DaemonConfig {
@@ -102,6 +105,7 @@ impl Default for DaemonConfig {
             write_quorum: None,
             server_timeout_ms: 2000,
             eviction_policy: crate::eviction::Policy::default(),
+            spin_us: crate::spin::DEFAULT_WINDOW_US,
         }
     }
 }
@@ -265,6 +269,7 @@ async fn daemon_async(config: DaemonConfig) -> anyhow::Result<()> {
         config.policy(),
     )
     .await?;
+    crate::spin::start(config.spin_us);
     let dir = config
         .socket
         .parent()

@@ -10,6 +10,7 @@ pub mod fdpass;
 pub mod pages;
 pub mod procfs;
 pub mod remote;
+pub mod spin;
 pub mod stats;
 pub mod uffd;
 pub mod workload;

@@ -79,6 +79,11 @@ struct RunArgs {
     /// Which pages leave first under memory pressure: s3fifo or clock (docs/eviction.md).
     #[arg(long, default_value_t = yonder_agent::eviction::Policy::default())]
     eviction_policy: yonder_agent::eviction::Policy,
+    /// Spin instead of sleeping for this many microseconds after each fault or reply (and while a
+    /// fetch is in flight, up to 2 ms), so the next event needs no wake-up; 0 never spins
+    /// (docs/fault-path.md).
+    #[arg(long, default_value_t = yonder_agent::spin::DEFAULT_WINDOW_US)]
+    spin_us: u64,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
@@ -146,6 +151,7 @@ fn main() -> ExitCode {
         command: args.command,
         daemon,
         eviction: args.eviction_policy,
+        spin_us: args.spin_us,
         policy: yonder_agent::remote::Policy {
             replicas: args.replicas,
             write_quorum: args.write_quorum.unwrap_or(args.replicas),

@@ -195,6 +195,20 @@ pub fn rss_anon(pid: u32) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time the calling thread has used (user and system).
+pub fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    let r = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if r != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// Copies the given pages of `pid` into `out` (one page each, in order). The pages must be
 /// present: reading a missing page of a registered range would wait on the agent's own fault
 /// service, so callers run this off the fault loop's thread.

@@ -22,7 +22,7 @@ use std::{
 };
 
 use yonder_common::{
-    client::{Client, ClientError},
+    client::{Client, ClientError, Timing},
     protocol::{FreeItem, PageData, ReadItem, ReadResult, WriteItem, WriteResult, MAX_BATCH_PAGES},
     PageKey, PAGE_SIZE,
 };
@@ -42,6 +42,15 @@ pub enum FetchError {
         /// What the servers answered.
         what: String,
     },
+}
+
+/// Pages read back, and when the request that brought the first one left and was answered.
+#[derive(Debug)]
+pub struct Fetched {
+    /// Contents, in the order asked.
+    pub pages: Vec<Vec<u8>>,
+    /// Timing of the request that brought the first page (None if it took several rounds).
+    pub timing: Option<Timing>,
 }
 
 /// What a read for re-replication found.
@@ -324,11 +333,8 @@ impl Servers {
 
     /// Reads several pages; contents in the order asked. Each page comes from the first server
     /// (fastest of its first R, then the rest of its ranking) that holds its exact version.
-    pub async fn read_many(
-        &self,
-        space: u32,
-        remotes: &[Remote],
-    ) -> Result<Vec<Vec<u8>>, FetchError> {
+    pub async fn read_many(&self, space: u32, remotes: &[Remote]) -> Result<Fetched, FetchError> {
+        let mut timing = None;
         let mut out: Vec<Option<Vec<u8>>> = vec![None; remotes.len()];
         // Per page: servers still to ask, in order, and what the others said.
         let mut todo: Vec<(usize, Vec<usize>)> = remotes
@@ -394,10 +400,10 @@ impl Servers {
                             })
                             .collect();
                         let Some(h) = hedge else {
-                            return (s, self.call(s, |c| async move { c.read(items).await }).await);
+                            return (s, self.call(s, |c| async move { c.read_timed(items).await }).await);
                         };
                         let again = items.clone();
-                        let primary = self.call(s, |c| async move { c.read(items).await });
+                        let primary = self.call(s, |c| async move { c.read_timed(items).await });
                         tokio::pin!(primary);
                         let delay = self.servers[s].hedge_delay(self.policy.timeout);
                         tokio::select! {
@@ -405,11 +411,11 @@ impl Servers {
                             () = tokio::time::sleep(delay) => {}
                         }
                         metrics::counter!("yonder_agent_hedged_reads_total").increment(1);
-                        let secondary = self.call(h, |c| async move { c.read(again).await });
+                        let secondary = self.call(h, |c| async move { c.read_timed(again).await });
                         tokio::pin!(secondary);
                         let want = remotes[idx[0]].version;
-                        let found = |o: &Outcome<Vec<ReadResult>>| {
-                            matches!(o, Outcome::Done(r)
+                        let found = |o: &Outcome<(Vec<ReadResult>, Timing)>| {
+                            matches!(o, Outcome::Done((r, _))
                                 if matches!(r.first(), Some(ReadResult::Found { version, .. }) if *version == want))
                         };
                         tokio::select! {
@@ -427,7 +433,10 @@ impl Servers {
             for (s, outcome) in futures_util::future::join_all(futures).await {
                 let name = &self.servers[s].name;
                 match outcome {
-                    Outcome::Done(results) => {
+                    Outcome::Done((results, t)) => {
+                        if per_server[s].first() == Some(&0) {
+                            timing = Some(t);
+                        }
                         for (&i, r) in per_server[s].iter().zip(results) {
                             got[i] = Some(match r {
                                 ReadResult::Found { version, data }
@@ -474,10 +483,13 @@ impl Servers {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
-        Ok(out
-            .into_iter()
-            .map(|p| p.expect("every page answered"))
-            .collect())
+        Ok(Fetched {
+            pages: out
+                .into_iter()
+                .map(|p| p.expect("every page answered"))
+                .collect(),
+            timing,
+        })
     }
 
     /// Reads pages for re-replication: from servers that are up only, without waiting. Per page:

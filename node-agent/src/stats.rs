@@ -37,6 +37,11 @@ pub struct Stats {
     pub peak_resident: usize,
     /// Remote-fault service time, nanoseconds (fault read to page installed).
     pub remote_latency: Histogram<u64>,
+    /// Remote-fault stages, nanoseconds: fault read to request handed to QUIC, to reply read, to
+    /// page installed (see [`Stage`]).
+    pub stages: [Histogram<u64>; 3],
+    /// CPU time of the agent's thread when the run started (to report CPU per remote fault).
+    pub cpu_at_start: Duration,
     /// Samples of (managed resident bytes, RssAnon bytes).
     pub share_samples: Vec<(u64, u64)>,
     /// Address spaces attached so far (more than one after an exec).
@@ -70,6 +75,8 @@ impl Default for Stats {
             bytes_out: 0,
             peak_resident: 0,
             remote_latency: Histogram::new(3).expect("valid histogram precision"),
+            stages: std::array::from_fn(|_| Histogram::new(3).expect("valid histogram precision")),
+            cpu_at_start: crate::procfs::thread_cpu_time(),
             share_samples: Vec::new(),
             attached: 0,
             unmanaged_processes: 0,
@@ -105,6 +112,16 @@ impl Stats {
             self.labels(None)
         )
         .record(took.as_secs_f64());
+    }
+
+    /// Records the stages of one remote fault (each ends where the next begins).
+    pub fn remote_stages(&mut self, took: [Duration; 3]) {
+        for (stage, t) in Stage::ALL.into_iter().zip(took) {
+            let _ = self.stages[stage as usize].record(t.as_nanos() as u64);
+            let mut l = self.labels.clone();
+            l.push(Label::new("stage", stage.name()));
+            histogram!("yonder_agent_remote_fault_stage_seconds", l).record(t.as_secs_f64());
+        }
     }
 
     /// Records a page fetched ahead.
@@ -215,6 +232,26 @@ impl Stats {
             self.wp_faults,
             self.prefetched
         );
+        if self.remote_faults > 0 {
+            let st = |k: Stage| {
+                let h = &self.stages[k as usize];
+                format!(
+                    "{} {:.0}/{:.0}",
+                    k.name(),
+                    h.value_at_quantile(0.5) as f64 / 1e3,
+                    h.value_at_quantile(0.99) as f64 / 1e3
+                )
+            };
+            let cpu = crate::procfs::thread_cpu_time().saturating_sub(self.cpu_at_start);
+            s += &format!(
+                "yonder: remote-fault stages p50/p99 µs: {}, {}, {}; agent thread CPU {:.1} µs per remote fault ({:.2} s in all)\n",
+                st(Stage::Send),
+                st(Stage::Wire),
+                st(Stage::Install),
+                cpu.as_secs_f64() * 1e6 / self.remote_faults as f64,
+                cpu.as_secs_f64()
+            );
+        }
         s += &format!(
             "yonder: evicted {} pages ({} clean drops without a write); {:.1} MiB out, {:.1} MiB in\n",
             self.evicted,
@@ -259,5 +296,30 @@ impl Stats {
             );
         }
         s
+    }
+}
+
+/// The stages of a remote fault as the agent sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    /// Fault read from the uffd to the request handed to QUIC.
+    Send = 0,
+    /// Request handed to QUIC to its reply read: the network, the server and the wake-ups.
+    Wire = 1,
+    /// Reply read to the page installed (which wakes the faulting thread).
+    Install = 2,
+}
+
+impl Stage {
+    /// Every stage, in order.
+    pub const ALL: [Stage; 3] = [Stage::Send, Stage::Wire, Stage::Install];
+
+    /// Its name in metrics and the summary.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Send => "send",
+            Stage::Wire => "wire",
+            Stage::Install => "install",
+        }
     }
 }

@@ -262,6 +262,7 @@ pub(super) async fn fault_loop(p: Rc<Proc>) {
             continue;
         }
         drop(guard);
+        crate::spin::activity();
         tracing::trace!(?events, "uffd events");
         let now = Instant::now();
         // Changes to the address space first, so that faults in the same batch see them.
@@ -281,8 +282,16 @@ pub(super) async fn fault_loop(p: Rc<Proc>) {
 /// Fetches the faulting page (first in `batch`) and any prefetched ones in one request, and
 /// installs them; prefetched pages are installed write-protected, as clean copies.
 pub(super) async fn fetch(p: Rc<Proc>, batch: Vec<(u64, Remote)>, write: bool, at: Instant) {
+    struct InFlight;
+    impl Drop for InFlight {
+        fn drop(&mut self) {
+            crate::spin::fetch_done();
+        }
+    }
+    crate::spin::fetch_started();
+    let _in_flight = InFlight;
     let remotes: Vec<Remote> = batch.iter().map(|b| b.1).collect();
-    let pages = match p.g.servers.read_many(p.g.space, &remotes).await {
+    let fetched = match p.g.servers.read_many(p.g.space, &remotes).await {
         Ok(d) => d,
         Err(e) => {
             p.fail(format!(
@@ -292,7 +301,7 @@ pub(super) async fn fetch(p: Rc<Proc>, batch: Vec<(u64, Remote)>, write: bool, a
             return;
         }
     };
-    for (i, ((page, remote), data)) in batch.into_iter().zip(pages).enumerate() {
+    for (i, ((page, remote), data)) in batch.into_iter().zip(fetched.pages).enumerate() {
         let faulting = i == 0;
         let dirty = faulting && write;
         loop {
@@ -306,7 +315,15 @@ pub(super) async fn fetch(p: Rc<Proc>, batch: Vec<(u64, Remote)>, write: bool, a
                     p.table.borrow_mut().fetched(page, remote, dirty);
                     let mut stats = p.g.stats.borrow_mut();
                     if faulting {
-                        stats.remote_fault(at.elapsed());
+                        let installed = Instant::now();
+                        stats.remote_fault(installed - at);
+                        if let Some(t) = fetched.timing {
+                            stats.remote_stages([
+                                t.sent.saturating_duration_since(at),
+                                t.replied.saturating_duration_since(t.sent),
+                                installed.saturating_duration_since(t.replied),
+                            ]);
+                        }
                     } else {
                         stats.prefetched();
                     }
