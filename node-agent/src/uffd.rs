@@ -208,6 +208,29 @@ impl Uffd {
         install_result(ioctl(self.fd.as_raw_fd(), sys::UFFDIO_COPY, &mut copy))
     }
 
+    /// Installs `src` (several pages) at `dst` with one ioctl and says how many whole pages went
+    /// in before the kernel stopped, and how the call ended: `Done` when all went in; a stop after
+    /// some pages is `Again` whatever the cause (the kernel says EAGAIN), so the caller goes on
+    /// page by page from there.
+    pub fn copy_run(&self, dst: u64, src: &[u8]) -> io::Result<(usize, Install)> {
+        let mut copy = sys::uffdio_copy {
+            dst,
+            src: src.as_ptr() as u64,
+            len: src.len() as u64,
+            mode: 0,
+            copy: 0,
+        };
+        // The kernel reads `src` during the call only; `src` outlives it.
+        let r = install_result(ioctl(self.fd.as_raw_fd(), sys::UFFDIO_COPY, &mut copy));
+        // On a stop part-way, `copy` holds the bytes copied (or a negative errno when none were).
+        let done = if matches!(r, Ok(Install::Done)) {
+            src.len()
+        } else {
+            copy.copy.max(0) as usize
+        };
+        r.map(|i| (done / PAGE as usize, i))
+    }
+
     /// Maps the shared zero page at `dst` (one page).
     pub fn zeropage(&self, dst: u64) -> io::Result<Install> {
         let mut zp = sys::uffdio_zeropage {
@@ -356,5 +379,70 @@ fn decode(msg: &sys::uffd_msg) -> Event {
             }
         }
         other => Event::Other(other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::FromRawFd;
+
+    use super::*;
+
+    /// A uffd of this process and a fresh registered mapping of `pages` pages.
+    fn setup(pages: usize) -> (Uffd, u64) {
+        // SAFETY: a plain system call with flags; it returns a new fd or -1.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        assert!(fd >= 0, "userfaultfd: {}", io::Error::last_os_error());
+        // SAFETY: `fd` was just returned to us and nothing else owns it.
+        let uffd = Uffd::new(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }).expect("handshake");
+        let len = pages * PAGE as usize;
+        // SAFETY: an anonymous private mapping at an address the kernel picks; checked below.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        uffd.register(addr as u64, len as u64).expect("register");
+        (uffd, addr as u64)
+    }
+
+    fn page_of(n: u8) -> Vec<u8> {
+        vec![n; PAGE as usize]
+    }
+
+    #[test]
+    fn a_run_goes_in_with_one_copy_and_stops_at_a_page_already_there() {
+        let (uffd, base) = setup(8);
+        // Page 3 is there first: a run over 1..6 installs 1 and 2, then stops.
+        assert!(matches!(
+            uffd.copy(base + 3 * PAGE, &page_of(9), false),
+            Ok(Install::Done)
+        ));
+        let run: Vec<u8> = (1..6u8).flat_map(page_of).collect();
+        let (n, why) = uffd.copy_run(base + PAGE, &run).expect("copy");
+        // The kernel reports a stop after some pages as EAGAIN, whatever stopped it.
+        assert_eq!(n, 2);
+        assert!(matches!(why, Install::Again));
+        // The rest of a run after the stop, one call.
+        let (n, why) = uffd
+            .copy_run(base + 4 * PAGE, &run[3 * PAGE as usize..])
+            .expect("copy");
+        assert_eq!((n, matches!(why, Install::Done)), (2, true));
+        for (i, want) in [(1u64, 1u8), (2, 2), (3, 9), (4, 4), (5, 5)] {
+            // SAFETY: the page is installed (above) inside our own live mapping.
+            let got = unsafe { *((base + i * PAGE + 100) as *const u8) };
+            assert_eq!(got, want, "page {i}");
+        }
+        // An unmap would wait for its event to be read: unregister first.
+        uffd.unregister(base, 8 * PAGE).expect("unregister");
+        // SAFETY: unmapping the mapping made in `setup`, which nothing else uses.
+        unsafe { libc::munmap(base as *mut libc::c_void, 8 * PAGE as usize) };
     }
 }

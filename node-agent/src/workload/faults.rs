@@ -280,7 +280,8 @@ pub(super) async fn fault_loop(p: Rc<Proc>) {
 }
 
 /// Fetches the faulting page (first in `batch`) and any prefetched ones in one request, and
-/// installs them; prefetched pages are installed write-protected, as clean copies.
+/// installs them writable: the faulting page first (which wakes its thread), then each contiguous
+/// run of prefetched pages with one `UFFDIO_COPY`.
 pub(super) async fn fetch(p: Rc<Proc>, batch: Vec<(u64, Remote)>, write: bool, at: Instant) {
     struct InFlight;
     impl Drop for InFlight {
@@ -301,40 +302,108 @@ pub(super) async fn fetch(p: Rc<Proc>, batch: Vec<(u64, Remote)>, write: bool, a
             return;
         }
     };
-    for (i, ((page, remote), data)) in batch.into_iter().zip(fetched.pages).enumerate() {
-        let faulting = i == 0;
-        let dirty = faulting && write;
-        loop {
-            if !p.table.borrow().fetch_wanted(page, remote) {
-                break;
+    let mut pages = batch
+        .into_iter()
+        .zip(fetched.pages)
+        .map(|((page, remote), data)| (page, remote, data));
+    let Some((page, remote, data)) = pages.next() else {
+        return;
+    };
+    let Ok(went_in) = install(&p, page, remote, &data, write).await else {
+        return;
+    };
+    let installed = Instant::now();
+    if went_in {
+        let mut stats = p.g.stats.borrow_mut();
+        stats.remote_fault(installed - at);
+        if let Some(t) = fetched.timing {
+            stats.remote_stages([
+                t.sent.saturating_duration_since(at),
+                t.replied.saturating_duration_since(t.sent),
+                installed.saturating_duration_since(t.replied),
+            ]);
+        }
+    }
+    let mut rest: Vec<(u64, Remote, Vec<u8>)> = pages.collect();
+    rest.sort_unstable_by_key(|r| r.0);
+    let mut i = 0;
+    while i < rest.len() {
+        // The run of pages from `i` that are contiguous and still wanted (checked with no await
+        // before the copy, so nothing can change them in between).
+        let mut j = i;
+        {
+            let t = p.table.borrow();
+            while j < rest.len()
+                && (j == i || rest[j].0 == rest[j - 1].0 + PAGE)
+                && t.fetch_wanted(rest[j].0, rest[j].1)
+            {
+                j += 1;
             }
-            // Installed writable: whether it stays equal to its remote copy is decided at its
-            // eviction, from its content's digest, so a write costs no fault.
-            match p.uffd.copy(page, &data, false) {
-                Ok(Install::Done | Install::Exists) => {
-                    p.table.borrow_mut().fetched(page, remote, dirty);
+        }
+        if j == i {
+            i += 1;
+            continue;
+        }
+        let mut k = i;
+        if j - i >= 2 {
+            let buf: Vec<u8> = rest[i..j]
+                .iter()
+                .flat_map(|r| r.2.iter().copied())
+                .collect();
+            match p.uffd.copy_run(rest[i].0, &buf) {
+                Ok((n, _)) => {
+                    let mut t = p.table.borrow_mut();
                     let mut stats = p.g.stats.borrow_mut();
-                    if faulting {
-                        let installed = Instant::now();
-                        stats.remote_fault(installed - at);
-                        if let Some(t) = fetched.timing {
-                            stats.remote_stages([
-                                t.sent.saturating_duration_since(at),
-                                t.replied.saturating_duration_since(t.sent),
-                                installed.saturating_duration_since(t.replied),
-                            ]);
-                        }
-                    } else {
+                    for (page, remote, _) in &rest[i..i + n] {
+                        t.fetched(*page, *remote, false);
                         stats.prefetched();
                     }
-                    break;
+                    k = i + n;
                 }
-                Ok(Install::Again) => tokio::task::yield_now().await,
-                Ok(Install::Gone) => break,
                 Err(e) => {
-                    p.fail(format!("cannot install the page at {page:#x}: {e}"));
+                    p.fail(format!("cannot install the pages at {:#x}: {e}", rest[i].0));
                     return;
                 }
+            }
+        }
+        // One by one from where a run stopped (a page already there, or the address space
+        // changing), or a run of one.
+        for (page, remote, data) in &rest[k..j] {
+            match install(&p, *page, *remote, data, false).await {
+                Ok(true) => p.g.stats.borrow_mut().prefetched(),
+                Ok(false) => {}
+                Err(()) => return,
+            }
+        }
+        i = j;
+    }
+}
+
+/// Installs one fetched page if the table still wants it; `Ok(true)` when it went in (or was
+/// there already), `Err` when the process failed.
+async fn install(
+    p: &Proc,
+    page: u64,
+    remote: Remote,
+    data: &[u8],
+    dirty: bool,
+) -> Result<bool, ()> {
+    loop {
+        if !p.table.borrow().fetch_wanted(page, remote) {
+            return Ok(false);
+        }
+        // Installed writable: whether it stays equal to its remote copy is decided at its
+        // eviction, from its content's digest, so a write costs no fault.
+        match p.uffd.copy(page, data, false) {
+            Ok(Install::Done | Install::Exists) => {
+                p.table.borrow_mut().fetched(page, remote, dirty);
+                return Ok(true);
+            }
+            Ok(Install::Again) => tokio::task::yield_now().await,
+            Ok(Install::Gone) => return Ok(false),
+            Err(e) => {
+                p.fail(format!("cannot install the page at {page:#x}: {e}"));
+                return Err(());
             }
         }
     }
