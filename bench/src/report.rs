@@ -346,6 +346,35 @@ fn latency_md(r: &latency::LatencyReport, floors: &[floor::Floors]) -> String {
             p / quic
         );
     }
+    let uffd1 = fl(&|x| x.uffd_local.one_cpu.p50_ns);
+    let quic1 = fl(&|x| x.quic_4k.one_cpu.p50_ns);
+    s += &format!(
+        "\nWhere a remote fault's time goes (`yonder-bench latency --breakdown`; p50s, median over runs): \
+         the agent's stages (fault read → request handed to QUIC → reply read → page installed), the \
+         rest of what the workload measured (fault delivery to the agent and the workload's \
+         wake-up), and the agent thread's CPU per remote fault (its evictions included). Issue 13's \
+         bound, 2 × (one-CPU uffd floor + one-CPU QUIC floor), is {} on this run's floors.\n\n\
+         | pattern | threads | workload p50 | agent p50 | send | wire | install | delivery + wake-up | agent CPU per remote fault |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        human_ns(2.0 * (uffd1 + quic1)),
+    );
+    for row in &r.rows {
+        let stage = |k: usize| human_ns(med_u(row.agent_stages_p50_ns.iter().map(|a| a[k])));
+        let agent = med_u(row.agent_remote_p50_ns.iter().copied());
+        let mut cpu = row.agent_cpu_us_per_fault.clone();
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {:.1} µs |\n",
+            row.label(),
+            row.threads,
+            human_ns(row.remote.p50_ns as f64),
+            human_ns(agent),
+            stage(0),
+            stage(1),
+            stage(2),
+            human_ns((row.remote.p50_ns as f64 - agent).max(0.0)),
+            crate::stats::median(&mut cpu),
+        );
+    }
     s + "\n"
 }
 
