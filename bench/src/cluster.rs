@@ -27,6 +27,11 @@ pub struct Cluster {
 impl Cluster {
     /// Starts `n` release-or-debug `yonder-server`s on loopback ports, each with `capacity`.
     pub fn start(n: usize, capacity: &str) -> anyhow::Result<Self> {
+        Self::start_with(n, capacity, &[])
+    }
+
+    /// Like [`Cluster::start`], with `extra` flags for every server.
+    pub fn start_with(n: usize, capacity: &str, extra: &[String]) -> anyhow::Result<Self> {
         let certs = Certs::new(&[TENANT])?;
         let logs = tempfile::Builder::new().prefix("yonder-bench-").tempdir()?;
         let mut procs = Vec::new();
@@ -35,7 +40,8 @@ impl Cluster {
             let mut cmd = Command::new(bin("yonder-server"));
             cmd.args(["--listen", "127.0.0.1:0", "--capacity", capacity])
                 .args(["--mtu", &LOOPBACK_MTU.to_string(), "--tls-dir"])
-                .arg(certs.dir());
+                .arg(certs.dir())
+                .args(extra);
             let (p, addr) =
                 Process::start(cmd, &format!("server{i}"), "listening on", logs.path())?;
             procs.push(p);

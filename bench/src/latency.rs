@@ -84,18 +84,20 @@ pub struct Args {
     /// and the agent thread's CPU per remote fault.
     #[arg(long)]
     pub breakdown: bool,
-    /// Agent variants run side by side, runs interleaved: `NAME=ARGS` where ARGS are extra
-    /// `yonder-agent run` flags, e.g. `--variant spin=--spin-us=200 --variant park=--spin-us=0`.
-    /// Default: one variant with no extra flags.
+    /// Variants run side by side, runs interleaved: `NAME=ARGS` where ARGS are extra
+    /// `yonder-agent run` flags, and flags prefixed `server:` go to the memory servers started for
+    /// this variant, e.g. `--variant park=--spin-us=0 --variant spin=--spin-us=200` or
+    /// `--variant both="--spin-us=200 server:--spin-us=200"`. Default: one variant, no extra flags.
     #[arg(long = "variant")]
     pub variants: Vec<String>,
 }
 
-/// One agent variant: a name and extra flags for `yonder-agent run`.
+/// One variant: a name, extra flags for `yonder-agent run` and for its memory servers.
 #[derive(Debug, Clone)]
 struct Variant {
     name: String,
     args: Vec<String>,
+    server_args: Vec<String>,
 }
 
 fn variants(specs: &[String]) -> anyhow::Result<Vec<Variant>> {
@@ -103,6 +105,7 @@ fn variants(specs: &[String]) -> anyhow::Result<Vec<Variant>> {
         return Ok(vec![Variant {
             name: String::new(),
             args: Vec::new(),
+            server_args: Vec::new(),
         }]);
     }
     specs
@@ -111,9 +114,16 @@ fn variants(specs: &[String]) -> anyhow::Result<Vec<Variant>> {
             let (name, args) = v
                 .split_once('=')
                 .with_context(|| format!("--variant {v}: expected NAME=ARGS"))?;
+            let (server, agent): (Vec<&str>, Vec<&str>) = args
+                .split_whitespace()
+                .partition(|a| a.starts_with("server:"));
             Ok(Variant {
                 name: name.to_string(),
-                args: args.split_whitespace().map(String::from).collect(),
+                args: agent.into_iter().map(String::from).collect(),
+                server_args: server
+                    .into_iter()
+                    .map(|a| a.trim_start_matches("server:").to_string())
+                    .collect(),
             })
         })
         .collect()
@@ -196,23 +206,36 @@ pub fn measure(args: &Args, log: &mut dyn FnMut(String)) -> anyhow::Result<Laten
         log("measuring the floors...".into());
         Some(floor::measure(args.floor_samples)?)
     };
-    let cluster = if args.servers.is_empty() {
-        Cluster::start(args.embedded.max(1), "1GiB")?
-    } else {
-        Cluster::external(
-            args.servers.clone(),
-            &args.tls_dir,
-            &args.cert_name,
-            args.mtu,
-        )
-    };
+    let variants = variants(&args.variants)?;
+    // One cluster per variant when any variant has server flags, else one for all.
+    let own_clusters = variants.iter().any(|v| !v.server_args.is_empty());
+    anyhow::ensure!(
+        !own_clusters || args.servers.is_empty(),
+        "server: flags in --variant need the embedded servers, not --servers"
+    );
+    let mut clusters = Vec::new();
+    for v in variants
+        .iter()
+        .take(if own_clusters { variants.len() } else { 1 })
+    {
+        clusters.push(if args.servers.is_empty() {
+            Cluster::start_with(args.embedded.max(1), "1GiB", &v.server_args)?
+        } else {
+            Cluster::external(
+                args.servers.clone(),
+                &args.tls_dir,
+                &args.cert_name,
+                args.mtu,
+            )
+        });
+    }
+    let cluster = &clusters[0];
     let local_bytes = args.size.0 * u64::from(args.local_pct) / 100;
     let patterns = if args.patterns.is_empty() {
         Pattern::ALL.to_vec()
     } else {
         args.patterns.clone()
     };
-    let variants = variants(&args.variants)?;
     let mut rows = Vec::new();
     for &pattern in &patterns {
         for &threads in &args.threads {
@@ -229,7 +252,7 @@ pub fn measure(args: &Args, log: &mut dyn FnMut(String)) -> anyhow::Result<Laten
                         touches: args.touches,
                     };
                     let (report, summary) = run_under_agent(
-                        &cluster,
+                        &clusters[if own_clusters { v } else { 0 }],
                         local_bytes,
                         args.replicas,
                         &variant.args,
