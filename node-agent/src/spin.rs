@@ -117,3 +117,45 @@ pub fn fetch_done() {
         s.until.set(Instant::now() + s.window);
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spinner(window_us: u64, now: Instant) -> Spinner {
+        Spinner {
+            window: Duration::from_micros(window_us),
+            until: Cell::new(now),
+            in_flight: Cell::new(0),
+            started: Cell::new(now),
+            asleep: Cell::new(true),
+            wake: Notify::new(),
+        }
+    }
+
+    #[test]
+    fn spins_within_the_window_after_activity_and_not_after() {
+        let t0 = Instant::now();
+        let s = spinner(200, t0);
+        assert!(!s.wanted(t0), "no activity yet: asleep");
+        s.until.set(t0 + s.window);
+        assert!(s.wanted(t0 + Duration::from_micros(199)));
+        assert!(!s.wanted(t0 + Duration::from_micros(200)));
+    }
+
+    #[test]
+    fn a_fetch_in_flight_keeps_it_spinning_but_never_past_the_bound() {
+        let t0 = Instant::now();
+        let s = spinner(50, t0);
+        s.in_flight.set(1);
+        s.started.set(t0);
+        assert!(s.wanted(t0 + Duration::from_micros(500)));
+        assert!(s.wanted(t0 + IN_FLIGHT_MAX - Duration::from_micros(1)));
+        assert!(
+            !s.wanted(t0 + IN_FLIGHT_MAX),
+            "a slow server is waited for asleep"
+        );
+        s.in_flight.set(0);
+        assert!(!s.wanted(t0 + Duration::from_micros(500)));
+    }
+}
