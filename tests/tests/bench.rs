@@ -205,6 +205,67 @@ fn quick_report_writes_every_section() {
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
 }
 
+#[test]
+fn latency_breakdown_of_a_spinning_and_a_sleeping_agent_side_by_side() {
+    let out = bench(&[
+        "latency",
+        "--size",
+        "8MiB",
+        "--patterns",
+        "random",
+        "--threads",
+        "1",
+        "--no-floor",
+        "--variant",
+        "park=--spin-us=0",
+        "--variant",
+        "spin=--spin-us=200",
+        "--json",
+    ]);
+    let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let rows = r["rows"].as_array().unwrap();
+    let names: Vec<&str> = rows
+        .iter()
+        .map(|r| r["variant"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["park", "spin"]);
+    for row in rows {
+        assert_eq!(row["runs"][0]["bad"], 0, "{row}");
+        assert!(
+            ordered(&row["remote"]) > 500,
+            "too few remote faults: {row}"
+        );
+        // Every stage took time, and the agent spent CPU on its faults.
+        let stages = row["agent_stages_p50_ns"][0].as_array().unwrap();
+        assert_eq!(stages.len(), 3, "{row}");
+        assert!(stages.iter().all(|v| v.as_u64().unwrap() > 0), "{row}");
+        assert!(
+            row["agent_cpu_us_per_fault"][0].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+    }
+
+    let out = bench(&[
+        "latency",
+        "--size",
+        "4MiB",
+        "--patterns",
+        "random",
+        "--threads",
+        "1",
+        "--no-floor",
+        "--breakdown",
+    ]);
+    let text = stdout(&out);
+    for want in [
+        "Where a remote fault's time goes",
+        "delivery+wake",
+        "CPU/fault",
+    ] {
+        assert!(text.contains(want), "{want:?} missing:\n{text}");
+    }
+}
+
 fn nix_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .unwrap()
