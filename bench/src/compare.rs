@@ -134,6 +134,13 @@ pub struct Args {
     /// agent's default when not given.
     #[arg(long)]
     pub eviction_policy: Option<String>,
+    /// Extra `yonder-agent run` flags for the Yonder runs (whitespace-separated, e.g.
+    /// `--agent-args=--spin-us=0`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub agent_args: Option<String>,
+    /// Extra flags for the memory servers started on loopback (e.g. `--server-args=--spin-us=0`).
+    #[arg(long, allow_hyphen_values = true)]
+    pub server_args: Option<String>,
     /// Directory of the swap file (must be on a disk, not tmpfs), and of the xz workload's
     /// corpus and the redis workload's RDB file (in temporary directories removed afterwards).
     #[arg(long, default_value = "/var/tmp")]
@@ -407,7 +414,12 @@ pub fn measure(args: &Args) -> anyhow::Result<CompareReport> {
             "compare: starting {} memory servers on loopback",
             args.servers
         );
-        Some(Cluster::start(args.servers.max(1), "16GiB")?)
+        let extra: Vec<String> = args
+            .server_args
+            .iter()
+            .flat_map(|a| a.split_whitespace().map(String::from))
+            .collect();
+        Some(Cluster::start_with(args.servers.max(1), "16GiB", &extra)?)
     } else {
         None
     };
@@ -739,6 +751,10 @@ fn measure_workload(
                 // Before the "--" that ends the agent's own arguments.
                 let at = agent_args.len() - 1;
                 agent_args.splice(at..at, ["--eviction-policy".into(), policy.clone()]);
+            }
+            if let Some(extra) = &args.agent_args {
+                let at = agent_args.len() - 1;
+                agent_args.splice(at..at, extra.split_whitespace().map(String::from));
             }
             let mut outs = Vec::new();
             for _ in 0..args.runs {

@@ -25,7 +25,7 @@ use tokio::sync::Notify;
 pub const IN_FLIGHT_MAX: Duration = Duration::from_millis(2);
 
 /// Default spin window after a fault or reply, microseconds (docs/fault-path.md).
-pub const DEFAULT_WINDOW_US: u64 = 0;
+pub const DEFAULT_WINDOW_US: u64 = 200;
 
 struct Spinner {
     window: Duration,
