@@ -36,7 +36,7 @@ enum Command {
     /// This machine's latency floors: a uffd fault from a local page, UDP and QUIC 4 KiB round trips.
     Floor(floor::Args),
     /// Yonder side by side with all-local memory and kernel swap (zram, swap file) under a memcg.
-    Compare(compare::Args),
+    Compare(Box<compare::Args>),
     /// A short demonstration on an embedded default (a memory server on loopback).
     Demo,
     /// Regenerates bench/RESULTS.md: floors, latency, comparison with kernel swap, server throughput.
@@ -57,7 +57,7 @@ fn main() -> anyhow::Result<()> {
         Command::Server(args) => server_bench::run(args),
         Command::Latency(args) => latency::run(args),
         Command::Floor(args) => floor::run(args),
-        Command::Compare(args) => compare::run(args),
+        Command::Compare(args) => compare::run(*args),
         Command::Demo => demo::run(),
         Command::Report(args) => report::run(args),
         Command::Workload(args) => workload::run(args),
