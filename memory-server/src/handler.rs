@@ -32,6 +32,16 @@ impl Session {
     pub fn tenant_name(&self) -> &str {
         &self.tenant_name
     }
+
+    /// The tenant's store id.
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// Whether the session's hello was accepted.
+    pub fn greeted(&self) -> bool {
+        self.greeted.load(Ordering::Acquire)
+    }
 }
 
 fn check_batch(len: usize) -> Result<(), Response> {

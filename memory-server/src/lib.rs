@@ -4,5 +4,7 @@
 pub mod config;
 pub mod handler;
 pub mod metrics;
+pub mod reply;
 pub mod server;
+pub mod spin;
 pub mod store;
