@@ -18,10 +18,11 @@ use yonder_common::{
     codec::{decode_payload, encode_frame, CodecError},
     protocol::{ErrorCode, Request, Response, MAX_BATCH_PAGES},
     tls,
-    transport::{read_frame, FrameReadError},
+    transport::FrameReadError,
 };
 
 use crate::{
+    frame_reader::FrameReader,
     handler::{handle, Session},
     metrics, reply,
     spin::Spinner,
@@ -163,18 +164,18 @@ async fn accept_streams(
 }
 
 async fn stream(mut send: SendStream, mut recv: RecvStream, shared: &Shared, session: &Session) {
-    let mut buf = Vec::new();
+    let mut frames = FrameReader::default();
     let mut scratch = Vec::new();
     let mut out = BytesMut::new();
     loop {
-        let (op, received, last) = match read_frame(&mut recv, &mut buf).await {
-            Ok(false) => break,
-            Ok(true) => {
+        let (op, received, last) = match frames.next(&mut recv).await {
+            Ok(None) => break,
+            Ok(Some(payload)) => {
                 let received = Instant::now();
                 if let Some(spinner) = &shared.spinner {
                     spinner.touch(received);
                 }
-                match decode_payload::<Request>(&buf) {
+                match decode_payload::<Request>(payload) {
                     Ok(req) => {
                         let op = req.op();
                         if let Err(e) = serve_request(shared, session, req, &mut out, &mut scratch)
