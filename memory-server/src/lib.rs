@@ -9,3 +9,4 @@ pub mod reply;
 pub mod server;
 pub mod spin;
 pub mod store;
+pub mod wire;

@@ -23,10 +23,11 @@ use yonder_common::{
 
 use crate::{
     frame_reader::FrameReader,
-    handler::{handle, Session},
+    handler::{self, handle, Session},
     metrics, reply,
     spin::Spinner,
     store::{Store, TenantId},
+    wire,
 };
 
 /// Application error code used when the server closes a connection because it shuts down.
@@ -175,23 +176,11 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: &Shared, ses
                 if let Some(spinner) = &shared.spinner {
                     spinner.touch(received);
                 }
-                match decode_payload::<Request>(payload) {
-                    Ok(req) => {
-                        let op = req.op();
-                        if let Err(e) = serve_request(shared, session, req, &mut out, &mut scratch)
-                        {
-                            warn!("cannot encode a reply: {e}");
-                            return;
-                        }
-                        (Some(op), received, false)
-                    }
+                match answer(shared, session, payload, &mut out, &mut scratch) {
+                    Ok(op) => (op, received, false),
                     Err(e) => {
-                        let resp = Response::error(ErrorCode::Malformed, e.to_string());
-                        if let Err(e) = encode(session, &resp, false, &mut out, &mut scratch) {
-                            warn!("cannot encode a reply: {e}");
-                            return;
-                        }
-                        (None, received, false)
+                        warn!("cannot encode a reply: {e}");
+                        return;
                     }
                 }
             }
@@ -229,6 +218,39 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: &Shared, ses
         }
     }
     let _ = send.finish();
+}
+
+/// Decodes and serves one request frame's payload, appending the reply frame to `out`; returns
+/// the request's kind (`None` for a payload that is not a request). Writes are decoded in place
+/// ([`wire::decode_write`]).
+fn answer(
+    shared: &Shared,
+    session: &Session,
+    payload: &[u8],
+    out: &mut BytesMut,
+    scratch: &mut Vec<u8>,
+) -> Result<Option<&'static str>, CodecError> {
+    let decoded = match wire::decode_write(payload) {
+        Some(Ok(pages)) => {
+            let started = Instant::now();
+            let resp = handler::handle_write(&shared.store, session, &pages);
+            metrics::request("write", pages.len(), &resp, started.elapsed());
+            metrics::usage(&shared.store.usage());
+            return encode(session, &resp, false, out, scratch).map(|()| Some("write"));
+        }
+        Some(Err(e)) => Err(e),
+        None => decode_payload::<Request>(payload),
+    };
+    match decoded {
+        Ok(req) => {
+            let op = req.op();
+            serve_request(shared, session, req, out, scratch).map(|()| Some(op))
+        }
+        Err(e) => {
+            let resp = Response::error(ErrorCode::Malformed, e.to_string());
+            encode(session, &resp, false, out, scratch).map(|()| None)
+        }
+    }
 }
 
 /// Encodes `resp` as a frame at the end of `out` (through `scratch`), logging an error reply.

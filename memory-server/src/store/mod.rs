@@ -198,9 +198,21 @@ impl Store {
         data: &PageData,
     ) -> WriteResult {
         let bytes = match data {
-            PageData::Bytes(b) if !all_zero(b) => Some(b.as_slice()),
-            _ => None,
+            PageData::Bytes(b) => Some(b.as_slice()),
+            PageData::Zero => None,
         };
+        self.write_bytes(tenant, key, version, bytes)
+    }
+
+    /// [`Store::write`] of borrowed bytes (`None`: a zero page); the same length rule applies.
+    pub fn write_bytes(
+        &self,
+        tenant: TenantId,
+        key: PageKey,
+        version: u64,
+        bytes: Option<&[u8]>,
+    ) -> WriteResult {
+        let bytes = bytes.filter(|b| !all_zero(b));
         debug_assert!(bytes.is_none_or(|b| b.len() == PAGE_SIZE));
         let ik = IndexKey::from(key);
         let mut guard = self.shard(tenant, &ik);
