@@ -30,7 +30,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Memory server throughput (pages/s over loopback) and memory per stored page.
-    Server(server_bench::Args),
+    Server(server_bench::Cli),
     /// Remote-fault latency measured from the workload's side, per access pattern and thread count.
     Latency(latency::Args),
     /// This machine's latency floors: a uffd fault from a local page, UDP and QUIC 4 KiB round trips.

@@ -1,7 +1,13 @@
 //! Memory server benchmark: pages/s read and written over loopback QUIC with 1 and 32 requests in
-//! flight, and the server's resident memory per stored page.
+//! flight, the server's CPU time per page, and the server's resident memory per stored page.
+//!
+//! `--variant` runs several server binaries (or one binary with different flags) side by side in
+//! one invocation, interleaving their runs so that load from elsewhere on the machine hits them
+//! alike; `--runs` repeats every measurement and reports medians.
 
 use std::{
+    path::PathBuf,
+    process::Command,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -15,7 +21,91 @@ use yonder_common::{
     protocol::{PageData, ReadItem, ReadResult, WriteItem, WriteResult, MAX_BATCH_PAGES},
     PageKey, PAGE_SIZE,
 };
-use yonder_tests::Server;
+use yonder_tests::{Certs, Process, Server};
+
+use crate::stats::median;
+
+/// Flags of `yonder-bench server`: the measurement plus how to compare server builds.
+#[derive(clap::Args)]
+pub struct Cli {
+    /// What to measure.
+    #[command(flatten)]
+    pub args: Args,
+    /// Which servers, how often.
+    #[command(flatten)]
+    pub compare: CompareArgs,
+}
+
+/// Side-by-side options of `yonder-bench server`.
+#[derive(clap::Args, Clone, Default)]
+pub struct CompareArgs {
+    /// A server to measure, `LABEL=PATH [FLAG ...]` (repeatable): a `yonder-server` binary and extra
+    /// flags of its own. Several variants are measured in turn within each run. Default: the
+    /// `yonder-server` next to this benchmark.
+    #[arg(long = "variant")]
+    pub variants: Vec<String>,
+    /// Runs of every measurement; figures are medians over the runs.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Operations to measure (comma-separated: write, read).
+    #[arg(long, value_delimiter = ',', default_values_t = ["write".to_string(), "read".to_string()])]
+    pub ops: Vec<String>,
+}
+
+/// A server build (and flags) under test.
+#[derive(Clone, Debug)]
+struct Variant {
+    label: String,
+    bin: PathBuf,
+    flags: Vec<String>,
+}
+
+impl Variant {
+    fn parse(spec: &str) -> anyhow::Result<Self> {
+        let (label, rest) = spec
+            .split_once('=')
+            .with_context(|| format!("variant {spec:?} is not LABEL=PATH [FLAG ...]"))?;
+        let mut words = rest.split_whitespace();
+        let bin = words.next().context("variant without a binary")?;
+        Ok(Self {
+            label: label.to_string(),
+            bin: PathBuf::from(bin),
+            flags: words.map(str::to_string).collect(),
+        })
+    }
+
+    fn default_build() -> Self {
+        Self {
+            label: "yonder-server".into(),
+            bin: yonder_tests::bin("yonder-server"),
+            flags: Vec::new(),
+        }
+    }
+
+    fn start(&self, capacity: &str, mtu: Option<u16>) -> anyhow::Result<Server> {
+        let certs = Certs::new(&["bench"])?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "--listen",
+            "127.0.0.1:0",
+            "--capacity",
+            capacity,
+            "--tls-dir",
+        ])
+        .arg(certs.dir())
+        .args(&self.flags);
+        if let Some(mtu) = mtu {
+            cmd.arg("--mtu").arg(mtu.to_string());
+        }
+        let (process, addr) = Process::start(cmd, "yonder-server", "listening on", certs.dir())?;
+        Ok(Server {
+            process,
+            addr: addr.parse()?,
+            certs,
+            mtu,
+        })
+    }
+}
 
 /// Options of `yonder-bench server`.
 #[derive(clap::Args)]
@@ -44,9 +134,11 @@ pub struct Args {
     pub json: bool,
 }
 
-/// One throughput measurement.
+/// One throughput measurement (with `--runs`, the median of each figure over the runs).
 #[derive(Serialize, Clone)]
 pub struct ThroughputRow {
+    /// Label of the server variant measured.
+    pub server: String,
     /// "read" or "write".
     pub op: &'static str,
     /// Requests kept in flight.
@@ -59,6 +151,12 @@ pub struct ThroughputRow {
     pub p50_us: f64,
     /// Request latency p99, µs.
     pub p99_us: f64,
+    /// CPU time (user + system, all threads) of the server process per second of the run.
+    pub server_cpu_per_sec: f64,
+    /// Server CPU time per page served, µs.
+    pub server_cpu_us_per_page: f64,
+    /// Pages/s of every run, in run order.
+    pub runs_pages_per_sec: Vec<f64>,
 }
 
 /// One memory-per-page measurement.
@@ -89,20 +187,51 @@ pub struct Report {
 const WORKING_SET: u64 = 65_536;
 
 /// Runs `yonder-bench server` and prints its tables or JSON.
-pub fn run(args: Args) -> anyhow::Result<()> {
-    let report = measure(&args)?;
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    let args = &cli.args;
+    let report = measure_with(args, &cli.compare)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!(
-            "| op | requests in flight | pages per request | pages/s | request p50 µs | p99 µs |"
+            "| server | op | requests in flight | pages per request | pages/s | request p50 µs | p99 µs | server CPU s/s | server CPU µs/page |"
         );
-        println!("|---|---:|---:|---:|---:|---:|");
+        println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
         for r in &report.throughput {
             println!(
-                "| {} | {} | {} | {:.0} | {:.1} | {:.1} |",
-                r.op, r.inflight, r.pages_per_request, r.pages_per_sec, r.p50_us, r.p99_us
+                "| {} | {} | {} | {} | {:.0} | {:.1} | {:.1} | {:.2} | {:.2} |",
+                r.server,
+                r.op,
+                r.inflight,
+                r.pages_per_request,
+                r.pages_per_sec,
+                r.p50_us,
+                r.p99_us,
+                r.server_cpu_per_sec,
+                r.server_cpu_us_per_page
             );
+        }
+        if cli.compare.runs > 1 {
+            println!();
+            println!("pages/s of each run:");
+            for r in &report.throughput {
+                let runs: Vec<String> = r
+                    .runs_pages_per_sec
+                    .iter()
+                    .map(|v| format!("{v:.0}"))
+                    .collect();
+                println!(
+                    "  {} {} x{} @{}: {}",
+                    r.server,
+                    r.op,
+                    r.pages_per_request,
+                    r.inflight,
+                    runs.join(" ")
+                );
+            }
+        }
+        if report.memory.is_empty() {
+            return Ok(());
         }
         println!();
         println!("| pages | count | server RSS before | after | bytes per page |");
@@ -121,8 +250,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Measures as `args` says.
+/// Measures as `args` says, one run of the default server build.
 pub fn measure(args: &Args) -> anyhow::Result<Report> {
+    measure_with(args, &CompareArgs::default())
+}
+
+/// Measures as `args` says, for every variant and run of `compare`.
+pub fn measure_with(args: &Args, compare: &CompareArgs) -> anyhow::Result<Report> {
     let rt = if args.client_threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -133,7 +267,7 @@ pub fn measure(args: &Args) -> anyhow::Result<Report> {
             .enable_all()
             .build()?
     };
-    rt.block_on(bench(args))
+    rt.block_on(bench(args, compare))
 }
 
 fn random_page(rng: &mut impl RngCore) -> Vec<u8> {
@@ -142,40 +276,138 @@ fn random_page(rng: &mut impl RngCore) -> Vec<u8> {
     page
 }
 
-async fn bench(args: &Args) -> anyhow::Result<Report> {
-    let mut throughput = Vec::new();
-    {
-        let server = Server::start_with_mtu("8GiB", &["bench"], &[], args.mtu)?;
+async fn bench(args: &Args, compare: &CompareArgs) -> anyhow::Result<Report> {
+    let variants = if compare.variants.is_empty() {
+        vec![Variant::default_build()]
+    } else {
+        compare
+            .variants
+            .iter()
+            .map(|v| Variant::parse(v))
+            .collect::<anyhow::Result<_>>()?
+    };
+    let ops: Vec<&'static str> = if compare.ops.is_empty() {
+        vec!["write", "read"]
+    } else {
+        compare
+            .ops
+            .iter()
+            .map(|op| match op.as_str() {
+                "write" => Ok("write"),
+                "read" => Ok("read"),
+                other => Err(anyhow::anyhow!("unknown op {other:?}: write or read")),
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let mut servers = Vec::new();
+    for v in &variants {
+        let server = v.start("8GiB", args.mtu)?;
         let client = Arc::new(server.connect("bench").await?);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
-        for start in (0..WORKING_SET).step_by(MAX_BATCH_PAGES) {
-            let pages = (start..start + MAX_BATCH_PAGES as u64)
-                .map(|slot| WriteItem {
-                    key: PageKey::new(0, slot),
-                    version: 1,
-                    data: PageData::Bytes(random_page(&mut rng)),
-                })
-                .collect();
-            client.write(pages).await?;
-        }
-        for &batch in &args.batch {
-            for &inflight in &args.inflight {
-                for op in ["write", "read"] {
-                    let dur = Duration::from_secs(args.seconds);
-                    throughput.push(measure_throughput(&client, op, inflight, batch, dur).await?);
-                }
+        preload(&client).await?;
+        servers.push((v, server, client));
+    }
+    // samples[cell][variant] = one row per run; runs of the variants interleave.
+    let cells: Vec<(usize, usize, &'static str)> = args
+        .batch
+        .iter()
+        .flat_map(|&b| {
+            let ops = &ops;
+            args.inflight
+                .iter()
+                .flat_map(move |&i| ops.iter().map(move |&op| (b, i, op)))
+        })
+        .collect();
+    let mut samples = vec![vec![Vec::new(); servers.len()]; cells.len()];
+    let dur = Duration::from_secs(args.seconds);
+    for run in 0..compare.runs.max(1) {
+        for (c, &(batch, inflight, op)) in cells.iter().enumerate() {
+            // Alternate the order so that neither variant always runs right after the other.
+            let mut order: Vec<usize> = (0..servers.len()).collect();
+            if run % 2 == 1 {
+                order.reverse();
+            }
+            for s in order {
+                let (v, server, client) = &servers[s];
+                let mut row =
+                    measure_throughput(client, server.process.pid(), op, inflight, batch, dur)
+                        .await?;
+                row.server = v.label.clone();
+                samples[c][s].push(row);
             }
         }
     }
-    let memory = vec![
-        memory(args.memory_pages, false, args.mtu).await?,
-        memory(args.memory_pages, true, args.mtu).await?,
-    ];
+    let mut throughput = Vec::new();
+    for cell in samples {
+        for rows in cell {
+            throughput.push(median_row(&rows));
+        }
+    }
+    drop(servers);
+    let memory = if args.memory_pages == 0 {
+        Vec::new()
+    } else {
+        vec![
+            memory(args.memory_pages, false, args.mtu).await?,
+            memory(args.memory_pages, true, args.mtu).await?,
+        ]
+    };
     Ok(Report { throughput, memory })
+}
+
+/// Writes the working set the read measurement reads.
+async fn preload(client: &Client) -> anyhow::Result<()> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    for start in (0..WORKING_SET).step_by(MAX_BATCH_PAGES) {
+        let pages = (start..start + MAX_BATCH_PAGES as u64)
+            .map(|slot| WriteItem {
+                key: PageKey::new(0, slot),
+                version: 1,
+                data: PageData::Bytes(random_page(&mut rng)),
+            })
+            .collect();
+        client.write(pages).await?;
+    }
+    Ok(())
+}
+
+/// The median of each figure over `rows` (runs of one measurement).
+fn median_row(rows: &[ThroughputRow]) -> ThroughputRow {
+    let med = |f: &dyn Fn(&ThroughputRow) -> f64| {
+        let mut v: Vec<f64> = rows.iter().map(f).collect();
+        median(&mut v)
+    };
+    ThroughputRow {
+        pages_per_sec: med(&|r| r.pages_per_sec),
+        p50_us: med(&|r| r.p50_us),
+        p99_us: med(&|r| r.p99_us),
+        server_cpu_per_sec: med(&|r| r.server_cpu_per_sec),
+        server_cpu_us_per_page: med(&|r| r.server_cpu_us_per_page),
+        runs_pages_per_sec: rows.iter().map(|r| r.pages_per_sec).collect(),
+        ..rows[0].clone()
+    }
+}
+
+/// CPU time (user + system, all threads) a process has used so far, seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The command name (field 2) may hold spaces; the fields after its closing parenthesis do not.
+    let rest = &stat[stat.rfind(')').context("malformed /proc/PID/stat")? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line, 12 and 13 after the name.
+    let ticks: u64 = fields
+        .get(11..13)
+        .context("short /proc/PID/stat")?
+        .iter()
+        .map(|f| f.parse::<u64>())
+        .sum::<Result<_, _>>()?;
+    // SAFETY: sysconf only reads a configuration value.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(ticks as f64 / hz.max(1) as f64)
 }
 
 async fn measure_throughput(
     client: &Arc<Client>,
+    server_pid: u32,
     op: &'static str,
     inflight: usize,
     batch: usize,
@@ -185,6 +417,7 @@ async fn measure_throughput(
         (1..=MAX_BATCH_PAGES).contains(&batch),
         "batch must be 1..={MAX_BATCH_PAGES}"
     );
+    let cpu_before = cpu_seconds(server_pid)?;
     let started = Instant::now();
     let deadline = started + dur;
     let mut tasks = Vec::new();
@@ -235,13 +468,20 @@ async fn measure_throughput(
         total.add(t.await??)?;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_seconds(server_pid)? - cpu_before;
+    let pages = total.len() * batch as u64;
+    let pages_per_sec = pages as f64 / secs;
     Ok(ThroughputRow {
+        server: String::new(),
         op,
         inflight,
         pages_per_request: batch,
-        pages_per_sec: (total.len() * batch as u64) as f64 / secs,
+        pages_per_sec,
         p50_us: total.value_at_quantile(0.5) as f64 / 1e3,
         p99_us: total.value_at_quantile(0.99) as f64 / 1e3,
+        server_cpu_per_sec: cpu / secs,
+        server_cpu_us_per_page: cpu * 1e6 / pages.max(1) as f64,
+        runs_pages_per_sec: vec![pages_per_sec],
     })
 }
 

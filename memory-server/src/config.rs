@@ -30,6 +30,10 @@ pub struct ServerConfig {
     /// Fixed datagram size (1200..=9000) for a network whose path MTU is known, such as loopback
     /// or jumbo frames; 4400 carries a page per packet. None by default: path-MTU discovery.
     pub mtu: Option<u16>,
+    /// Microseconds the request path keeps polling for the next request after one arrived,
+    /// instead of sleeping until the kernel wakes it (bounded; an idle server sleeps). 0 turns it
+    /// off. Default 0.
+    pub spin_us: u64,
 }
 
 impl Default for ServerConfig {
@@ -42,6 +46,7 @@ impl Default for ServerConfig {
             metrics: None,
             threads: 1,
             mtu: None,
+            spin_us: 0,
         }
     }
 }

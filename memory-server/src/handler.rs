@@ -6,10 +6,13 @@ use yonder_common::{
     protocol::{
         ErrorCode, PageData, ReadItem, Request, Response, StatsReply, WriteItem, MAX_BATCH_PAGES,
     },
-    PAGE_SIZE, PROTOCOL_VERSION,
+    PageKey, PAGE_SIZE, PROTOCOL_VERSION,
 };
 
-use crate::store::{Store, TenantId};
+use crate::{
+    store::{Store, TenantId},
+    wire::WriteRef,
+};
 
 /// State of one client connection: who it is and whether it said hello.
 pub struct Session {
@@ -32,6 +35,16 @@ impl Session {
     pub fn tenant_name(&self) -> &str {
         &self.tenant_name
     }
+
+    /// The tenant's store id.
+    pub fn tenant(&self) -> TenantId {
+        self.tenant
+    }
+
+    /// Whether the session's hello was accepted.
+    pub fn greeted(&self) -> bool {
+        self.greeted.load(Ordering::Acquire)
+    }
 }
 
 fn check_batch(len: usize) -> Result<(), Response> {
@@ -44,22 +57,52 @@ fn check_batch(len: usize) -> Result<(), Response> {
     Ok(())
 }
 
+fn check_page_len(key: PageKey, len: usize) -> Result<(), Response> {
+    if len != PAGE_SIZE {
+        return Err(Response::error(
+            ErrorCode::InvalidPage,
+            format!(
+                "page {key:?} has {len} bytes, expected {PAGE_SIZE}; nothing in this batch was written"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_pages(pages: &[WriteItem]) -> Result<(), Response> {
     for item in pages {
         if let PageData::Bytes(b) = &item.data {
-            if b.len() != PAGE_SIZE {
-                return Err(Response::error(
-                    ErrorCode::InvalidPage,
-                    format!(
-                        "page {:?} has {} bytes, expected {PAGE_SIZE}; nothing in this batch was written",
-                        item.key,
-                        b.len()
-                    ),
-                ));
-            }
+            check_page_len(item.key, b.len())?;
         }
     }
     Ok(())
+}
+
+/// Answers a write request decoded in place ([`crate::wire::decode_write`]) exactly as [`handle`]
+/// answers the same request decoded into the common types.
+pub fn handle_write(store: &Store, session: &Session, pages: &[WriteRef<'_>]) -> Response {
+    if !session.greeted() {
+        return Response::error(
+            ErrorCode::HelloRequired,
+            "the first request on a connection must be a hello",
+        );
+    }
+    let result = check_batch(pages.len())
+        .and_then(|()| {
+            for item in pages {
+                if let Some(b) = item.data.bytes() {
+                    check_page_len(item.key, b.len())?;
+                }
+            }
+            Ok(())
+        })
+        .map(|()| Response::Write {
+            pages: pages
+                .iter()
+                .map(|p| store.write_bytes(session.tenant, p.key, p.version, p.data.bytes()))
+                .collect(),
+        });
+    result.unwrap_or_else(|e| e)
 }
 
 /// Answers one request from `session` against `store`.

@@ -2,7 +2,11 @@
 //! QUIC with mutual TLS.
 
 pub mod config;
+pub mod frame_reader;
 pub mod handler;
 pub mod metrics;
+pub mod reply;
 pub mod server;
+pub mod spin;
 pub mod store;
+pub mod wire;

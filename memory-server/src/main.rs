@@ -57,6 +57,10 @@ struct ServeArgs {
     /// Fixed datagram size for a known network path (loopback, jumbo frames), e.g. 4400.
     #[arg(long, value_parser = parse_mtu)]
     mtu: Option<u16>,
+    /// Microseconds to keep polling for the next request after one arrived; 0: sleep at once
+    /// [default: 0].
+    #[arg(long)]
+    spin_us: Option<u64>,
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -159,6 +163,9 @@ fn merge(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(v) = args.metrics {
         config.metrics = Some(v);
     }
+    if let Some(v) = args.spin_us {
+        config.spin_us = v;
+    }
     Ok(config)
 }
 
@@ -190,7 +197,10 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     println!("listening on {local}");
     std::io::stdout().flush()?;
     let store = Arc::new(Store::new(config.capacity.bytes()));
-    server::serve(endpoint, store, shutdown_signal()).await;
+    let options = server::ServeOptions {
+        spin: Some(std::time::Duration::from_micros(config.spin_us)),
+    };
+    server::serve_with(endpoint, store, options, shutdown_signal()).await;
     info!("stopped");
     Ok(())
 }

@@ -11,19 +11,23 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::BytesMut;
 use quinn::{Connection, Endpoint, RecvStream, SendStream, VarInt};
 use tracing::{debug, info, info_span, warn, Instrument};
 use yonder_common::{
     codec::{decode_payload, encode_frame, CodecError},
-    protocol::{ErrorCode, Request, Response},
+    protocol::{ErrorCode, Request, Response, MAX_BATCH_PAGES},
     tls,
-    transport::{read_frame, write_frame, FrameReadError},
+    transport::FrameReadError,
 };
 
 use crate::{
-    handler::{handle, Session},
-    metrics,
+    frame_reader::FrameReader,
+    handler::{self, handle, Session},
+    metrics, reply,
+    spin::Spinner,
     store::{Store, TenantId},
+    wire,
 };
 
 /// Application error code used when the server closes a connection because it shuts down.
@@ -49,14 +53,36 @@ impl Tenants {
 struct Shared {
     store: Arc<Store>,
     tenants: Tenants,
+    spinner: Option<Arc<Spinner>>,
+}
+
+/// Tuning of the request path.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServeOptions {
+    /// Keep the runtime polling this long after each request instead of sleeping (see
+    /// [`crate::spin`]); `None` sleeps as soon as there is nothing to do.
+    pub spin: Option<Duration>,
 }
 
 /// Serves `endpoint` until `shutdown` completes, then closes every connection and waits (briefly)
 /// for them to drain.
 pub async fn serve(endpoint: Endpoint, store: Arc<Store>, shutdown: impl Future<Output = ()>) {
+    serve_with(endpoint, store, ServeOptions::default(), shutdown).await;
+}
+
+/// [`serve`] with tuning options.
+pub async fn serve_with(
+    endpoint: Endpoint,
+    store: Arc<Store>,
+    options: ServeOptions,
+    shutdown: impl Future<Output = ()>,
+) {
+    let spinner = options.spin.filter(|w| !w.is_zero()).map(Spinner::new);
+    let spin_task = spinner.clone().map(|s| tokio::spawn(s.run()));
     let shared = Arc::new(Shared {
         store,
         tenants: Tenants::default(),
+        spinner,
     });
     metrics::usage(&shared.store.usage());
     tokio::pin!(shutdown);
@@ -82,6 +108,9 @@ pub async fn serve(endpoint: Endpoint, store: Arc<Store>, shutdown: impl Future<
         .is_err()
     {
         warn!("connections did not drain within 3 s");
+    }
+    if let Some(task) = spin_task {
+        task.abort();
     }
 }
 
@@ -136,15 +165,25 @@ async fn accept_streams(
 }
 
 async fn stream(mut send: SendStream, mut recv: RecvStream, shared: &Shared, session: &Session) {
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
+    let mut frames = FrameReader::default();
+    let mut scratch = Vec::new();
+    let mut out = BytesMut::new();
     loop {
-        let (resp, last) = match read_frame(&mut recv, &mut buf).await {
-            Ok(false) => break,
-            Ok(true) => match decode_payload::<Request>(&buf) {
-                Ok(req) => (serve_request(shared, session, req), false),
-                Err(e) => (Response::error(ErrorCode::Malformed, e.to_string()), false),
-            },
+        let (op, received, last) = match frames.next(&mut recv).await {
+            Ok(None) => break,
+            Ok(Some(payload)) => {
+                let received = Instant::now();
+                if let Some(spinner) = &shared.spinner {
+                    spinner.touch(received);
+                }
+                match answer(shared, session, payload, &mut out, &mut scratch) {
+                    Ok(op) => (op, received, false),
+                    Err(e) => {
+                        warn!("cannot encode a reply: {e}");
+                        return;
+                    }
+                }
+            }
             Err(FrameReadError::Codec(e)) => {
                 let code = match e {
                     CodecError::TooLarge { .. } => ErrorCode::FrameTooLarge,
@@ -153,7 +192,12 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: &Shared, ses
                 };
                 // Whatever follows a refused header cannot be framed: stop reading the stream.
                 let _ = recv.stop(VarInt::from_u32(STOP_REFUSED));
-                (Response::error(code, e.to_string()), true)
+                let resp = Response::error(code, e.to_string());
+                if let Err(e) = encode(session, &resp, true, &mut out, &mut scratch) {
+                    warn!("cannot encode a reply: {e}");
+                    return;
+                }
+                (None, Instant::now(), true)
             }
             Err(FrameReadError::Stream(e)) => {
                 debug!("stream abandoned by the client: {e}");
@@ -161,22 +205,13 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: &Shared, ses
                 return;
             }
         };
-        if let Response::Error { code, message } = &resp {
-            debug!(
-                tenant = session.tenant_name(),
-                "refused request: {code:?}: {message}"
-            );
-            if last {
-                metrics::rejected(code.as_str());
-            }
-        }
-        if let Err(e) = encode_frame(&resp, &mut out) {
-            warn!("cannot encode a reply: {e}");
-            return;
-        }
-        if let Err(e) = write_frame(&mut send, &out).await {
+        // The reply goes to quinn as it is, without another copy.
+        if let Err(e) = send.write_chunk(out.split().freeze()).await {
             debug!("client went away before its reply: {e}");
             return;
+        }
+        if let Some(op) = op {
+            metrics::reply(op, received.elapsed());
         }
         if last {
             break;
@@ -185,19 +220,90 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: &Shared, ses
     let _ = send.finish();
 }
 
-fn serve_request(shared: &Shared, session: &Session, req: Request) -> Response {
+/// Decodes and serves one request frame's payload, appending the reply frame to `out`; returns
+/// the request's kind (`None` for a payload that is not a request). Writes are decoded in place
+/// ([`wire::decode_write`]).
+fn answer(
+    shared: &Shared,
+    session: &Session,
+    payload: &[u8],
+    out: &mut BytesMut,
+    scratch: &mut Vec<u8>,
+) -> Result<Option<&'static str>, CodecError> {
+    let decoded = match wire::decode_write(payload) {
+        Some(Ok(pages)) => {
+            let started = Instant::now();
+            let resp = handler::handle_write(&shared.store, session, &pages);
+            metrics::request("write", pages.len(), &resp, started.elapsed());
+            metrics::usage(&shared.store.usage());
+            return encode(session, &resp, false, out, scratch).map(|()| Some("write"));
+        }
+        Some(Err(e)) => Err(e),
+        None => decode_payload::<Request>(payload),
+    };
+    match decoded {
+        Ok(req) => {
+            let op = req.op();
+            serve_request(shared, session, req, out, scratch).map(|()| Some(op))
+        }
+        Err(e) => {
+            let resp = Response::error(ErrorCode::Malformed, e.to_string());
+            encode(session, &resp, false, out, scratch).map(|()| None)
+        }
+    }
+}
+
+/// Encodes `resp` as a frame at the end of `out` (through `scratch`), logging an error reply.
+fn encode(
+    session: &Session,
+    resp: &Response,
+    last: bool,
+    out: &mut BytesMut,
+    scratch: &mut Vec<u8>,
+) -> Result<(), CodecError> {
+    if let Response::Error { code, message } = resp {
+        debug!(
+            tenant = session.tenant_name(),
+            "refused request: {code:?}: {message}"
+        );
+        if last {
+            metrics::rejected(code.as_str());
+        }
+    }
+    encode_frame(resp, scratch)?;
+    out.extend_from_slice(scratch);
+    Ok(())
+}
+
+/// Serves one request, appending its reply frame to `out`. A read of a greeted session with a
+/// valid batch is encoded straight from the store ([`reply::encode_read`]); every other request
+/// goes through [`handle`] and the generic encoder.
+fn serve_request(
+    shared: &Shared,
+    session: &Session,
+    req: Request,
+    out: &mut BytesMut,
+    scratch: &mut Vec<u8>,
+) -> Result<(), CodecError> {
     let op = req.op();
+    let started = Instant::now();
+    if let Request::Read { pages } = &req {
+        if session.greeted() && pages.len() <= MAX_BATCH_PAGES {
+            reply::encode_read(&shared.store, session.tenant(), pages, out)?;
+            metrics::request_ok(op, pages.len(), started.elapsed());
+            return Ok(());
+        }
+    }
     let pages = match &req {
         Request::Read { pages } => pages.len(),
         Request::Write { pages } => pages.len(),
         Request::Free { pages } => pages.len(),
         _ => 0,
     };
-    let started = Instant::now();
     let resp = handle(&shared.store, session, req);
     metrics::request(op, pages, &resp, started.elapsed());
     if matches!(op, "write" | "free" | "drop_space") {
         metrics::usage(&shared.store.usage());
     }
-    resp
+    encode(session, &resp, false, out, scratch)
 }

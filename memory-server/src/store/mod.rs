@@ -81,6 +81,25 @@ impl Entry {
     }
 }
 
+/// What a read finds, borrowed from the store (see [`Store::read_with`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PageRef<'a> {
+    /// The page at its stored version; `None` for a zero page.
+    Found {
+        /// Version stored.
+        version: u64,
+        /// The [`PAGE_SIZE`] stored bytes, or `None` for a zero page.
+        data: Option<&'a [u8]>,
+    },
+    /// Only an older version than the reader expects is stored.
+    Stale {
+        /// Version stored.
+        stored_version: u64,
+    },
+    /// Not stored.
+    Missing,
+}
+
 /// Pages stored by one tenant.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TenantUsage {
@@ -179,9 +198,21 @@ impl Store {
         data: &PageData,
     ) -> WriteResult {
         let bytes = match data {
-            PageData::Bytes(b) if !all_zero(b) => Some(b.as_slice()),
-            _ => None,
+            PageData::Bytes(b) => Some(b.as_slice()),
+            PageData::Zero => None,
         };
+        self.write_bytes(tenant, key, version, bytes)
+    }
+
+    /// [`Store::write`] of borrowed bytes (`None`: a zero page); the same length rule applies.
+    pub fn write_bytes(
+        &self,
+        tenant: TenantId,
+        key: PageKey,
+        version: u64,
+        bytes: Option<&[u8]>,
+    ) -> WriteResult {
+        let bytes = bytes.filter(|b| !all_zero(b));
         debug_assert!(bytes.is_none_or(|b| b.len() == PAGE_SIZE));
         let ik = IndexKey::from(key);
         let mut guard = self.shard(tenant, &ik);
@@ -255,23 +286,38 @@ impl Store {
 
     /// Reads a page; a stored version older than `expected` is reported as stale, never returned.
     pub fn read(&self, tenant: TenantId, key: PageKey, expected: u64) -> ReadResult {
+        self.read_with(tenant, key, expected, |page| match page {
+            PageRef::Found { version, data } => ReadResult::Found {
+                version,
+                data: data.map_or(PageData::Zero, |b| PageData::Bytes(b.to_vec())),
+            },
+            PageRef::Stale { stored_version } => ReadResult::Stale { stored_version },
+            PageRef::Missing => ReadResult::Missing,
+        })
+    }
+
+    /// Reads a page like [`Store::read`], handing `f` the stored bytes in place (under the shard's
+    /// lock) instead of a copy: a reply can be encoded straight from the store.
+    pub fn read_with<R>(
+        &self,
+        tenant: TenantId,
+        key: PageKey,
+        expected: u64,
+        f: impl FnOnce(PageRef<'_>) -> R,
+    ) -> R {
         let ik = IndexKey::from(key);
         let shard = self.shard(tenant, &ik);
         let Some(entry) = shard.tenants.get(&tenant).and_then(|p| p.index.get(&ik)) else {
-            return ReadResult::Missing;
+            return f(PageRef::Missing);
         };
         let version = entry.version();
         if version < expected {
-            return ReadResult::Stale {
+            return f(PageRef::Stale {
                 stored_version: version,
-            };
+            });
         }
-        let data = if entry.is_zero() {
-            PageData::Zero
-        } else {
-            PageData::Bytes(shard.frames.page(entry.frame).to_vec())
-        };
-        ReadResult::Found { version, data }
+        let data = (!entry.is_zero()).then(|| shard.frames.page(entry.frame));
+        f(PageRef::Found { version, data })
     }
 
     fn remove_entry(&self, frames: &mut FramePool, pages: &mut TenantPages, entry: Entry) {
