@@ -58,7 +58,7 @@ struct ServeArgs {
     #[arg(long, value_parser = parse_mtu)]
     mtu: Option<u16>,
     /// Microseconds to keep polling for the next request after one arrived; 0: sleep at once
-    /// [default: 0].
+    /// [default: 200].
     #[arg(long)]
     spin_us: Option<u64>,
     /// TOML configuration file.

@@ -55,7 +55,13 @@ impl Embedded {
                     };
                     let _ = addr_tx.send(endpoint.local_addr().map_err(anyhow::Error::from));
                     let store = Arc::new(Store::new(capacity));
-                    server::serve(endpoint, store, async {
+                    // Spins after requests like a standalone server (docs/fault-path.md).
+                    let options = server::ServeOptions {
+                        spin: Some(std::time::Duration::from_micros(
+                            yonder_server::config::DEFAULT_SPIN_US,
+                        )),
+                    };
+                    server::serve_with(endpoint, store, options, async {
                         let _ = stop_rx.await;
                     })
                     .await;
