@@ -94,6 +94,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         replicas.push((r, latency::measure(&args, &mut |s| log(&s))?));
     }
 
+    // Spin-then-park, side by side: neither end spins, only the agent, only the servers, both
+    // (the defaults), runs interleaved.
+    log("spin");
+    let spin = latency::measure(
+        &latency::Args {
+            patterns: vec![crate::pattern::Pattern::Random],
+            variants: vec![
+                "neither=--spin-us=0 server:--spin-us=0".into(),
+                "agent=--spin-us=200 server:--spin-us=0".into(),
+                "servers=--spin-us=0 server:--spin-us=200".into(),
+                "both=--spin-us=200 server:--spin-us=200".into(),
+            ],
+            ..lat.clone()
+        },
+        &mut |s| log(&s),
+    )?;
+
     log("compare");
     let mut cmp = compare::Args {
         runs,
@@ -175,6 +192,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     md += &floors_md(&floor_runs);
     md += &latency_md(&latency, &floor_runs);
     md += &replicas_md(&replicas);
+    md += &spin_md(&spin);
     writeln!(md, "## Yonder side by side with kernel swap\n")?;
     writeln!(
         md,
@@ -400,6 +418,37 @@ fn replicas_md(runs: &[(usize, latency::LatencyReport)]) -> String {
                 human_ns(med_u(row.agent_remote_p50_ns.iter().copied())),
             );
         }
+    }
+    s + "\n"
+}
+
+fn spin_md(r: &latency::LatencyReport) -> String {
+    let mut s = String::from(
+        "## Spin, then park
+
+`yonder-bench latency --patterns random --variant \
+         NAME=\"--spin-us=A server:--spin-us=S\"`, the same workload and budget as above: the agent \
+         and the memory servers keep polling for 200 µs after each fault, reply or request instead \
+         of sleeping (defaults), or not; runs interleaved. docs/fault-path.md explains.\n\n\
+         | who spins | threads | remote faults | p50 | p90 | p99 | remote faults/s | agent-side p50 | wire p50 | agent CPU per remote fault |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for row in &r.rows {
+        let f = |ns: u64| human_ns(ns as f64);
+        let mut cpu = row.agent_cpu_us_per_fault.clone();
+        s += &format!(
+            "| {} | {} | {} | {} | {} | {} | {:.0} | {} | {} | {:.1} µs |\n",
+            row.variant,
+            row.threads,
+            row.remote.count,
+            f(row.remote.p50_ns),
+            f(row.remote.p90_ns),
+            f(row.remote.p99_ns),
+            row.remote_faults_per_s,
+            human_ns(med_u(row.agent_remote_p50_ns.iter().copied())),
+            human_ns(med_u(row.agent_stages_p50_ns.iter().map(|a| a[1]))),
+            crate::stats::median(&mut cpu),
+        );
     }
     s + "\n"
 }
