@@ -13,8 +13,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Interval of keep-alive packets; well below [`IDLE_TIMEOUT`].
 pub const KEEP_ALIVE: Duration = Duration::from_secs(2);
 
-/// Concurrent request streams per connection. Each may buffer one frame (up to ~1.1 MiB), so this
-/// bounds what one authenticated client can make a server hold (~280 MiB).
+/// Concurrent request streams per connection. A stream holds what its peer sent of a frame (up
+/// to ~1.1 MiB); what a connection can make the other side buffer is capped by the connection's
+/// receive window (64 MiB) whatever the number of streams.
 pub const MAX_STREAMS: u32 = 256;
 
 /// Largest UDP payload an endpoint accepts (advertised to peers). Each sender picks its own size.
@@ -130,16 +131,22 @@ pub async fn read_frame(recv: &mut RecvStream, buf: &mut Vec<u8>) -> Result<bool
     }
     let len = payload_len(header)?;
     buf.clear();
-    buf.resize(len, 0);
-    match recv.read_exact(buf).await {
-        Ok(()) => Ok(true),
-        Err(quinn::ReadExactError::FinishedEarly(have)) => Err(CodecError::Truncated {
-            have: HEADER_BYTES + have,
-            need: HEADER_BYTES + len,
+    // The buffer grows with what arrives, not with what the header announces: a peer that
+    // sends a header and stalls makes us hold what it sent, not a megabyte per stream.
+    while buf.len() < len {
+        match recv.read_chunk(len - buf.len(), true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(CodecError::Truncated {
+                    have: HEADER_BYTES + buf.len(),
+                    need: HEADER_BYTES + len,
+                }
+                .into())
+            }
+            Err(e) => return Err(e.into()),
         }
-        .into()),
-        Err(quinn::ReadExactError::ReadError(e)) => Err(e.into()),
     }
+    Ok(true)
 }
 
 /// Writes an encoded frame (header included) to a stream.

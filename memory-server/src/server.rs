@@ -36,16 +36,51 @@ pub const CLOSE_SHUTDOWN: u32 = 1;
 pub const CLOSE_BAD_IDENTITY: u32 = 2;
 /// Stream stop code sent when a frame is refused before being read.
 pub const STOP_REFUSED: u32 = 3;
+/// Application error code used when a tenant already has [`MAX_CONNECTIONS_PER_TENANT`].
+pub const CLOSE_TOO_MANY_CONNECTIONS: u32 = 4;
 
-/// Maps tenant names (certificate common names) to store ids for the server's lifetime.
+/// Connections one tenant may hold open at once. An agent needs one per server; the cap stops a
+/// certificate holder from tying up the server with idle connections (each can also make the
+/// server buffer up to its 64 MiB receive window).
+pub const MAX_CONNECTIONS_PER_TENANT: usize = 64;
+
+/// Maps tenant names (certificate common names) to store ids for the server's lifetime, and
+/// counts each tenant's open connections.
 #[derive(Default)]
-struct Tenants(Mutex<HashMap<String, TenantId>>);
+struct Tenants(Mutex<HashMap<String, (TenantId, usize)>>);
 
 impl Tenants {
-    fn id(&self, name: &str) -> TenantId {
+    /// The tenant's id and a slot among its connections, or `None` when it has
+    /// [`MAX_CONNECTIONS_PER_TENANT`] open.
+    fn admit<'a>(&'a self, name: &str) -> Option<Admitted<'a>> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let next = map.len() as TenantId;
-        *map.entry(name.to_string()).or_insert(next)
+        let (id, open) = map.entry(name.to_string()).or_insert((next, 0));
+        if *open >= MAX_CONNECTIONS_PER_TENANT {
+            return None;
+        }
+        *open += 1;
+        Some(Admitted {
+            tenants: self,
+            name: name.to_string(),
+            id: *id,
+        })
+    }
+}
+
+/// One open connection of a tenant; gives its slot back when dropped.
+struct Admitted<'a> {
+    tenants: &'a Tenants,
+    name: String,
+    id: TenantId,
+}
+
+impl Drop for Admitted<'_> {
+    fn drop(&mut self) {
+        let mut map = self.tenants.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, open)) = map.get_mut(&self.name) {
+            *open -= 1;
+        }
     }
 }
 
@@ -136,11 +171,24 @@ async fn connection(incoming: quinn::Incoming, shared: Arc<Shared>) {
             return;
         }
     };
-    let session = Arc::new(Session::new(shared.tenants.id(&name), name));
+    let Some(admitted) = shared.tenants.admit(&name) else {
+        warn!(
+            tenant = name,
+            "closing connection: the tenant has {MAX_CONNECTIONS_PER_TENANT} open"
+        );
+        metrics::rejected("too_many_connections");
+        conn.close(
+            VarInt::from_u32(CLOSE_TOO_MANY_CONNECTIONS),
+            b"too many connections for this tenant",
+        );
+        return;
+    };
+    let session = Arc::new(Session::new(admitted.id, name));
     info!(tenant = session.tenant_name(), "client connected");
     metrics::connections(1.0);
     let reason = accept_streams(&conn, &shared, &session).await;
     metrics::connections(-1.0);
+    drop(admitted);
     info!(
         tenant = session.tenant_name(),
         "client disconnected: {reason}"

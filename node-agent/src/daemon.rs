@@ -85,7 +85,7 @@ impl DaemonConfig {
             replicas: self.replicas,
             write_quorum: self.write_quorum.unwrap_or(self.replicas),
             timeout: Duration::from_millis(self.server_timeout_ms),
-            lost_after: Duration::from_millis(10 * self.server_timeout_ms),
+            lost_after: Duration::from_millis(self.server_timeout_ms.saturating_mul(10)),
         }
     }
 }
@@ -115,7 +115,12 @@ impl DaemonConfig {
     pub fn from_file(path: &Path) -> anyhow::Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
-        toml::from_str(&text).with_context(|| format!("invalid config {}", path.display()))
+        Self::from_toml(&text).with_context(|| format!("invalid config {}", path.display()))
+    }
+
+    /// Parses the text of a TOML configuration; missing keys take their defaults.
+    pub fn from_toml(text: &str) -> Result<Self, toml::de::Error> {
+        toml::from_str(text)
     }
 }
 

@@ -75,11 +75,17 @@ pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    let words: Vec<u64> = data
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8-byte chunk")))
-        .collect();
-    let n = n as usize;
+    parse_hello(&data[..n as usize], fd)
+}
+
+/// Parses the bytes of a hello (`data`, as received) and the descriptor that came with it.
+/// Fails on anything but a well-formed hello; a program's hello needs the descriptor.
+pub fn parse_hello(data: &[u8], fd: Option<OwnedFd>) -> io::Result<Hello> {
+    let n = data.len();
+    let mut words = [0u64; proto::FORK_HELLO_WORDS + 1];
+    for (w, c) in words.iter_mut().zip(data.chunks_exact(8)) {
+        *w = u64::from_le_bytes(c.try_into().expect("8-byte chunk"));
+    }
     let program = n == 8 * (proto::HELLO_WORDS + 1)
         && words[0] == proto::HELLO_WORDS as u64
         && words[1] == proto::MAGIC;
@@ -97,7 +103,7 @@ pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
             ));
         }
         return Ok(Hello {
-            pid: words[3] as u32,
+            pid: pid(words[3])?,
             kind: HelloKind::Api,
             helper_stack: (0, 0),
             parking: (0, 0),
@@ -121,9 +127,9 @@ pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
     }
     if forked {
         return Ok(Hello {
-            pid: words[3] as u32,
+            pid: pid(words[3])?,
             kind: HelloKind::Forked {
-                ppid: words[4] as u32,
+                ppid: pid(words[4])?,
                 seq: words[5],
             },
             helper_stack: (words[6], words[7]),
@@ -133,11 +139,18 @@ pub fn recv_hello(stream: &UnixStream) -> io::Result<Hello> {
     let uffd = fd
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "hello without a userfaultfd"))?;
     Ok(Hello {
-        pid: words[3] as u32,
+        pid: pid(words[3])?,
         kind: HelloKind::Program(uffd),
         helper_stack: (words[4], words[5]),
         parking: (words[6], words[7]),
     })
+}
+
+/// A process id word of a hello: refused unless it is one (a pid that does not fit would be
+/// silently cut to another process's).
+fn pid(word: u64) -> io::Result<u32> {
+    u32::try_from(word)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, format!("pid {word} in a hello")))
 }
 
 /// Sends `words` (with their count first, as every shim message) and one descriptor (blocking).
@@ -175,4 +188,46 @@ pub fn send_with_fd(stream: &UnixStream, words: &[u64], fd: RawFd) -> io::Result
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(words: &[u64]) -> Vec<u8> {
+        std::iter::once(words.len() as u64)
+            .chain(words.iter().copied())
+            .flat_map(u64::to_le_bytes)
+            .collect()
+    }
+
+    #[test]
+    fn api_hello_names_its_pid() {
+        let hello = parse_hello(&bytes(&[proto::API_MAGIC, proto::VERSION, 42]), None).unwrap();
+        assert!(matches!(hello.kind, HelloKind::Api));
+        assert_eq!(hello.pid, 42);
+    }
+
+    #[test]
+    fn a_pid_that_does_not_fit_is_refused_not_cut() {
+        // Found by the shim_hello fuzz target: (1 << 32) + 42 used to be read as pid 42.
+        let api = [proto::API_MAGIC, proto::VERSION, (1 << 32) + 42];
+        assert!(parse_hello(&bytes(&api), None).is_err());
+        let forked = [
+            proto::FORK_MAGIC,
+            proto::VERSION,
+            43,
+            (1 << 32) + 42,
+            1,
+            0,
+            0,
+        ];
+        assert!(parse_hello(&bytes(&forked), None).is_err());
+    }
+
+    #[test]
+    fn a_program_hello_needs_its_userfaultfd() {
+        let program = [proto::MAGIC, proto::VERSION, 42, 0, 0, 0, 0];
+        assert!(parse_hello(&bytes(&program), None).is_err());
+    }
 }

@@ -156,7 +156,7 @@ fn main() -> ExitCode {
             replicas: args.replicas,
             write_quorum: args.write_quorum.unwrap_or(args.replicas),
             timeout: std::time::Duration::from_millis(args.server_timeout_ms),
-            lost_after: std::time::Duration::from_millis(10 * args.server_timeout_ms),
+            lost_after: std::time::Duration::from_millis(args.server_timeout_ms.saturating_mul(10)),
         },
     };
     match agent::run(config) {

@@ -22,6 +22,39 @@ use crate::{
     uffd::Install,
 };
 
+/// A client-API request that passed the checks that need no process: a known operation on a
+/// non-empty, page-aligned range that does not wrap around.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ApiRequest {
+    /// One of `proto::OP_*`.
+    pub op: u64,
+    /// First byte of the range.
+    pub start: u64,
+    /// End of the range (exclusive), above `start`.
+    pub end: u64,
+}
+
+/// Checks the words of one client-API request, `[op, start, len]`; the errno to answer
+/// otherwise (`EINVAL` for a bad shape or range, `EOPNOTSUPP` for an unknown operation).
+pub fn parse_request(words: &[u64]) -> Result<ApiRequest, i32> {
+    let &[op, start, len] = words else {
+        return Err(libc::EINVAL);
+    };
+    let Some(end) = start.checked_add(len) else {
+        return Err(libc::EINVAL);
+    };
+    if !start.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
+        return Err(libc::EINVAL);
+    }
+    if !matches!(
+        op,
+        proto::OP_REGISTER | proto::OP_UNREGISTER | proto::OP_PREFETCH | proto::OP_FLUSH
+    ) {
+        return Err(libc::EOPNOTSUPP);
+    }
+    Ok(ApiRequest { op, start, end })
+}
+
 /// Serves one client-API connection of a process (see `proto::API_MAGIC`).
 pub(super) async fn api_loop(p: Rc<Proc>, mut s: UnixStream) {
     loop {
@@ -29,9 +62,9 @@ pub(super) async fn api_loop(p: Rc<Proc>, mut s: UnixStream) {
             return;
         };
         let op = words.first().copied().unwrap_or(0);
-        let errno = match words[..] {
-            [op, start, len] => p.api(op, start, len).await,
-            _ => libc::EINVAL,
+        let errno = match parse_request(&words) {
+            Ok(req) => p.api(req).await,
+            Err(errno) => errno,
         };
         if write_words(&mut s, &[op, errno as u64]).await.is_err() {
             return;
@@ -40,14 +73,9 @@ pub(super) async fn api_loop(p: Rc<Proc>, mut s: UnixStream) {
 }
 
 impl Proc {
-    /// Runs one client-API request; returns 0 or an errno.
-    async fn api(self: &Rc<Self>, op: u64, start: u64, len: u64) -> i32 {
-        let Some(end) = start.checked_add(len) else {
-            return libc::EINVAL;
-        };
-        if !start.is_multiple_of(PAGE) || !len.is_multiple_of(PAGE) || len == 0 {
-            return libc::EINVAL;
-        }
+    /// Runs one checked client-API request; returns 0 or an errno.
+    async fn api(self: &Rc<Self>, req: ApiRequest) -> i32 {
+        let ApiRequest { op, start, end } = req;
         if matches!(op, proto::OP_PREFETCH | proto::OP_FLUSH) {
             // As madvise(2): the whole range must be mapped.
             let Ok(ranges) = procfs::all_ranges(self.pid.get()) else {

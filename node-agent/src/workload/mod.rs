@@ -23,13 +23,13 @@
 //! - `repair`: re-replication after a memory server goes down;
 //! - `shim_link`: the agent's side of the word protocol to the shim.
 
-mod api;
+pub mod api;
 mod evict;
 mod faults;
 mod prefetch;
 mod process;
 mod repair;
-mod shim_link;
+pub mod shim_link;
 
 use std::{
     cell::{Cell, RefCell},
