@@ -328,9 +328,11 @@ async fn bench(args: &Args, compare: &CompareArgs) -> anyhow::Result<Report> {
             }
             for s in order {
                 let (v, server, client) = &servers[s];
+                tracing::info!("run {run}: {} {op} x{batch} @{inflight}", v.label);
                 let mut row =
                     measure_throughput(client, server.process.pid(), op, inflight, batch, dur)
-                        .await?;
+                        .await
+                        .with_context(|| format!("{} {op} x{batch} @{inflight}", v.label))?;
                 row.server = v.label.clone();
                 samples[c][s].push(row);
             }

@@ -3,16 +3,18 @@
 //! `transport::read_frame` reads a frame with two exact reads (header, then payload), each a poll
 //! of the stream under the connection's lock. A request of a page read is a few dozen bytes that
 //! arrive in one QUIC frame: here one chunk read takes the whole request, and the frame is parsed
-//! from the buffered bytes.
+//! from the buffered bytes. A frame that did not arrive whole (a write of several packets) is
+//! completed with one exact read into a buffer sized for it.
 
 use bytes::{Buf, BytesMut};
-use quinn::RecvStream;
+use quinn::{ReadExactError, RecvStream};
 use yonder_common::{
     codec::{payload_len, CodecError, HEADER_BYTES},
     transport::FrameReadError,
 };
 
-/// Bytes read ahead of the current frame at most; bounds what a stream buffers beyond one frame.
+/// Bytes one chunk read may take while no frame header is buffered; bounds what a stream buffers
+/// beyond one frame.
 const READ_AHEAD: usize = 64 * 1024;
 
 /// Buffers one stream's bytes and hands out its frames.
@@ -35,11 +37,10 @@ impl FrameReader {
                     self.consumed = len;
                     return Ok(Some(&self.buf[HEADER_BYTES..len]));
                 }
-                Some(len) => len,
+                Some(len) => return self.read_rest(recv, len).await.map(Some),
                 None => HEADER_BYTES,
             };
-            let want = (need - self.buf.len()).max(READ_AHEAD);
-            match recv.read_chunk(want, true).await? {
+            match recv.read_chunk(READ_AHEAD, true).await? {
                 Some(chunk) => self.buf.extend_from_slice(&chunk.bytes),
                 None if self.buf.is_empty() => return Ok(None),
                 None => {
@@ -51,6 +52,31 @@ impl FrameReader {
                 }
             }
         }
+    }
+
+    /// Reads the rest of a frame of `len` bytes (header included) whose start is buffered. One
+    /// exact read takes every chunk already received per poll, where chunk reads would take one
+    /// per poll: a 16-page write is 16 packets.
+    async fn read_rest(
+        &mut self,
+        recv: &mut RecvStream,
+        len: usize,
+    ) -> Result<&[u8], FrameReadError> {
+        let have = self.buf.len();
+        self.buf.resize(len, 0);
+        match recv.read_exact(&mut self.buf[have..]).await {
+            Ok(()) => {}
+            Err(ReadExactError::FinishedEarly(more)) => {
+                return Err(CodecError::Truncated {
+                    have: have + more,
+                    need: len,
+                }
+                .into())
+            }
+            Err(ReadExactError::ReadError(e)) => return Err(e.into()),
+        }
+        self.consumed = len;
+        Ok(&self.buf[HEADER_BYTES..len])
     }
 
     /// Length of the frame at the front of the buffer, header included, once its header is here.
