@@ -54,26 +54,32 @@ impl FrameReader {
         }
     }
 
-    /// Reads the rest of a frame of `len` bytes (header included) whose start is buffered. One
+    /// Reads the rest of a frame of `len` bytes (header included) whose start is buffered. An
     /// exact read takes every chunk already received per poll, where chunk reads would take one
-    /// per poll: a 16-page write is 16 packets.
+    /// per poll: a 16-page write is 16 packets; each exact read covers at most [`READ_AHEAD`].
     async fn read_rest(
         &mut self,
         recv: &mut RecvStream,
         len: usize,
     ) -> Result<&[u8], FrameReadError> {
-        let have = self.buf.len();
-        self.buf.resize(len, 0);
-        match recv.read_exact(&mut self.buf[have..]).await {
-            Ok(()) => {}
-            Err(ReadExactError::FinishedEarly(more)) => {
-                return Err(CodecError::Truncated {
-                    have: have + more,
-                    need: len,
+        // The buffer grows by at most READ_AHEAD per exact read, not to what the header announces
+        // at once: a peer that sends a header and stalls makes us hold what it sent plus one
+        // step, not a megabyte per stream (tests/tests/security.rs, the flood test).
+        while self.buf.len() < len {
+            let have = self.buf.len();
+            let step = (len - have).min(READ_AHEAD);
+            self.buf.resize(have + step, 0);
+            match recv.read_exact(&mut self.buf[have..]).await {
+                Ok(()) => {}
+                Err(ReadExactError::FinishedEarly(more)) => {
+                    return Err(CodecError::Truncated {
+                        have: have + more,
+                        need: len,
+                    }
+                    .into())
                 }
-                .into())
+                Err(ReadExactError::ReadError(e)) => return Err(e.into()),
             }
-            Err(ReadExactError::ReadError(e)) => return Err(e.into()),
         }
         self.consumed = len;
         Ok(&self.buf[HEADER_BYTES..len])
