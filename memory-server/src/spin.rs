@@ -63,6 +63,9 @@ impl Spinner {
                 .saturating_sub(self.last.load(Ordering::Relaxed))
                 < window
             {
+                // Give the CPU to whatever else is runnable on it (a client on the same machine)
+                // before polling again.
+                std::thread::yield_now();
                 tokio::task::yield_now().await;
             }
             self.spinning.store(false, Ordering::Relaxed);

@@ -84,6 +84,9 @@ pub fn start(window_us: u64) {
     tokio::task::spawn_local(async move {
         loop {
             if s.wanted(Instant::now()) {
+                // Give the CPU to whatever else is runnable on it (a memory server, the workload)
+                // before polling again: a spinner must not starve the thread it waits for.
+                std::thread::yield_now();
                 tokio::task::yield_now().await;
             } else {
                 s.asleep.set(true);
