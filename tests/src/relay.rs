@@ -37,9 +37,12 @@ pub struct Faults {
     /// Fixed one-way delay added to every datagram.
     pub delay: Duration,
     /// Each datagram's delay is `delay` plus a uniform random amount in `-jitter..=jitter`
-    /// (at least zero in all). As with netem, jitter larger than the gap between datagrams
-    /// reorders them.
+    /// (at least zero in all). Unless `jitter_reorders`, a datagram is never sent before one
+    /// that arrived earlier in the same direction (jitter as a varying queue).
     pub jitter: Duration,
+    /// Let jitter reorder datagrams, as netem does: one that drew a shorter delay overtakes
+    /// those that arrived shortly before it.
+    pub jitter_reorders: bool,
     /// Probability that a datagram is dropped.
     pub loss: f64,
     /// Probability that a datagram is sent twice.
@@ -60,6 +63,7 @@ impl Default for Faults {
         Self {
             delay: Duration::ZERO,
             jitter: Duration::ZERO,
+            jitter_reorders: false,
             loss: 0.0,
             duplicate: 0.0,
             reorder: 0.0,
@@ -151,6 +155,8 @@ struct Shaper {
     /// At most one held-back datagram per direction.
     held: Vec<Held>,
     seq: u64,
+    /// Due time of the last datagram queued in each direction (for order-keeping jitter).
+    last_due: [Option<Instant>; 2],
     stats: RelayStats,
 }
 
@@ -184,8 +190,13 @@ impl Shaper {
             0
         };
         let delay_ns = (f.delay.as_nanos() as i64 + offset).max(0) as u64;
-        let due = now + Duration::from_nanos(delay_ns);
+        let mut due = now + Duration::from_nanos(delay_ns);
         let direction = packet.direction;
+        if !f.jitter_reorders {
+            let last = &mut self.last_due[direction as usize];
+            due = last.map_or(due, |l| due.max(l));
+            *last = Some(due);
+        }
         let copy = (f.duplicate > 0.0 && rng.random_bool(f.duplicate.min(1.0))).then(|| Packet {
             client: packet.client,
             direction,
@@ -432,6 +443,7 @@ impl Relay {
                 queue: BinaryHeap::new(),
                 held: Vec::new(),
                 seq: 0,
+                last_due: [None; 2],
                 stats: RelayStats::default(),
             }),
             wake: Condvar::new(),
@@ -609,6 +621,24 @@ mod tests {
             t.elapsed() >= Duration::from_millis(60),
             "{:?}",
             t.elapsed()
+        );
+
+        relay.set_faults(Faults {
+            jitter: Duration::from_millis(5),
+            ..Faults::default()
+        });
+        let got = exchange(&c, relay.addr(), 100, Duration::from_millis(400));
+        assert_eq!(
+            got,
+            (0..100).collect::<Vec<_>>(),
+            "jitter alone keeps order"
+        );
+        relay.update(|f| f.jitter_reorders = true);
+        let got = exchange(&c, relay.addr(), 100, Duration::from_millis(400));
+        assert_eq!(got.len(), 100);
+        assert!(
+            got.windows(2).any(|w| w[0] > w[1]),
+            "netem-like jitter reorders"
         );
 
         relay.set_faults(Faults {
