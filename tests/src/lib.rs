@@ -14,6 +14,10 @@ use std::{
 use anyhow::{bail, Context};
 use yonder_common::{client, tls};
 
+pub mod relay;
+
+pub use relay::{Faults, Relay, RelayStats};
+
 /// Path of a binary of this workspace, built by `cargo build --workspace`: next to the
 /// running executable (a binary such as the bench) or one level up (a test in `deps/`).
 pub fn bin(name: &str) -> PathBuf {
