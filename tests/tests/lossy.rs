@@ -198,15 +198,16 @@ fn tail(s: &str) -> String {
 }
 
 /// Runs the workload for `passes` passes over `mib` MiB through relays with `faults` (two
-/// servers, R = 2, default 2 s request deadline) and checks it finishes with every word right.
-fn finishes_with_exact_data(faults: Faults, seed: u64, mib: u32, passes: u32) {
+/// servers, R = 2, a request deadline of `timeout_ms`) and checks it finishes with every word
+/// right.
+fn finishes_with_exact_data(faults: Faults, seed: u64, mib: u32, passes: u32, timeout_ms: u32) {
     let _serial = one_at_a_time();
     let cluster = Cluster::start(2, seed);
     cluster.set_faults(faults);
     let started = Instant::now();
     let mut agent = cluster.agent(
         2,
-        2000,
+        timeout_ms,
         free_tcp_port(),
         &[&rewriter(), &mib.to_string(), &passes.to_string()],
     );
@@ -247,6 +248,7 @@ fn one_percent_loss_loses_no_data() {
         101,
         32,
         4,
+        2000,
     );
 }
 
@@ -260,6 +262,10 @@ fn ten_percent_loss_loses_no_data() {
         201,
         10,
         1,
+        // The default 2 s deadline is too short for a write batch over a link that loses one
+        // datagram in ten: servers that are up get marked down and flap, and the workload can
+        // stop as "lost" (docs/lossy-network.md, known problems). A lossy link wants a longer one.
+        10_000,
     );
 }
 
@@ -277,6 +283,9 @@ fn five_ms_delay_with_jitter_loses_no_data() {
         301,
         12,
         1,
+        // As for 10 % loss: with the default deadline a 10 ms round trip made servers that were
+        // up count as down (docs/lossy-network.md, known problems).
+        10_000,
     );
 }
 
@@ -292,6 +301,7 @@ fn reordering_and_duplication_lose_no_data() {
         401,
         32,
         4,
+        2000,
     );
 }
 
