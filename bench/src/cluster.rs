@@ -4,7 +4,10 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
+
+use anyhow::Context;
 
 use yonder_tests::{bin, Certs, Process};
 
@@ -21,7 +24,36 @@ pub struct Cluster {
     cert_name: String,
     mtu: Option<u16>,
     /// Servers this process started (stopped by PID when dropped), with their certificates.
-    _own: Option<(Vec<Process>, Certs, tempfile::TempDir)>,
+    own: Option<Own>,
+}
+
+/// The servers a [`Cluster`] started itself, and what it takes to start one again.
+struct Own {
+    procs: Vec<Process>,
+    /// Starts of each server so far (restarts get a log file of their own).
+    starts: Vec<usize>,
+    capacity: String,
+    extra: Vec<String>,
+    certs: Certs,
+    logs: tempfile::TempDir,
+}
+
+/// Starts one `yonder-server` on `listen` with the cluster's certificates; returns it and the
+/// address it listens on.
+fn start_server(
+    listen: &str,
+    capacity: &str,
+    extra: &[String],
+    tls_dir: &Path,
+    name: &str,
+    logs: &Path,
+) -> anyhow::Result<(Process, String)> {
+    let mut cmd = Command::new(bin("yonder-server"));
+    cmd.args(["--listen", listen, "--capacity", capacity])
+        .args(["--mtu", &LOOPBACK_MTU.to_string(), "--tls-dir"])
+        .arg(tls_dir)
+        .args(extra);
+    Process::start(cmd, name, "listening on", logs)
 }
 
 impl Cluster {
@@ -37,13 +69,14 @@ impl Cluster {
         let mut procs = Vec::new();
         let mut addrs = Vec::new();
         for i in 0..n {
-            let mut cmd = Command::new(bin("yonder-server"));
-            cmd.args(["--listen", "127.0.0.1:0", "--capacity", capacity])
-                .args(["--mtu", &LOOPBACK_MTU.to_string(), "--tls-dir"])
-                .arg(certs.dir())
-                .args(extra);
-            let (p, addr) =
-                Process::start(cmd, &format!("server{i}"), "listening on", logs.path())?;
+            let (p, addr) = start_server(
+                "127.0.0.1:0",
+                capacity,
+                extra,
+                certs.dir(),
+                &format!("server{i}"),
+                logs.path(),
+            )?;
             procs.push(p);
             addrs.push(addr);
         }
@@ -52,7 +85,14 @@ impl Cluster {
             tls_dir: certs.dir().to_path_buf(),
             cert_name: TENANT.into(),
             mtu: Some(LOOPBACK_MTU),
-            _own: Some((procs, certs, logs)),
+            own: Some(Own {
+                starts: vec![1; procs.len()],
+                procs,
+                capacity: capacity.to_string(),
+                extra: extra.to_vec(),
+                certs,
+                logs,
+            }),
         })
     }
 
@@ -63,8 +103,61 @@ impl Cluster {
             tls_dir: tls_dir.to_path_buf(),
             cert_name: cert_name.into(),
             mtu,
-            _own: None,
+            own: None,
         }
+    }
+
+    /// SIGKILLs server `i` of the servers this cluster started, and reaps it.
+    pub fn kill(&mut self, i: usize) -> anyhow::Result<()> {
+        let own = self
+            .own
+            .as_mut()
+            .context("not a cluster this process started")?;
+        let p = own.procs.get_mut(i).context("no such server")?;
+        p.signal(libc::SIGKILL);
+        p.wait_timeout(Duration::from_secs(10))
+            .with_context(|| format!("server {i} (pid {}) outlived SIGKILL", p.pid()))?;
+        Ok(())
+    }
+
+    /// Starts server `i` again on the address it had (an empty store, as after a crash); retries
+    /// for a few seconds if the port is not free yet.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        let own = self
+            .own
+            .as_mut()
+            .context("not a cluster this process started")?;
+        let addr = self.addrs.get(i).context("no such server")?;
+        own.starts[i] += 1;
+        let name = format!("server{i}-start{}", own.starts[i]);
+        let mut tries = 0;
+        let (p, at) = loop {
+            match start_server(
+                addr,
+                &own.capacity,
+                &own.extra,
+                own.certs.dir(),
+                &name,
+                own.logs.path(),
+            ) {
+                Ok(started) => break started,
+                Err(e) if tries < 10 => {
+                    tracing::warn!("restarting server {i} on {addr}: {e:#}; retrying");
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Err(e) => return Err(e.context(format!("restarting server {i} on {addr}"))),
+            }
+        };
+        anyhow::ensure!(&at == addr, "server {i} came back on {at}, not {addr}");
+        own.procs[i] = p;
+        Ok(())
+    }
+
+    /// Directory of the log files (stderr) of the servers this cluster started, one per start:
+    /// `serverI.log`, then `serverI-startK.log`.
+    pub fn log_dir(&self) -> Option<&Path> {
+        self.own.as_ref().map(|o| o.logs.path())
     }
 
     /// The servers' addresses.

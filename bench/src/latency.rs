@@ -472,6 +472,10 @@ pub struct AgentSummary {
     pub stages_p50_ns: [u64; 3],
     /// Agent thread CPU time per remote fault, µs.
     pub cpu_us_per_fault: f64,
+    /// Pages re-replicated after memory-server failures (0 when the summary has no such line).
+    pub repaired: u64,
+    /// Pages still short of copies at the end.
+    pub repair_deficit: u64,
 }
 
 impl AgentSummary {
@@ -506,10 +510,28 @@ impl AgentSummary {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0);
         }
+        // "yonder: re-replicated N pages after memory-server failures (M still short of copies)"
+        let (repaired, repair_deficit) = err
+            .lines()
+            .find_map(|l| {
+                let rest = l.strip_prefix("yonder: re-replicated ")?;
+                let n = rest.split_whitespace().next()?.parse().ok()?;
+                let m = rest
+                    .split_once('(')?
+                    .1
+                    .split_whitespace()
+                    .next()?
+                    .parse()
+                    .ok()?;
+                Some((n, m))
+            })
+            .unwrap_or((0, 0));
         Self {
             remote_p50_ns,
             stages_p50_ns,
             cpu_us_per_fault,
+            repaired,
+            repair_deficit,
         }
     }
 }

@@ -13,6 +13,8 @@ mod plot;
 mod redis_workload;
 mod report;
 mod server_bench;
+mod soak;
+mod soak_workload;
 mod stats;
 mod system;
 mod workload;
@@ -41,9 +43,15 @@ enum Command {
     Demo,
     /// Regenerates bench/RESULTS.md: floors, latency, comparison with kernel swap, server throughput.
     Report(report::Args),
+    /// A long run under failures: servers SIGKILLed and restarted while a workload under the
+    /// agent (R = 2, 25 % local) verifies every page it reads; bytes lost must be 0.
+    Soak(soak::Args),
     /// The controlled workload the benchmarks run (under the agent, or plain).
     #[command(hide = true)]
     Workload(workload::Args),
+    /// The workload `soak` runs under the agent.
+    #[command(hide = true)]
+    SoakWorkload(soak_workload::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -60,6 +68,8 @@ fn main() -> anyhow::Result<()> {
         Command::Compare(args) => compare::run(*args),
         Command::Demo => demo::run(),
         Command::Report(args) => report::run(args),
+        Command::Soak(args) => soak::run(args),
         Command::Workload(args) => workload::run(args),
+        Command::SoakWorkload(args) => soak_workload::run(args),
     }
 }

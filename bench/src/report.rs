@@ -2,6 +2,8 @@
 //! the machine, the date, the exact command, this machine's floors, remote-fault latency per
 //! pattern, Yonder side by side with kernel swap, and the memory server's throughput. Every
 //! figure is the median of `--runs` runs made by this one command; nothing is copied in by hand.
+//! The one exception is the soak (an hour long): its section is rendered from the JSON file a
+//! separate `yonder-bench soak` run wrote, which names its own command, date and commit.
 
 use std::{fmt::Write as _, path::PathBuf, time::Instant};
 
@@ -34,6 +36,10 @@ pub struct Args {
     /// A tiny, fast run that exercises every section (for tests; the figures mean nothing).
     #[arg(long)]
     pub quick: bool,
+    /// The result of a separate soak run (`yonder-bench soak --json --out FILE`), rendered as the
+    /// "Soak" section; the section says so when the file is missing.
+    #[arg(long, default_value = "bench/results/soak.json")]
+    pub soak: PathBuf,
 }
 
 /// Runs the report and writes the Markdown.
@@ -226,6 +232,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     md += compare::MARKDOWN_NOTE;
     md += "\n";
     md += &server_md(&server_runs);
+    md += "\n";
+    md += &crate::soak::markdown(&args.soak);
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     log(&format!(
         "wrote {} in {:.0} s",
