@@ -440,6 +440,8 @@ pub fn soak(args: &Args, log: &mut dyn FnMut(String)) -> anyhow::Result<SoakRepo
     );
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let date = utc_date();
+    // Read now: the binary is built from what is checked out when it starts.
+    let commit = git_commit();
     let started = Instant::now();
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -661,7 +663,7 @@ pub fn soak(args: &Args, log: &mut dyn FnMut(String)) -> anyhow::Result<SoakRepo
     let report = SoakReport {
         command,
         date,
-        commit: git_commit(),
+        commit,
         machine: machine(),
         minutes: args.minutes,
         workload: format!(
@@ -842,6 +844,10 @@ pub fn markdown(path: &Path) -> String {
         ("pages verified", r.pages_verified.to_string()),
         ("remote faults", r.remote_touches.to_string()),
         ("pages re-replicated (repairs)", r.repairs.to_string()),
+        (
+            "times the agent marked a server down",
+            r.agent_saw_down.to_string(),
+        ),
         ("pause p50", ms(r.pause_p50_ms)),
         ("pause p99", ms(r.pause_p99_ms)),
         ("pause p99.9", ms(r.pause_p999_ms)),
@@ -978,6 +984,7 @@ mod tests {
             "| result | passed |",
             "| bytes lost | 0 |",
             "| server kills | 48 |",
+            "| times the agent marked a server down | 48 |",
             "| pause p99 | 1.50 ms |",
             "50 % of them",
         ] {
