@@ -51,6 +51,8 @@ pub struct RunConfig {
     /// Spin window of the agent's thread after a fault or reply, µs; 0 sleeps between events
     /// (see `spin.rs`).
     pub spin_us: u64,
+    /// Share of the budget kept parked in the grace window, percent (docs/eviction.md).
+    pub parked_share: u32,
 }
 
 impl RunConfig {
@@ -108,6 +110,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         .unwrap_or_default();
     let group = Group::new(name, servers, config.budget_pages(), config.slack_pages());
     group.set_policy(config.eviction);
+    group.set_parked_share(config.parked_share);
     group.set_root(child_pid);
 
     let accepted = tokio::select! {

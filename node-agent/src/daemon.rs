@@ -76,6 +76,9 @@ pub struct DaemonConfig {
     /// Spin window of the daemon's thread after a fault or reply, µs; 0 never spins
     /// (docs/fault-path.md).
     pub spin_us: u64,
+    /// Share of each workload's budget kept parked in the grace window, percent; 0 saves pages
+    /// as soon as they are parked (docs/eviction.md).
+    pub parked_share: u32,
 }
 
 impl DaemonConfig {
@@ -106,6 +109,7 @@ impl Default for DaemonConfig {
             server_timeout_ms: 2000,
             eviction_policy: crate::eviction::Policy::default(),
             spin_us: crate::spin::DEFAULT_WINDOW_US,
+            parked_share: crate::workload::DEFAULT_PARKED_SHARE,
         }
     }
 }
@@ -460,6 +464,7 @@ impl Daemon {
             2 * EVICT_BATCH,
         );
         group.set_policy(self.config.eviction_policy);
+        group.set_parked_share(self.config.parked_share);
         group.stats.borrow_mut().labels = vec![
             metrics::Label::new("workload", id.to_string()),
             metrics::Label::new("name", name.clone()),

@@ -84,6 +84,12 @@ struct RunArgs {
     /// (docs/fault-path.md).
     #[arg(long, default_value_t = yonder_agent::spin::DEFAULT_WINDOW_US)]
     spin_us: u64,
+    /// Share of the budget, percent, kept parked as an access probe before it is saved: a page
+    /// the program touches meanwhile comes back at the cost of a local fault and is kept
+    /// (docs/eviction.md); 0 saves pages as soon as they are parked.
+    #[arg(long, default_value_t = yonder_agent::workload::DEFAULT_PARKED_SHARE,
+          value_parser = clap::value_parser!(u32).range(0..=yonder_agent::workload::MAX_PARKED_SHARE as i64))]
+    parked_share: u32,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
@@ -152,6 +158,7 @@ fn main() -> ExitCode {
         daemon,
         eviction: args.eviction_policy,
         spin_us: args.spin_us,
+        parked_share: args.parked_share,
         policy: yonder_agent::remote::Policy {
             replicas: args.replicas,
             write_quorum: args.write_quorum.unwrap_or(args.replicas),

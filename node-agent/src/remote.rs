@@ -10,8 +10,11 @@
 //! safe: a server that was down or cut off and comes back can only answer "missing" or "stale" for
 //! what changed meanwhile, never old data as current (see docs/replication.md).
 //!
-//! Failure detection: every request has a deadline (`timeout`); a server that misses it or whose
-//! connection fails is marked down at once and skipped, and a background prober reconnects it.
+//! Failure detection: every request has a deadline (`timeout`); a server that misses it while
+//! its connection has gone silent, or whose connection fails, is marked down at once and skipped,
+//! and a background prober reconnects it. A server that misses a deadline while datagrams still
+//! arrive from it (acks, other replies: it is alive, the path or the machine is slow) gets more
+//! deadlines, up to [`SLOW_PATIENCE`] in all, before it is marked down (docs/replication.md).
 
 use std::{
     cell::{Cell, RefCell},
@@ -63,6 +66,13 @@ pub enum RepairRead {
     /// No server that is up has it now.
     Unavailable,
 }
+
+/// A request past its deadline on a connection that still receives datagrams waits up to this
+/// many deadlines before its server is marked down (a slow server is not a dead one).
+const SLOW_PATIENCE: u32 = 4;
+/// After a deadline, how long the request may still complete from input that was waiting to be
+/// read (the agent's own thread may have been starved of CPU).
+const LATE_INPUT: Duration = Duration::from_millis(20);
 
 /// How replicas are placed and when a server counts as failed.
 #[derive(Clone, Copy, Debug)]
@@ -274,7 +284,42 @@ impl Servers {
             return Outcome::Failed("not connected".into());
         };
         let started = Instant::now();
-        match tokio::time::timeout(self.policy.timeout, f(client)).await {
+        let conn = client.connection().clone();
+        let mut heard = conn.stats().udp_rx.datagrams;
+        let fut = f(client);
+        tokio::pin!(fut);
+        let hard_limit = started + self.policy.timeout * SLOW_PATIENCE;
+        let mut deadline = started + self.policy.timeout;
+        let result = loop {
+            match tokio::time::timeout_at(deadline.into(), &mut fut).await {
+                Ok(r) => break Ok(r),
+                Err(_) => {
+                    // Datagrams that waited behind a busy CPU: let them be read before judging.
+                    if let Ok(r) = tokio::time::timeout(LATE_INPUT, &mut fut).await {
+                        break Ok(r);
+                    }
+                    // A server that sends anything (acks, other replies) is alive but slow (a
+                    // lossy or delayed path, an overloaded machine): give it more time, up to
+                    // the hard limit. One that went silent is down.
+                    let now = conn.stats().udp_rx.datagrams;
+                    if now > heard && Instant::now() < hard_limit {
+                        heard = now;
+                        deadline = (deadline + self.policy.timeout).min(hard_limit);
+                        continue;
+                    }
+                    break Err(());
+                }
+            }
+        };
+        // A request sent on a connection the prober has replaced since (the server was down
+        // and came back) says nothing about the new one.
+        let current = || {
+            s.client
+                .borrow()
+                .as_ref()
+                .is_some_and(|c| c.connection().stable_id() == conn.stable_id())
+        };
+        match result {
             Ok(Ok(v)) => {
                 s.observe(started.elapsed());
                 Outcome::Done(v)
@@ -285,12 +330,19 @@ impl Servers {
                     // The server answered: it is up, the request was refused.
                     return Outcome::Failed(why);
                 }
-                self.mark_down(i, &why);
+                if current() {
+                    self.mark_down(i, &why);
+                }
                 Outcome::Failed(why)
             }
-            Err(_) => {
-                let why = format!("no answer within {:?}", self.policy.timeout);
-                self.mark_down(i, &why);
+            Err(()) => {
+                let why = format!(
+                    "no answer within {:?}",
+                    started.elapsed().min(self.policy.timeout * SLOW_PATIENCE)
+                );
+                if current() {
+                    self.mark_down(i, &why);
+                }
                 Outcome::Failed(why)
             }
         }

@@ -29,6 +29,8 @@ pub struct Stats {
     pub refaults: u64,
     /// Most pages parked at once.
     pub peak_parked: usize,
+    /// Most pages parked at once in the grace window (an access probe).
+    pub peak_graced: usize,
     /// Bytes fetched from servers.
     pub bytes_in: u64,
     /// Bytes written to servers.
@@ -71,6 +73,7 @@ impl Default for Stats {
             rescues: 0,
             refaults: 0,
             peak_parked: 0,
+            peak_graced: 0,
             bytes_in: 0,
             bytes_out: 0,
             peak_resident: 0,
@@ -190,6 +193,12 @@ impl Stats {
         counter!("yonder_agent_refaults_total", self.labels(None)).increment(1);
     }
 
+    /// Records how many pages wait in the grace window now.
+    pub fn graced(&mut self, pages: usize) {
+        self.peak_graced = self.peak_graced.max(pages);
+        gauge!("yonder_agent_grace_pages", self.labels(None)).set(pages as f64);
+    }
+
     /// Records how many pages are parked now.
     pub fn parked(&mut self, pages: usize) {
         self.peak_parked = self.peak_parked.max(pages);
@@ -261,12 +270,13 @@ impl Stats {
         );
         if self.evicted > 0 {
             s += &format!(
-                "yonder: eviction paths: {} pages moved to parking, {} write-protected (could not move); {} rescued from parking, {} refaults; at most {} pages parked\n",
+                "yonder: eviction paths: {} pages moved to parking, {} write-protected (could not move); {} rescued from parking, {} refaults; at most {} pages parked, {} of them in the grace window\n",
                 self.evicted_moved,
                 self.evicted_protected,
                 self.rescues,
                 self.refaults,
-                self.peak_parked
+                self.peak_parked,
+                self.peak_graced
             );
         }
         s += &format!(

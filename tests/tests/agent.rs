@@ -44,8 +44,21 @@ impl Run {
 /// Runs `yonder-agent run --local-mem BUDGET -- ARGS`, feeding `stdin`, sampling the workload's
 /// RssAnon every 5 ms, and killing everything after `limit`.
 fn run_agent(budget: &str, args: &[&str], stdin: &str, limit: Duration) -> Run {
+    run_agent_with(budget, &[], args, stdin, limit)
+}
+
+/// As [`run_agent`], with extra `yonder-agent run` flags.
+fn run_agent_with(
+    budget: &str,
+    flags: &[&str],
+    args: &[&str],
+    stdin: &str,
+    limit: Duration,
+) -> Run {
     let mut child = Command::new(bin("yonder-agent"))
-        .args(["run", "--local-mem", budget, "--"])
+        .args(["run", "--local-mem", budget])
+        .args(flags)
+        .arg("--")
         .args(args)
         .env_remove("RUST_LOG")
         .stdin(Stdio::piped())
@@ -445,4 +458,33 @@ fn forks_while_pages_are_parked_keep_every_process_memory() {
         run.stderr
     );
     assert_few_write_protect_faults(&run.stderr);
+}
+
+/// A program that only reads its hot pages (invisible to the agent: no accessed bits) while it
+/// streams writes through cold ones: with pages parked in the grace window, reads of hot pages
+/// bring them back from parking (rescues) instead of from the servers, and every byte reads back
+/// right.
+#[test]
+fn pages_read_while_in_the_grace_window_are_rescued() {
+    let hotread = compile_workload("hotread", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    let run = run_agent_with(
+        "8MiB",
+        &["--parked-share", "25"],
+        &[hotread.to_str().unwrap(), "4", "32", "16"],
+        "",
+        Duration::from_secs(600),
+    );
+    assert!(
+        run.status.success() && run.stdout.contains("hotread: OK"),
+        "hotread failed: {}\n{}",
+        run.stdout,
+        run.stderr
+    );
+    let rescues = summary_number(&run.stderr, "(could not move); ");
+    let graced = summary_number(&run.stderr, "pages parked, ");
+    assert!(
+        rescues > 0 && graced > 0,
+        "no page was rescued from the grace window:\n{}",
+        run.stderr
+    );
 }

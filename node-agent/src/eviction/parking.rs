@@ -3,13 +3,16 @@
 //!
 //! A slot is free, holds a parked page, or is being freed (its page was saved and the shim was
 //! asked to drop it). A slot being freed is never handed out again before the shim confirms, or
-//! the drop could hit a page parked there later.
+//! the drop could hit a page parked there later. A held slot may be *in grace*: its page was
+//! parked as an access probe and is not being saved yet (docs/eviction.md, "The grace window").
 
 /// State of one slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Slot {
     Free,
     Held,
+    /// Held, and its page waits in the grace window (not being saved yet).
+    Grace,
     Freeing,
 }
 
@@ -21,6 +24,8 @@ pub struct Parking {
     /// Where the next search for free slots starts (next fit).
     cursor: usize,
     held: usize,
+    /// Of `held`, slots in grace.
+    graced: usize,
     freeing: usize,
 }
 
@@ -34,6 +39,7 @@ impl Parking {
             slots: vec![Slot::Free; pages],
             cursor: 0,
             held: 0,
+            graced: 0,
             freeing: 0,
         }
     }
@@ -80,9 +86,8 @@ impl Parking {
     /// A held slot is empty again (its page was moved back, or never moved in).
     pub fn release(&mut self, addr: u64) {
         if let Some(i) = self.index(addr) {
-            if self.slots[i] == Slot::Held {
+            if self.unhold(i) {
                 self.slots[i] = Slot::Free;
-                self.held -= 1;
             }
         }
     }
@@ -90,12 +95,50 @@ impl Parking {
     /// A held slot's page is no longer wanted; the shim is being asked to drop it.
     pub fn freeing(&mut self, addr: u64) {
         if let Some(i) = self.index(addr) {
-            if self.slots[i] == Slot::Held {
+            if self.unhold(i) {
                 self.slots[i] = Slot::Freeing;
-                self.held -= 1;
                 self.freeing += 1;
             }
         }
+    }
+
+    /// Whether slot `i` was held (in grace or not); it is no longer counted as held.
+    fn unhold(&mut self, i: usize) -> bool {
+        match self.slots[i] {
+            Slot::Held => {}
+            Slot::Grace => self.graced -= 1,
+            Slot::Free | Slot::Freeing => return false,
+        }
+        self.held -= 1;
+        true
+    }
+
+    /// A held slot's page starts its grace window: it waits parked before it is saved.
+    pub fn start_grace(&mut self, addr: u64) {
+        if let Some(i) = self.index(addr) {
+            if self.slots[i] == Slot::Held {
+                self.slots[i] = Slot::Grace;
+                self.graced += 1;
+            }
+        }
+    }
+
+    /// Ends the grace window of a slot: whether its page was still parked there in grace (not
+    /// moved back, dropped or freed meanwhile). The slot stays held.
+    pub fn end_grace(&mut self, addr: u64) -> bool {
+        match self.index(addr) {
+            Some(i) if self.slots[i] == Slot::Grace => {
+                self.slots[i] = Slot::Held;
+                self.graced -= 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Held slots whose page waits in the grace window.
+    pub fn graced(&self) -> usize {
+        self.graced
     }
 
     /// The shim dropped a slot's page: it is free.
@@ -108,7 +151,7 @@ impl Parking {
         }
     }
 
-    /// Slots holding a parked page.
+    /// Slots holding a parked page (in grace or being saved).
     pub fn held(&self) -> usize {
         self.held
     }
@@ -156,5 +199,31 @@ mod tests {
         p.release(BASE - PAGE);
         p.freeing(BASE + 100 * PAGE);
         assert_eq!(p.held(), 2);
+    }
+
+    #[test]
+    fn grace_is_a_kind_of_held_that_every_exit_ends() {
+        let mut p = Parking::new(BASE, 4);
+        let (a, n) = p.take_run(4).unwrap();
+        assert_eq!(n, 4);
+        for i in 0..4 {
+            p.start_grace(a + i * PAGE);
+        }
+        assert_eq!((p.held(), p.graced()), (4, 4));
+        // A rescue frees the slot, a refused move releases it, a release ends the grace.
+        p.freeing(a);
+        p.release(a + PAGE);
+        assert!(p.end_grace(a + 2 * PAGE));
+        assert_eq!((p.held(), p.graced(), p.freeing_count()), (2, 1, 1));
+        // Only a slot still in grace ends it once.
+        assert!(!p.end_grace(a));
+        assert!(!p.end_grace(a + PAGE));
+        assert!(!p.end_grace(a + 2 * PAGE));
+        assert!(p.end_grace(a + 3 * PAGE));
+        assert_eq!((p.held(), p.graced()), (2, 0));
+        // A slot that is free or being freed does not go into grace.
+        p.start_grace(a);
+        p.start_grace(a + PAGE);
+        assert_eq!(p.graced(), 0);
     }
 }

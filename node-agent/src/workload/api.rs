@@ -226,7 +226,9 @@ impl Proc {
             evict_protected(self, victims, &mut shim, id).await
         };
         *self.shim.borrow_mut() = Some(shim);
-        // Pages the evictor had parked in the range leave with their batch: wait for them.
+        // Pages the evictor had parked in the range leave with their batch: wait for them, and
+        // end the grace window of those waiting in it.
+        self.g.release_grace_of(self).await;
         while self
             .table
             .borrow()

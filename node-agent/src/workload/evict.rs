@@ -53,6 +53,9 @@ pub(super) async fn evictor(g: Rc<Group>) {
         let low = g
             .budget
             .saturating_sub((g.budget / 16).max(EVICT_BATCH / 4));
+        // Whether pages left this round: only then is the grace window refilled, so that a
+        // workload within its budget is not probed for nothing.
+        let mut evicted = false;
         // Pages already on their way out (parked, or saved and being freed) need no new victims.
         while g.resident().saturating_sub(g.leaving()) > g.budget {
             // Let the fault loops, and the batches on the wire, run between two batches.
@@ -71,38 +74,18 @@ pub(super) async fn evictor(g: Rc<Group>) {
                 g.retry_deferred();
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
+            // The oldest pages of the grace window leave first: they had their chance to show
+            // that they are in use.
+            let oldest = g.grace.borrow_mut().pop_front();
+            if let Some(batch) = oldest {
+                evicted = true;
+                release_grace(&g, batch).await;
+                continue;
+            }
             let want = (g.resident().saturating_sub(g.leaving()))
                 .saturating_sub(low)
                 .clamp(1, EVICT_BATCH);
-            let mut procs: Vec<Rc<Proc>> = g
-                .procs
-                .borrow()
-                .iter()
-                .filter(|p| p.helper_up.get() && !p.removed.get())
-                .cloned()
-                .collect();
-            procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
-            // Pages only one process maps first: evicting a page a forked relative shares frees
-            // nothing until both have dropped it.
-            let mut chosen = None;
-            'pick: for only_unshared in [true, false] {
-                for p in &procs {
-                    let shared = p.shared_pages.borrow();
-                    if !only_unshared && shared.is_empty() {
-                        continue;
-                    }
-                    let victims = if only_unshared {
-                        p.table.borrow_mut().start_eviction_except(want, &shared)
-                    } else {
-                        p.table.borrow_mut().start_eviction(want)
-                    };
-                    if !victims.is_empty() {
-                        chosen = Some((p.clone(), victims));
-                        break 'pick;
-                    }
-                }
-            }
-            let Some((p, victims)) = chosen else {
+            let Some((p, victims)) = pick_victims(&g, want) else {
                 if g.batches_in_flight.get() > 0 {
                     // Pages are on their way out; their completion frees room.
                     g.batch_done.notified().await;
@@ -123,13 +106,12 @@ pub(super) async fn evictor(g: Rc<Group>) {
                 break;
             };
             g.stuck_warned.set(false);
+            evicted = true;
             debug!(batch = victims.len(), pid = p.pid.get(), "evicting");
             let protected = if p.parking.borrow().is_some() {
                 match park(&p, victims).await {
-                    Ok(mut batch) => {
-                        let fallback = std::mem::take(&mut batch.fallback);
-                        g.batches_in_flight.set(g.batches_in_flight.get() + 1);
-                        tokio::task::spawn_local(save_parked(p.clone(), batch));
+                    Ok((parked, fallback)) => {
+                        save_now(&p, parked).await;
                         fallback
                     }
                     Err(e) => {
@@ -145,6 +127,9 @@ pub(super) async fn evictor(g: Rc<Group>) {
                 run_protected(&g, &p, protected).await;
             }
             g.retry_deferred();
+        }
+        if evicted {
+            top_up_grace(&g).await;
         }
         g.retry_deferred();
         if g.over_hard_limit() && g.batches_in_flight.get() > 0 {
@@ -209,14 +194,168 @@ impl Group {
     }
 }
 
+/// Pages of one process parked in the grace window: an access probe. A page the program touches
+/// meanwhile is moved back (a rescue, which tells the policy it is in use); the others are saved
+/// when the batch leaves the window, oldest batch first.
+pub(super) struct GraceBatch {
+    p: Rc<Proc>,
+    /// `(page, parking address)`.
+    parked: Vec<(u64, u64)>,
+}
+
+/// Chooses up to `want` victims, from the process with the most resident pages, pages that only
+/// one process maps first: evicting a page a forked relative shares frees nothing until both
+/// have dropped it.
+fn pick_victims(g: &Group, want: usize) -> Option<(Rc<Proc>, Vec<u64>)> {
+    let mut procs: Vec<Rc<Proc>> = g
+        .procs
+        .borrow()
+        .iter()
+        .filter(|p| p.helper_up.get() && !p.removed.get())
+        .cloned()
+        .collect();
+    procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
+    for only_unshared in [true, false] {
+        for p in &procs {
+            let shared = p.shared_pages.borrow();
+            if !only_unshared && shared.is_empty() {
+                continue;
+            }
+            let victims = if only_unshared {
+                p.table.borrow_mut().start_eviction_except(want, &shared)
+            } else {
+                p.table.borrow_mut().start_eviction(want)
+            };
+            if !victims.is_empty() {
+                return Some((p.clone(), victims));
+            }
+        }
+    }
+    None
+}
+
+/// Reads, hashes and starts saving pages of `p` parked at `parked`, beside the evictor.
+async fn save_now(p: &Rc<Proc>, parked: Vec<(u64, u64)>) {
+    match prepare(p, parked).await {
+        Ok(batch) => {
+            p.g.batches_in_flight.set(p.g.batches_in_flight.get() + 1);
+            tokio::task::spawn_local(save_parked(p.clone(), batch));
+        }
+        // The address space went (an exec keeps the pid, so `fail` could not tell): nothing
+        // to save.
+        Err(_) if !p.uffd.mm_alive(p.unregistered_page()) => p.remove(),
+        Err(e) => p.fail(format!("eviction failed: {e:#}")),
+    }
+}
+
+/// Ends the grace window of a batch: its pages still parked are saved.
+async fn release_grace(g: &Group, batch: GraceBatch) {
+    let GraceBatch { p, parked } = batch;
+    if p.removed.get() {
+        return;
+    }
+    if !p.uffd.mm_alive(p.unregistered_page()) {
+        // Exited or exec'd while its pages waited: the parking area went with it.
+        p.remove();
+        return;
+    }
+    let still: Vec<(u64, u64)> = {
+        let mut k = p.parking.borrow_mut();
+        let Some(k) = k.as_mut() else { return };
+        parked
+            .into_iter()
+            .filter(|&(_, at)| k.end_grace(at))
+            .collect()
+    };
+    g.stats.borrow_mut().graced(g.graced());
+    if !still.is_empty() {
+        save_now(&p, still).await;
+    }
+}
+
+impl Group {
+    /// Saves every page of `p` waiting in the grace window now (a flush must not wait for the
+    /// window to end).
+    pub(super) async fn release_grace_of(&self, p: &Rc<Proc>) {
+        let mine: std::collections::VecDeque<GraceBatch> = {
+            let mut grace = self.grace.borrow_mut();
+            let (mine, others) = std::mem::take(&mut *grace)
+                .into_iter()
+                .partition(|b| Rc::ptr_eq(&b.p, p));
+            *grace = others;
+            mine
+        };
+        for b in mine {
+            release_grace(self, b).await;
+        }
+    }
+}
+
+/// Parks victims in the grace window until it holds the parked share of the budget (called
+/// after pages left, so only under pressure). Parking moves pages within the budget: it frees
+/// nothing, and a page the program touches comes back at the cost of a local fault. Pages that
+/// cannot be parked are evicted by write protection at once, as they would be under pressure.
+async fn top_up_grace(g: &Rc<Group>) {
+    let target = g.grace_target();
+    loop {
+        let graced = g.graced();
+        let missing = target.saturating_sub(graced);
+        // Small top-ups cost a park exchange each for little: wait for a useful batch.
+        if missing == 0 || (graced > 0 && missing < (EVICT_BATCH / 4).min(target / 2).max(1)) {
+            return;
+        }
+        if g.servers_refuse.get()
+            || g.stuck_warned.get()
+            || g.batches_in_flight.get() >= BATCHES_IN_FLIGHT
+        {
+            return;
+        }
+        tokio::task::yield_now().await;
+        let Some((p, victims)) = pick_victims(g, missing.min(EVICT_BATCH)) else {
+            return;
+        };
+        if p.parking.borrow().is_none() {
+            // No parking area: nothing to probe with. Leave these pages resident.
+            let mut garbage = Vec::new();
+            for pg in victims {
+                garbage.extend(p.table.borrow_mut().abort_eviction(pg));
+            }
+            g.free_later(garbage);
+            return;
+        }
+        let fallback = match park(&p, victims).await {
+            Ok((parked, fallback)) => {
+                if let Some(k) = p.parking.borrow_mut().as_mut() {
+                    for &(_, at) in &parked {
+                        k.start_grace(at);
+                    }
+                }
+                if !parked.is_empty() {
+                    g.grace.borrow_mut().push_back(GraceBatch {
+                        p: p.clone(),
+                        parked,
+                    });
+                }
+                fallback
+            }
+            Err(e) => {
+                p.fail(format!("eviction failed: {e:#}"));
+                return;
+            }
+        };
+        g.stats.borrow_mut().graced(g.graced());
+        if !fallback.is_empty() {
+            run_protected(g, &p, fallback).await;
+        }
+    }
+}
+
 /// A batch of parked pages on its way out.
 pub(super) struct ParkedBatch {
     /// Pages to write: page, the copy to write, where it is parked, its content.
     writes: Vec<(u64, Remote, u64, PageData)>,
     /// Parking addresses whose page is saved already (clean): to free.
     to_free: Vec<u64>,
-    /// Pages that could not move: evicted by write protection instead.
-    fallback: Vec<u64>,
     /// Pages moved to the parking area.
     moved: u64,
     /// Of those, pages that needed no write.
@@ -227,9 +366,9 @@ pub(super) struct ParkedBatch {
 const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Moves the victims of `p` (all marked `Evicting`) into its parking area, one `UFFDIO_MOVE`
-/// per contiguous run, reads and hashes their content, and decides which must be written. Pages
-/// that cannot move are returned for the write-protect path; pages that must not be evicted now
-/// (the address space is changing, the parking area is full) stay resident.
+/// per contiguous run: returns the parked pages as `(page, parking address)`, and the pages that
+/// cannot move, for the write-protect path. Pages that must not be evicted now (the address
+/// space is changing, the parking area is full) stay resident.
 ///
 /// The kernel takes `UFFDIO_MOVE` only from a thread of the process itself, so the shim's helper
 /// issues it, and the process's userfaultfd events are not read until its answer is in. That is
@@ -239,7 +378,7 @@ const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// at the same address. Events read before the request are in the page table already; events
 /// after it wait until the table knows what moved. (Reading them meanwhile would let the program
 /// unmap, map new memory at the same address and write it before the move.)
-async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<ParkedBatch> {
+async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<(Vec<(u64, u64)>, Vec<u64>)> {
     victims.sort_unstable();
     // Runs of victims, each cut to fit runs of free parking slots: (source, slot, pages).
     let mut moves: Vec<(u64, u64, u64)> = Vec::new();
@@ -398,7 +537,13 @@ async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<ParkedBatch
         let held = p.parking.borrow().as_ref().map_or(0, |k| k.held());
         p.g.stats.borrow_mut().parked(held);
     }
+    Ok((parked, fallback))
+}
 
+/// Reads and hashes the pages of `p` parked at `parked` (`(page, parking address)`), and
+/// decides which must be written: the batch for [`save_parked`]. Pages no longer parked there
+/// (rescued, dropped, unmapped) are left out.
+async fn prepare(p: &Rc<Proc>, parked: Vec<(u64, u64)>) -> anyhow::Result<ParkedBatch> {
     // Read and hash the parked pages, a chunk at a time so that faults are served in between.
     // A parked page stays in its slot until the slot is freed (a rescue copies it back), so the
     // read never faults.
@@ -406,7 +551,6 @@ async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<ParkedBatch
     let mut batch = ParkedBatch {
         writes: Vec::new(),
         to_free: Vec::new(),
-        fallback,
         moved: parked.len() as u64,
         clean: 0,
     };

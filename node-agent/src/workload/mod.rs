@@ -67,6 +67,12 @@ use self::{
 
 /// Pages evicted per batch.
 pub const EVICT_BATCH: usize = 256;
+/// Default share of the budget parked in the grace window, percent (docs/eviction.md).
+pub const DEFAULT_PARKED_SHARE: u32 = 10;
+/// Largest parked share, percent.
+pub const MAX_PARKED_SHARE: u32 = 50;
+/// Most pages in the grace window: half a parking area, so batches being saved always fit.
+const GRACE_MAX: usize = (crate::shim_proto::PARK_PAGES / 2) as usize;
 /// The smallest local-memory budget a workload may have: 64 pages. Below it the program would do
 /// little but wait for its own pages (and 0 would mean every page remote).
 pub const MIN_BUDGET: u64 = 64 * PAGE;
@@ -113,6 +119,10 @@ pub struct Group {
     batch_done: Notify,
     /// The eviction policy of its processes.
     policy: Cell<Policy>,
+    /// Share of the budget, in percent, kept parked in the grace window (an access probe).
+    parked_share: Cell<u32>,
+    /// Batches parked in the grace window, oldest first: they are saved in this order.
+    grace: RefCell<std::collections::VecDeque<evict::GraceBatch>>,
 }
 
 /// A random space id, so that agents sharing a client certificate do not collide.
@@ -154,7 +164,22 @@ impl Group {
             batches_in_flight: Cell::new(0),
             batch_done: Notify::new(),
             policy: Cell::new(Policy::default()),
+            parked_share: Cell::new(DEFAULT_PARKED_SHARE),
+            grace: RefCell::default(),
         })
+    }
+
+    /// Chooses the share of the budget kept parked in the grace window, in percent (0: pages
+    /// are saved as soon as they are parked).
+    pub fn set_parked_share(&self, percent: u32) {
+        self.parked_share.set(percent.min(MAX_PARKED_SHARE));
+    }
+
+    /// Pages the evictor keeps parked in the grace window: the parked share of the budget,
+    /// within what the parking areas leave beside the batches being saved.
+    fn grace_target(&self) -> usize {
+        let share = self.budget * self.parked_share.get() as usize / 100;
+        share.min(GRACE_MAX)
     }
 
     /// Chooses the eviction policy (before any process attaches).
@@ -186,9 +211,19 @@ impl Group {
         sum.saturating_sub(self.shared.get())
     }
 
-    /// Of [`Self::resident`], pages on their way out: parked, or saved and being freed.
+    /// Of [`Self::resident`], pages on their way out: parked and being saved, or saved and
+    /// being freed. Pages waiting in the grace window are not (yet).
     pub fn leaving(&self) -> usize {
-        self.procs.borrow().iter().map(|p| p.parking_in_use()).sum()
+        self.procs
+            .borrow()
+            .iter()
+            .map(|p| p.parking_leaving())
+            .sum()
+    }
+
+    /// Of [`Self::resident`], pages parked in the grace window (an access probe).
+    pub fn graced(&self) -> usize {
+        self.procs.borrow().iter().map(|p| p.parking_graced()).sum()
     }
 
     /// Sets [`Self::shared`] from the processes' shared pages. Each such page is counted in

@@ -127,12 +127,18 @@ impl Proc {
         }
     }
 
-    /// Parking slots that hold pages (parked, or saved and being freed).
-    pub(super) fn parking_in_use(&self) -> usize {
+    /// Parking slots whose pages are on their way out: parked and being saved, or saved and
+    /// being freed (not those waiting in the grace window).
+    pub(super) fn parking_leaving(&self) -> usize {
         self.parking
             .borrow()
             .as_ref()
-            .map_or(0, |k| k.held() + k.freeing_count())
+            .map_or(0, |k| k.held() - k.graced() + k.freeing_count())
+    }
+
+    /// Parking slots whose pages wait in the grace window.
+    pub(super) fn parking_graced(&self) -> usize {
+        self.parking.borrow().as_ref().map_or(0, |k| k.graced())
     }
 
     /// Parking slots whose pages are saved and being freed (no longer in the page table, still
