@@ -169,7 +169,6 @@ pub fn server_request(data: &[u8]) {
             (Request::Read { pages }, Response::Read { pages: results }) => {
                 assert!(pages.len() <= MAX_BATCH_PAGES);
                 assert_eq!(pages.len(), results.len());
-                fixture.wrote = true;
                 for (item, result) in pages.iter().zip(results) {
                     if let ReadResult::Found { version, data } = result {
                         assert!(*version >= item.version, "{item:?} answered with {version}");
