@@ -21,6 +21,12 @@ fn some_fd() -> OwnedFd {
     null.try_clone().expect("dup of /dev/null").into()
 }
 
+/// Opens the `/dev/null` that [`shim_hello`] passes along before AFL's fork server starts, so that
+/// no fuzzing process takes its first input down a path (the open) that no later input takes.
+pub fn shim_hello_setup() {
+    drop(some_fd());
+}
+
 /// The hello: the first byte says whether a descriptor came with it (bit 0), the rest is the
 /// message as `recvmsg` returned it. Checks: an accepted hello is exactly the encoding of what
 /// it was parsed into (so no word was ignored, truncated or defaulted), a program's hello
