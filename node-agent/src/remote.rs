@@ -336,9 +336,10 @@ impl Servers {
                 Outcome::Failed(why)
             }
             Err(()) => {
+                let waited = started.elapsed().min(self.policy.timeout * SLOW_PATIENCE);
                 let why = format!(
                     "no answer within {:?}",
-                    started.elapsed().min(self.policy.timeout * SLOW_PATIENCE)
+                    Duration::from_millis(waited.as_millis() as u64)
                 );
                 if current() {
                     self.mark_down(i, &why);
