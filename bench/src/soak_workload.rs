@@ -24,6 +24,7 @@ use yonder_common::size::ByteSize;
 use crate::{
     mem::{Region, PAGE},
     stats::{histogram, Summary},
+    workload::mix,
 };
 
 /// Words in a page.
@@ -97,14 +98,6 @@ pub struct SoakResult {
     pub touches_over_100ms: u64,
     /// Visits that took 1 s or more.
     pub touches_over_1s: u64,
-}
-
-fn mix(mut x: u64) -> u64 {
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
-    x ^= x >> 33;
-    x = x.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
-    x ^ (x >> 33)
 }
 
 /// Word `w` of page `p` at generation `g`: word 0 is a tag (page, generation) that tells what a

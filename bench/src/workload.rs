@@ -110,7 +110,8 @@ fn default_fill() -> Fill {
     Fill::Random
 }
 
-fn mix(mut x: u64) -> u64 {
+/// A 64-bit mixer (murmur3's finaliser): the fill pattern of the touch workloads.
+pub(crate) fn mix(mut x: u64) -> u64 {
     x ^= x >> 33;
     x = x.wrapping_mul(0xff51_afd7_ed55_8ccd);
     x ^= x >> 33;

@@ -11,9 +11,9 @@ use tokio::net::UnixStream;
 use tracing::warn;
 
 use super::{
-    evict::{evict_protected, Saved},
     faults::fetch,
     process::{cut, uncovered, Proc},
+    protect::{evict_protected, Saved},
     shim_link::{read_words, write_words},
 };
 use crate::{

@@ -7,23 +7,22 @@
 //!   written to the servers while the evictor goes on with the next batch; then the parked pages
 //!   are freed in bulk by the shim. No write protection, so no write fault, and nothing a racing
 //!   write could be lost in.
-//! - **Write protection** ([`evict_protected`]), for pages that cannot move (shared copy-on-write
+//! - **Write protection** (`protect.rs`), for pages that cannot move (shared copy-on-write
 //!   after a fork, or a kernel without `UFFDIO_MOVE`): write-protect, copy out, store on the
 //!   servers, drop inside the process through the shim, then wake whoever blocked meanwhile.
+//!
+//! Pages may first wait in the grace window (`grace.rs`) before they are saved.
 
-use std::{
-    collections::{HashMap, HashSet},
-    io,
-    rc::Rc,
-    time::Duration,
-};
+use std::{io, rc::Rc, time::Duration};
 
 use anyhow::{bail, Context};
 use tracing::{debug, warn};
 use yonder_common::protocol::PageData;
 
 use super::{
+    grace::{release_grace, top_up_grace},
     process::Proc,
+    protect::run_protected,
     shim_link::{read_words, runs, write_words},
     Group, EVICT_BATCH,
 };
@@ -34,7 +33,7 @@ use crate::{
 };
 
 /// Batches whose writes may be in flight at once (each up to [`EVICT_BATCH`] pages).
-const BATCHES_IN_FLIGHT: usize = 4;
+pub(super) const BATCHES_IN_FLIGHT: usize = 4;
 /// Parked pages whose content is read and hashed between two yields of the fault thread.
 const READ_CHUNK: usize = 64;
 
@@ -154,30 +153,9 @@ impl Group {
     }
 }
 
-/// Evicts `victims` of `p` by write protection, with the shim's drop; reports servers that
-/// refuse pages as [`evictor`] expects.
-async fn run_protected(g: &Rc<Group>, p: &Rc<Proc>, victims: Vec<u64>) {
-    let Some(mut shim) = p.take_shim().await else {
-        for pg in victims {
-            let garbage = p.table.borrow_mut().abort_eviction(pg);
-            g.free_later(garbage.into_iter().collect());
-        }
-        return;
-    };
-    let id = g.next_drop_id.get() + 1;
-    g.next_drop_id.set(id);
-    let r = evict_protected(p, victims, &mut shim, id).await;
-    *p.shim.borrow_mut() = Some(shim);
-    match r {
-        Ok(Saved { written, failed }) => g.stored(written, failed),
-        // A process that ended mid-eviction is reaped; anything else is fatal.
-        Err(e) => p.fail(format!("eviction failed: {e:#}")),
-    }
-}
-
 impl Group {
     /// Notes what a batch stored: `written` pages, `failed` that the servers refused.
-    fn stored(&self, written: u64, failed: u64) {
+    pub(super) fn stored(&self, written: u64, failed: u64) {
         if written > 0 && self.servers_refuse.replace(false) {
             eprintln!("yonder: the memory servers take pages again: eviction resumed");
         }
@@ -194,19 +172,10 @@ impl Group {
     }
 }
 
-/// Pages of one process parked in the grace window: an access probe. A page the program touches
-/// meanwhile is moved back (a rescue, which tells the policy it is in use); the others are saved
-/// when the batch leaves the window, oldest batch first.
-pub(super) struct GraceBatch {
-    p: Rc<Proc>,
-    /// `(page, parking address)`.
-    parked: Vec<(u64, u64)>,
-}
-
 /// Chooses up to `want` victims, from the process with the most resident pages, pages that only
 /// one process maps first: evicting a page a forked relative shares frees nothing until both
 /// have dropped it.
-fn pick_victims(g: &Group, want: usize) -> Option<(Rc<Proc>, Vec<u64>)> {
+pub(super) fn pick_victims(g: &Group, want: usize) -> Option<(Rc<Proc>, Vec<u64>)> {
     let mut procs: Vec<Rc<Proc>> = g
         .procs
         .borrow()
@@ -235,7 +204,7 @@ fn pick_victims(g: &Group, want: usize) -> Option<(Rc<Proc>, Vec<u64>)> {
 }
 
 /// Reads, hashes and starts saving pages of `p` parked at `parked`, beside the evictor.
-async fn save_now(p: &Rc<Proc>, parked: Vec<(u64, u64)>) {
+pub(super) async fn save_now(p: &Rc<Proc>, parked: Vec<(u64, u64)>) {
     match prepare(p, parked).await {
         Ok(batch) => {
             p.g.batches_in_flight.set(p.g.batches_in_flight.get() + 1);
@@ -245,108 +214,6 @@ async fn save_now(p: &Rc<Proc>, parked: Vec<(u64, u64)>) {
         // to save.
         Err(_) if !p.uffd.mm_alive(p.unregistered_page()) => p.remove(),
         Err(e) => p.fail(format!("eviction failed: {e:#}")),
-    }
-}
-
-/// Ends the grace window of a batch: its pages still parked are saved.
-async fn release_grace(g: &Group, batch: GraceBatch) {
-    let GraceBatch { p, parked } = batch;
-    if p.removed.get() {
-        return;
-    }
-    if !p.uffd.mm_alive(p.unregistered_page()) {
-        // Exited or exec'd while its pages waited: the parking area went with it.
-        p.remove();
-        return;
-    }
-    let still: Vec<(u64, u64)> = {
-        let mut k = p.parking.borrow_mut();
-        let Some(k) = k.as_mut() else { return };
-        parked
-            .into_iter()
-            .filter(|&(_, at)| k.end_grace(at))
-            .collect()
-    };
-    g.stats.borrow_mut().graced(g.graced());
-    if !still.is_empty() {
-        save_now(&p, still).await;
-    }
-}
-
-impl Group {
-    /// Saves every page of `p` waiting in the grace window now (a flush must not wait for the
-    /// window to end).
-    pub(super) async fn release_grace_of(&self, p: &Rc<Proc>) {
-        let mine: std::collections::VecDeque<GraceBatch> = {
-            let mut grace = self.grace.borrow_mut();
-            let (mine, others) = std::mem::take(&mut *grace)
-                .into_iter()
-                .partition(|b| Rc::ptr_eq(&b.p, p));
-            *grace = others;
-            mine
-        };
-        for b in mine {
-            release_grace(self, b).await;
-        }
-    }
-}
-
-/// Parks victims in the grace window until it holds the parked share of the budget (called
-/// after pages left, so only under pressure). Parking moves pages within the budget: it frees
-/// nothing, and a page the program touches comes back at the cost of a local fault. Pages that
-/// cannot be parked are evicted by write protection at once, as they would be under pressure.
-async fn top_up_grace(g: &Rc<Group>) {
-    let target = g.grace_target();
-    loop {
-        let graced = g.graced();
-        let missing = target.saturating_sub(graced);
-        // Small top-ups cost a park exchange each for little: wait for a useful batch.
-        if missing == 0 || (graced > 0 && missing < (EVICT_BATCH / 4).min(target / 2).max(1)) {
-            return;
-        }
-        if g.servers_refuse.get()
-            || g.stuck_warned.get()
-            || g.batches_in_flight.get() >= BATCHES_IN_FLIGHT
-        {
-            return;
-        }
-        tokio::task::yield_now().await;
-        let Some((p, victims)) = pick_victims(g, missing.min(EVICT_BATCH)) else {
-            return;
-        };
-        if p.parking.borrow().is_none() {
-            // No parking area: nothing to probe with. Leave these pages resident.
-            let mut garbage = Vec::new();
-            for pg in victims {
-                garbage.extend(p.table.borrow_mut().abort_eviction(pg));
-            }
-            g.free_later(garbage);
-            return;
-        }
-        let fallback = match park(&p, victims).await {
-            Ok((parked, fallback)) => {
-                if let Some(k) = p.parking.borrow_mut().as_mut() {
-                    for &(_, at) in &parked {
-                        k.start_grace(at);
-                    }
-                }
-                if !parked.is_empty() {
-                    g.grace.borrow_mut().push_back(GraceBatch {
-                        p: p.clone(),
-                        parked,
-                    });
-                }
-                fallback
-            }
-            Err(e) => {
-                p.fail(format!("eviction failed: {e:#}"));
-                return;
-            }
-        };
-        g.stats.borrow_mut().graced(g.graced());
-        if !fallback.is_empty() {
-            run_protected(g, &p, fallback).await;
-        }
     }
 }
 
@@ -378,7 +245,10 @@ const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// at the same address. Events read before the request are in the page table already; events
 /// after it wait until the table knows what moved. (Reading them meanwhile would let the program
 /// unmap, map new memory at the same address and write it before the move.)
-async fn park(p: &Rc<Proc>, mut victims: Vec<u64>) -> anyhow::Result<(Vec<(u64, u64)>, Vec<u64>)> {
+pub(super) async fn park(
+    p: &Rc<Proc>,
+    mut victims: Vec<u64>,
+) -> anyhow::Result<(Vec<(u64, u64)>, Vec<u64>)> {
     victims.sort_unstable();
     // Runs of victims, each cut to fit runs of free parking slots: (source, slot, pages).
     let mut moves: Vec<(u64, u64, u64)> = Vec::new();
@@ -745,174 +615,4 @@ impl Proc {
             }
         }
     }
-}
-
-/// Sets or clears write protection, retrying while the address space is changing (EAGAIN: the
-/// fault loop must read a pending event first). A range that vanished is not an error.
-async fn write_protect(p: &Proc, start: u64, len: u64, on: bool) -> io::Result<()> {
-    loop {
-        match p.uffd.write_protect(start, len, on)? {
-            Install::Again => tokio::task::yield_now().await,
-            Install::Done | Install::Exists | Install::Gone => return Ok(()),
-        }
-    }
-}
-
-/// What an eviction batch managed to store.
-pub(super) struct Saved {
-    /// Pages written to the servers.
-    pub(super) written: u64,
-    /// Pages that could not be stored (they stay resident).
-    pub(super) failed: u64,
-}
-
-/// Evicts a batch without losing a racing write: write-protect, copy out, write to the servers,
-/// drop inside the process, then wake whoever blocked meanwhile.
-pub(super) async fn evict_protected(
-    p: &Rc<Proc>,
-    mut pages: Vec<u64>,
-    shim: &mut tokio::net::UnixStream,
-    id: u64,
-) -> anyhow::Result<Saved> {
-    let pid = p.pid.get();
-    pages.sort_unstable();
-    let all_runs = runs(&pages);
-    for &(start, len) in &all_runs {
-        write_protect(p, start, len, true)
-            .await
-            .with_context(|| format!("write-protecting {start:#x}+{len:#x}"))?;
-    }
-
-    // Copy out every victim (its digest says whether its remote copy is current); a page no
-    // longer present was dropped by the program and reads as zeros. The read runs on a blocking
-    // thread: it could fault on the process's memory, which this thread must stay free to serve.
-    let mut present = HashSet::new();
-    for &(start, len) in &all_runs {
-        present.extend(procfs::present_pages(pid, start, start + len)?);
-    }
-    let readable: Vec<u64> = pages
-        .iter()
-        .copied()
-        .filter(|pg| present.contains(pg))
-        .collect();
-    let (readable, contents) = tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; readable.len() * PAGE as usize];
-        procfs::read_pages(pid, &readable, &mut buf).map(|()| (readable, buf))
-    })
-    .await??;
-    let mut content_of: HashMap<u64, &[u8]> = HashMap::new();
-    for (i, pg) in readable.iter().enumerate() {
-        content_of.insert(*pg, &contents[i * PAGE as usize..(i + 1) * PAGE as usize]);
-    }
-    const ZEROS: [u8; PAGE as usize] = [0; PAGE as usize];
-    let mut to_write: Vec<(u64, Remote)> = Vec::new();
-    let mut items: Vec<(Remote, PageData)> = Vec::new();
-    {
-        let mut t = p.table.borrow_mut();
-        for &pg in &pages {
-            let content = content_of.get(&pg).copied().unwrap_or(&ZEROS);
-            if let Decision::Write(new) = t.decide(pg, digest(content)) {
-                to_write.push((pg, new));
-                items.push((new, PageData::from_bytes(content)));
-            }
-        }
-    }
-    let stored = p.g.servers.write(p.g.space, items).await;
-
-    let mut garbage = Vec::new();
-    let mut failed = Vec::new();
-    for ((page, _), ok) in to_write.iter().zip(&stored) {
-        if !ok {
-            failed.push(*page);
-        }
-    }
-    if !failed.is_empty() {
-        warn!(
-            "{} pages could not be stored; they stay resident",
-            failed.len()
-        );
-        for &pg in &failed {
-            garbage.extend(p.table.borrow_mut().abort_eviction(pg));
-            write_protect(p, pg, PAGE, false).await?;
-        }
-    }
-
-    // Drop what is still being evicted (the program may have unmapped or moved pages meanwhile).
-    let mut drop_pages = Vec::new();
-    {
-        let mut t = p.table.borrow_mut();
-        let mut ours = p.our_drops.borrow_mut();
-        for &pg in &pages {
-            if t.dropping(pg) {
-                drop_pages.push(pg);
-                *ours.entry(pg).or_default() += 1;
-            }
-        }
-    }
-    let drop_runs = runs(&drop_pages);
-    let mut errno = 0;
-    for chunk in drop_runs.chunks(proto::MAX_RANGES) {
-        let mut words = vec![proto::DROP, id, chunk.len() as u64];
-        for &(s, l) in chunk {
-            words.extend([s, l]);
-        }
-        write_words(shim, &words)
-            .await
-            .context("sending a drop to the shim")?;
-        let reply = read_words(shim)
-            .await
-            .context("the shim did not answer a drop (process gone?)")?;
-        if reply.len() != 3 || reply[0] != proto::DROPPED || reply[1] != id {
-            bail!("unexpected reply from the shim: {reply:?}");
-        }
-        errno = errno.max(reply[2]);
-    }
-    {
-        let mut ours = p.our_drops.borrow_mut();
-        for pg in &drop_pages {
-            ours.remove(pg);
-        }
-    }
-    // Pages the shim did not drop (no longer ours, or madvise failed) are still present: those
-    // still being evicted stay resident.
-    let mut still_present = HashSet::new();
-    for &(start, len) in &drop_runs {
-        still_present.extend(procfs::present_pages(pid, start, start + len)?);
-    }
-    let mut done = 0u64;
-    for &pg in &drop_pages {
-        if still_present.contains(&pg) {
-            garbage.extend(p.table.borrow_mut().abort_eviction(pg));
-            write_protect(p, pg, PAGE, false).await?;
-        } else {
-            garbage.extend(p.table.borrow_mut().finish_eviction(pg));
-            done += 1;
-        }
-    }
-    for &(start, len) in &all_runs {
-        p.uffd.wake(start, len)?;
-    }
-    let written = to_write.len() as u64 - failed.len() as u64;
-    debug!(
-        victims = pages.len(),
-        written,
-        failed = failed.len(),
-        dropped = drop_pages.len(),
-        done,
-        errno,
-        still_present = still_present.len(),
-        "evicted"
-    );
-    {
-        let mut st = p.g.stats.borrow_mut();
-        st.evictions(done, written.min(done));
-        st.evicted_by_protection(done);
-    }
-    let resident = p.g.resident();
-    p.g.stats.borrow_mut().resident(resident);
-    p.g.free_later(garbage);
-    Ok(Saved {
-        written,
-        failed: failed.len() as u64,
-    })
 }

@@ -26,8 +26,10 @@
 pub mod api;
 mod evict;
 mod faults;
+mod grace;
 mod prefetch;
 mod process;
+mod protect;
 mod repair;
 pub mod shim_link;
 
@@ -122,7 +124,7 @@ pub struct Group {
     /// Share of the budget, in percent, kept parked in the grace window (an access probe).
     parked_share: Cell<u32>,
     /// Batches parked in the grace window, oldest first: they are saved in this order.
-    grace: RefCell<std::collections::VecDeque<evict::GraceBatch>>,
+    grace: RefCell<std::collections::VecDeque<grace::GraceBatch>>,
 }
 
 /// A random space id, so that agents sharing a client certificate do not collide.
