@@ -44,8 +44,8 @@ pub struct Stats {
     pub stages: [Histogram<u64>; 3],
     /// CPU time of the agent's thread when the run started (to report CPU per remote fault).
     pub cpu_at_start: Duration,
-    /// Samples of (managed resident bytes, RssAnon bytes).
-    pub share_samples: Vec<(u64, u64)>,
+    /// The sample of (managed resident bytes, anonymous RSS bytes) with the largest RSS.
+    pub share_peak: Option<(u64, u64)>,
     /// Address spaces attached so far (more than one after an exec).
     pub attached: u32,
     /// Other processes of the workload (fork/exec children) that ran unmanaged.
@@ -80,7 +80,7 @@ impl Default for Stats {
             remote_latency: Histogram::new(3).expect("valid histogram precision"),
             stages: std::array::from_fn(|_| Histogram::new(3).expect("valid histogram precision")),
             cpu_at_start: crate::procfs::thread_cpu_time(),
-            share_samples: Vec::new(),
+            share_peak: None,
             attached: 0,
             unmanaged_processes: 0,
             repaired: 0,
@@ -205,6 +205,14 @@ impl Stats {
         gauge!("yonder_agent_parked_pages", self.labels(None)).set(pages as f64);
     }
 
+    /// Records a sample of managed resident bytes against anonymous RSS bytes; the summary
+    /// reports the one taken at the largest RSS.
+    pub fn share_sample(&mut self, managed: u64, rss: u64) {
+        if self.share_peak.is_none_or(|(_, peak)| rss > peak) {
+            self.share_peak = Some((managed, rss));
+        }
+    }
+
     /// Records the resident page count.
     pub fn resident(&mut self, pages: usize) {
         self.peak_resident = self.peak_resident.max(pages);
@@ -297,7 +305,7 @@ impl Stats {
                 self.unmanaged_processes
             );
         }
-        if let Some(&(managed, rss)) = self.share_samples.iter().max_by_key(|(_, rss)| *rss) {
+        if let Some((managed, rss)) = self.share_peak {
             s += &format!(
                 "yonder: managed share of anonymous RSS: {:.1}% ({:.1} of {:.1} MiB, at the largest RSS seen)\n",
                 100.0 * managed.min(rss) as f64 / rss.max(1) as f64,

@@ -666,3 +666,68 @@ impl Drop for Netns {
         }
     }
 }
+
+/// What processes `pids` and their descendants are doing, for a test that found one stuck: each
+/// thread's name, state, kernel wait channel and kernel stack, and (where gdb is installed) the
+/// user-space stack of every thread of `backtrace_of`.
+pub fn hang_report(pids: &[u32], backtrace_of: &[u32]) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let mut todo: Vec<u32> = pids.to_vec();
+    let mut seen = BTreeSet::new();
+    while let Some(pid) = todo.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        todo.extend(children(pid));
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .unwrap_or_default();
+        let _ = writeln!(out, "process {pid}:");
+        for tid in tasks {
+            let read = |f: &str| {
+                std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/{f}")).unwrap_or_default()
+            };
+            let stat = read("stat");
+            let state = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .next();
+            let _ = writeln!(
+                out,
+                "  thread {tid} {} state {} wchan {}",
+                read("comm").trim(),
+                state.unwrap_or("?"),
+                read("wchan").trim()
+            );
+            for line in read("stack").lines() {
+                let _ = writeln!(out, "    {line}");
+            }
+        }
+    }
+    for &pid in backtrace_of {
+        let gdb = Command::new("timeout")
+            .args(["60", "gdb", "-p", &pid.to_string(), "-batch", "-nx"])
+            .args(["-ex", "set pagination off", "-ex", "thread apply all bt"])
+            .stdin(Stdio::null())
+            .output();
+        match gdb {
+            Ok(o) => {
+                let _ = writeln!(
+                    out,
+                    "gdb backtraces of {pid}:\n{}",
+                    String::from_utf8_lossy(&o.stdout)
+                );
+            }
+            Err(e) => {
+                let _ = writeln!(out, "no gdb backtrace of {pid}: {e}");
+            }
+        }
+    }
+    out
+}

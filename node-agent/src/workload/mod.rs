@@ -417,15 +417,24 @@ impl Group {
         self.procs.borrow().len()
     }
 
-    /// Resident managed bytes and RssAnon bytes of its processes (for the managed share).
+    /// Samples managed resident bytes against the anonymous memory of the workload's processes
+    /// (for the managed share). One process: its `RssAnon`. Several (after a fork): the sum of
+    /// their `Pss_Anon`, which counts a page shared copy-on-write once, as the table does.
     pub fn sample_share(&self) {
+        let pids = self.pids();
+        let one = pids.len() == 1;
         let mut rss = 0;
-        for pid in self.pids() {
-            rss += procfs::rss_anon(pid).unwrap_or(0);
+        for pid in pids {
+            let anon = if one {
+                procfs::rss_anon(pid)
+            } else {
+                procfs::pss_anon(pid).or_else(|| procfs::rss_anon(pid))
+            };
+            rss += anon.unwrap_or(0);
         }
         let resident = self.resident() as u64 * PAGE;
         if rss > 0 {
-            self.stats.borrow_mut().share_samples.push((resident, rss));
+            self.stats.borrow_mut().share_sample(resident, rss);
         }
     }
 
