@@ -334,8 +334,9 @@ pub(super) async fn park(
         if !ok && result.is_ok() {
             result = Err(anyhow::anyhow!("unexpected answer to a park: {reply:?}"));
         }
+        // No early return from here to the end of the exchange: the process's events wait
+        // until `exchanging` is cleared and the shim is back.
         let mut k_ref = p.parking.borrow_mut();
-        let k = k_ref.as_mut().context("no parking area")?;
         for (i, &(src, dst, n)) in chunk.iter().enumerate() {
             let (moved, errno) = if ok {
                 (reply[3 + 2 * i].min(n), reply[4 + 2 * i] as i32)
@@ -345,8 +346,10 @@ pub(super) async fn park(
             for j in 0..moved {
                 parked.push((src + j * PAGE, dst + j * PAGE));
             }
-            for j in moved..n {
-                k.release(dst + j * PAGE);
+            if let Some(k) = k_ref.as_mut() {
+                for j in moved..n {
+                    k.release(dst + j * PAGE);
+                }
             }
             if moved < n {
                 let failing = src + moved * PAGE;
