@@ -29,6 +29,41 @@ pub fn anonymous_ranges(pid: u32) -> io::Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
+/// A cheap fingerprint of a process's address space: `/proc/PID/statm`'s size (all mappings)
+/// and data (private writable mappings and stack) fields, read through a descriptor kept open.
+/// A new mapping, a `brk`, a munmap or an `mprotect` that makes memory writable changes it; a
+/// mapping replaced by one of the same size and kind does not.
+pub struct LayoutProbe {
+    file: File,
+}
+
+impl LayoutProbe {
+    /// Opens the probe of process `pid`.
+    pub fn open(pid: u32) -> io::Result<Self> {
+        Ok(Self {
+            file: File::open(format!("/proc/{pid}/statm"))?,
+        })
+    }
+
+    /// The current fingerprint: (size, data) in pages.
+    pub fn read(&self) -> io::Result<(u64, u64)> {
+        let mut buf = [0u8; 128];
+        let n = self.file.read_at(&mut buf, 0)?;
+        let text = std::str::from_utf8(&buf[..n])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+        let mut fields = text.split_whitespace().map(str::parse::<u64>);
+        let mut field = |i: usize| {
+            fields
+                .nth(i)
+                .and_then(Result::ok)
+                .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short statm"))
+        };
+        let size = field(0)?;
+        let data = field(4)?; // the sixth field: skip resident, shared, text, lib
+        Ok((size, data))
+    }
+}
+
 /// Every mapping of `pid`, whatever it maps: `(start, end)`.
 pub fn all_ranges(pid: u32) -> io::Result<Vec<(u64, u64)>> {
     let f = File::open(format!("/proc/{pid}/maps"))?;
