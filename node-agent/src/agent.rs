@@ -53,6 +53,9 @@ pub struct RunConfig {
     pub spin_us: u64,
     /// Share of the budget kept parked in the grace window, percent (docs/eviction.md).
     pub parked_share: u32,
+    /// Whether the shim intercepts the C library's mmap and brk: `auto`, `always` or `off`
+    /// (docs/node-agent.md, "New memory").
+    pub intercept: String,
 }
 
 impl RunConfig {
@@ -266,6 +269,9 @@ fn describe(status: ExitStatus) -> String {
 /// 32 MiB list at an 8 MiB budget peaked at 22.8 MiB without it and 9.0 MiB with it.
 pub const MALLOC_TOP_PAD: &str = "67108864";
 
+/// Environment variable telling the shim whether to intercept the C library's mmap and brk.
+pub const INTERCEPT_ENV: &str = "YONDER_INTERCEPT";
+
 /// The `MALLOC_TOP_PAD_` to give the workload: none if the user set one, by that variable or by
 /// the `glibc.malloc.top_pad` tunable.
 fn malloc_top_pad(env_set: bool, tunables: Option<&str>) -> Option<&'static str> {
@@ -291,7 +297,8 @@ fn spawn_workload(
     let mut cmd = std::process::Command::new(program);
     cmd.args(args)
         .env("LD_PRELOAD", preload)
-        .env(proto::SOCKET_ENV, sock);
+        .env(proto::SOCKET_ENV, sock)
+        .env(INTERCEPT_ENV, &config.intercept);
     if let Some(pad) = malloc_top_pad(
         std::env::var_os("MALLOC_TOP_PAD_").is_some(),
         std::env::var("GLIBC_TUNABLES").ok().as_deref(),

@@ -30,6 +30,9 @@ pub enum HelloKind {
     Program(OwnedFd),
     /// A connection of the client API (`yonder_register` and friends) from a managed process.
     Api,
+    /// A copy of the listener of a managed process's seccomp filter (see the shim's
+    /// `intercept.rs`), for the agent to answer once the process is gone.
+    Listener(OwnedFd),
     /// A child forked by a managed process: whose, and which of its forks (from 1).
     Forked {
         /// Parent's pid.
@@ -95,6 +98,29 @@ pub fn parse_hello(data: &[u8], fd: Option<OwnedFd>) -> io::Result<Hello> {
     let api = n == 8 * (proto::API_HELLO_WORDS + 1)
         && words[0] == proto::API_HELLO_WORDS as u64
         && words[1] == proto::API_MAGIC;
+    let listen = n == 8 * (proto::LISTEN_HELLO_WORDS + 1)
+        && words[0] == proto::LISTEN_HELLO_WORDS as u64
+        && words[1] == proto::LISTEN_MAGIC;
+    if listen {
+        if words[2] != proto::VERSION {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("shim protocol version {}", words[2]),
+            ));
+        }
+        let fd = fd.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a listener hello without its descriptor",
+            )
+        })?;
+        return Ok(Hello {
+            pid: pid(words[3])?,
+            kind: HelloKind::Listener(fd),
+            helper_stack: (0, 0),
+            parking: (0, 0),
+        });
+    }
     if api {
         if words[2] != proto::VERSION {
             return Err(io::Error::new(

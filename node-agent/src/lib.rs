@@ -10,6 +10,7 @@ pub mod fdpass;
 pub mod pages;
 pub mod procfs;
 pub mod remote;
+pub mod seccomp;
 pub mod spin;
 pub mod stats;
 pub mod uffd;

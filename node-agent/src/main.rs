@@ -20,7 +20,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a program with its anonymous memory managed by Yonder.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Serve the workloads of this node (the node daemon).
     Daemon {
         /// Configuration file (TOML).
@@ -90,6 +90,12 @@ struct RunArgs {
     #[arg(long, default_value_t = yonder_agent::workload::DEFAULT_PARKED_SHARE,
           value_parser = clap::value_parser!(u32).range(0..=yonder_agent::workload::MAX_PARKED_SHARE as i64))]
     parked_share: u32,
+    /// Hand the C library's own mmap and brk to the shim's helper, which registers the new
+    /// memory before the program gets it (docs/node-agent.md, "New memory"): auto (when the
+    /// workload has CAP_SYS_ADMIN), always (otherwise by setting no_new_privs, which keeps
+    /// setuid programs in the workload from gaining privileges), or off (found by scanning).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "off"])]
+    intercept: String,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<OsString>,
@@ -107,7 +113,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let args = match Cli::parse().command {
-        Command::Run(args) => args,
+        Command::Run(args) => *args,
         Command::Daemon { config } => {
             let result = yonder_agent::daemon::DaemonConfig::from_file(&config)
                 .and_then(yonder_agent::daemon::daemon);
@@ -159,6 +165,7 @@ fn main() -> ExitCode {
         eviction: args.eviction_policy,
         spin_us: args.spin_us,
         parked_share: args.parked_share,
+        intercept: args.intercept,
         policy: yonder_agent::remote::Policy {
             replicas: args.replicas,
             write_quorum: args.write_quorum.unwrap_or(args.replicas),

@@ -64,6 +64,33 @@ impl LayoutProbe {
     }
 }
 
+/// The thread group (process) of thread `tid`.
+pub fn tgid(tid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The executable mapping of process `pid` whose file name contains `name` (a library's code).
+pub fn code_of(pid: u32, name: &str) -> Option<(u64, u64)> {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    maps.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (s, e) = f.next()?.split_once('-')?;
+        let perms = f.next()?;
+        let path = f.nth(3)?;
+        let file = path.rsplit('/').next()?;
+        (perms.contains('x') && file.contains(name)).then_some((
+            u64::from_str_radix(s, 16).ok()?,
+            u64::from_str_radix(e, 16).ok()?,
+        ))
+    })
+}
+
 /// Every mapping of `pid`, whatever it maps: `(start, end)`.
 pub fn all_ranges(pid: u32) -> io::Result<Vec<(u64, u64)>> {
     let f = File::open(format!("/proc/{pid}/maps"))?;

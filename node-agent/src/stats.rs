@@ -48,6 +48,13 @@ pub struct Stats {
     pub share_peak: Option<(u64, u64)>,
     /// Address spaces attached so far (more than one after an exec).
     pub attached: u32,
+    /// Seccomp filters whose listener the agent serves (one per workload, normally).
+    pub intercepting: u32,
+    /// `mmap` and `brk` calls the filter handed over that a helper made (new memory registered
+    /// before the program got it).
+    pub calls_made: u64,
+    /// Calls let through (a process not managed, or not yet): found by scanning.
+    pub calls_let_through: u64,
     /// Other processes of the workload (fork/exec children) that ran unmanaged.
     pub unmanaged_processes: u64,
     /// Pages copied to another server after a server failure, to restore their replica count.
@@ -82,6 +89,9 @@ impl Default for Stats {
             cpu_at_start: crate::procfs::thread_cpu_time(),
             share_peak: None,
             attached: 0,
+            intercepting: 0,
+            calls_made: 0,
+            calls_let_through: 0,
             unmanaged_processes: 0,
             repaired: 0,
             repair_deficit: 0,
@@ -304,6 +314,17 @@ impl Stats {
                 "yonder: {} other processes of the workload (forked children) ran unmanaged\n",
                 self.unmanaged_processes
             );
+        }
+        if self.attached > 0 {
+            s += &if self.intercepting > 0 {
+                format!(
+                    "yonder: new memory: {} mmap/brk calls made by the shim's helper and registered before the program got the memory, {} let through (found by scanning)\n",
+                    self.calls_made, self.calls_let_through
+                )
+            } else {
+                "yonder: new memory found by scanning the maps (mmap and brk not intercepted: see --intercept)\n"
+                    .to_string()
+            };
         }
         if let Some((managed, rss)) = self.share_peak {
             s += &format!(

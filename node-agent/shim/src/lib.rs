@@ -29,6 +29,8 @@ use std::{
     sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering},
 };
 
+mod intercept;
+
 // The client-API part of the protocol is the agent's and libyonder's, not the shim's.
 #[allow(dead_code)]
 #[path = "proto.rs"]
@@ -248,33 +250,7 @@ fn send_hello(stream: &UnixStream, uffd: &OwnedFd, stack: u64, park: u64) -> io:
     for (i, w) in words.iter().enumerate() {
         data[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
     }
-    let fd = uffd.as_raw_fd();
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr() as *mut libc::c_void,
-        iov_len: data.len(),
-    };
-    // Room for one control message carrying one descriptor, suitably aligned.
-    let mut cmsg_buf = [0u64; 8];
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
-    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cmsg_buf.as_mut_ptr() as *mut libc::c_void;
-    msg.msg_controllen = space;
-    // SAFETY: `msg` points at `cmsg_buf`, which has room for CMSG_SPACE(4) bytes (64 bytes), so
-    // the first header and its data lie inside it; the data written is one i32.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut i32, fd);
-    }
-    // SAFETY: `msg` and everything it points to live across the call.
-    let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-    if n != data.len() as isize {
+    if !send_with_fd(stream.as_raw_fd(), &data, uffd.as_raw_fd()) {
         return Err(io::Error::last_os_error());
     }
     Ok(())
@@ -309,7 +285,11 @@ fn start(path: OsString) -> io::Result<()> {
             ))
         }
     }
+    let intercept = intercept::prepare();
     start_helper(stream.into_raw_fd(), uffd.into_raw_fd(), stack)?;
+    if intercept.is_ok() {
+        intercept_here();
+    }
     // SAFETY: registers three extern "C" functions that live as long as the process.
     let rc = unsafe {
         libc::pthread_atfork(
@@ -399,6 +379,54 @@ extern "C" fn after_fork_child() {
     }
 }
 
+/// Installs the filter on this thread (see `intercept`) and hands its listener to the agent,
+/// which answers it from then on. Under an inherited filter (this program was started by `exec`
+/// from a workload process) there is nothing to do: the agent answers that one.
+fn intercept_here() {
+    // Reach the agent first: once the filter is in, a listener no one reads would make every
+    // mmap of the program wait forever.
+    // SAFETY: socket(2) with constant arguments.
+    let sock = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if sock < 0 {
+        return;
+    }
+    // SAFETY: AGENT_ADDR was filled by the constructor and is only read now; connect(2) reads
+    // exactly size_of::<sockaddr_un>() bytes of it.
+    let rc = unsafe {
+        libc::connect(
+            sock,
+            AGENT_ADDR.0.get() as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    let listener = if rc == 0 {
+        intercept::install().ok()
+    } else {
+        None
+    };
+    if let Some(listener) = listener {
+        // SAFETY: getpid(2) cannot fail.
+        let pid = unsafe { libc::getpid() } as u64;
+        let words = [
+            proto::LISTEN_HELLO_WORDS as u64,
+            proto::LISTEN_MAGIC,
+            proto::VERSION,
+            pid,
+        ];
+        let mut data = [0u8; 8 * (proto::LISTEN_HELLO_WORDS + 1)];
+        for (i, w) in words.iter().enumerate() {
+            data[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+        }
+        if !send_with_fd(sock, &data, listener) {
+            die(b"yonder: could not hand the seccomp listener to the node agent; stopping, the program's mmap calls would wait forever\n");
+        }
+        // SAFETY: the agent holds the listener now (the descriptor in flight keeps it open).
+        unsafe { libc::close(listener) };
+    }
+    // SAFETY: closes the socket this function opened.
+    unsafe { libc::close(sock) };
+}
+
 /// Writes `msg` to stderr and kills this process.
 fn die(msg: &[u8]) {
     // SAFETY: write(2) of a caller's buffer to stderr, then kill(2) on our own pid.
@@ -457,6 +485,38 @@ fn attach_forked(seq: u64) -> bool {
         return false;
     }
     start_helper(sock, uffd, stack).is_ok()
+}
+
+/// Sends `data` in one message with descriptor `fd` attached (SCM_RIGHTS); false if not all of
+/// it went. No heap.
+fn send_with_fd(sock: i32, data: &[u8], fd: i32) -> bool {
+    let mut iov = libc::iovec {
+        iov_base: data.as_ptr() as *mut libc::c_void,
+        iov_len: data.len(),
+    };
+    // Room for one control message carrying one descriptor, suitably aligned.
+    let mut cmsg_buf = [0u64; 8];
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<i32>() as u32) } as usize;
+    // SAFETY: msghdr is plain old data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cmsg_buf.as_mut_ptr() as *mut libc::c_void;
+    msg.msg_controllen = space;
+    // SAFETY: `msg` points at `cmsg_buf`, which has room for CMSG_SPACE(4) bytes (64 bytes), so
+    // the first header and its data lie inside it; the data written is one i32.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<i32>() as u32) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut i32, fd);
+    }
+    // SAFETY: `msg` and everything it points to live across the call; sendmsg does not write
+    // through `iov_base`.
+    let n = unsafe { libc::sendmsg(sock, &msg, libc::MSG_NOSIGNAL) };
+    n == data.len() as isize
 }
 
 /// Receives exactly `buf.len()` bytes with one descriptor attached; the descriptor, or None.
@@ -741,6 +801,20 @@ extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
         let op = word(0);
         if op == proto::PARK {
             park(sock, _uffd_kept_open, &word);
+            continue;
+        }
+        if op == proto::MAP || op == proto::BRK {
+            let r = if op == proto::MAP {
+                let a = [word(2), word(3), word(4), word(5), word(6), word(7)];
+                intercept::map(a, _uffd_kept_open, register)
+            } else {
+                intercept::brk(word(2), _uffd_kept_open, register)
+            };
+            let mut reply = [0u8; 32];
+            for (i, w) in [3u64, proto::MAPPED, word(1), r as u64].iter().enumerate() {
+                reply[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+            }
+            write_full(sock, &reply);
             continue;
         }
         if op != proto::DROP && op != proto::FREE_PARKED {

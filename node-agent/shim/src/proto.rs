@@ -19,6 +19,12 @@ pub const VERSION: u64 = 1;
 pub const FORK_HELLO_WORDS: usize = 7;
 /// First word of a forked child's hello.
 pub const FORK_MAGIC: u64 = 0x594f_4e44_4552_0002;
+/// Words of a listener hello (its own connection, with the descriptor attached): `[LISTEN_MAGIC,
+/// VERSION, pid]`: the listener of the seccomp filter the process installed, which the agent
+/// answers from then on for the whole workload (`intercept.rs` in the shim). No reply.
+pub const LISTEN_HELLO_WORDS: usize = 3;
+/// First word of a listener hello.
+pub const LISTEN_MAGIC: u64 = 0x594f_4e44_4552_0004;
 /// Agent → shim: the memory is registered, the program may start.
 pub const READY: u64 = 1;
 /// Agent → shim: this process will not be managed.
@@ -41,6 +47,14 @@ pub const PARK: u64 = 8;
 /// Shim → agent: `[PARKED, id, n, moved, errno, ...]`, per run the pages moved from its start and
 /// the error that stopped it (0 if none).
 pub const PARKED: u64 = 9;
+/// Agent → shim: `[MAP, id, addr, len, prot, flags, fd, offset]`: make this `mmap`, which a
+/// program thread asked for and the seccomp filter handed to the agent, and register the new
+/// range with the userfaultfd.
+pub const MAP: u64 = 14;
+/// Agent → shim: `[BRK, id, addr]`: make this `brk` and register what the heap grew by.
+pub const BRK: u64 = 15;
+/// Shim → agent: `[MAPPED, id, result]`, the call's raw result (a negative errno on failure).
+pub const MAPPED: u64 = 16;
 /// Pages in the parking area the shim maps for the agent's evictions (`UFFDIO_MOVE` target).
 pub const PARK_PAGES: u64 = 8192;
 /// Most ranges in one DROP message.

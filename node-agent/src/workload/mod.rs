@@ -27,6 +27,7 @@ pub mod api;
 mod evict;
 mod faults;
 mod grace;
+mod intercept;
 mod prefetch;
 mod process;
 mod protect;
@@ -323,6 +324,13 @@ impl Group {
                 write_words(&mut api, &[proto::READY]).await?;
                 let task = tokio::task::spawn_local(api_loop(p.clone(), api));
                 p.tasks.borrow_mut().push(task);
+            }
+            HelloKind::Listener(fd) => {
+                let afd = crate::seccomp::watch(fd).context("watching a seccomp listener")?;
+                let task = tokio::task::spawn_local(intercept::serve(self.clone(), Rc::new(afd)));
+                self.tasks.borrow_mut().push(task);
+                self.stats.borrow_mut().intercepting += 1;
+                debug!(pid = hello.pid, "the shim hands mmap and brk to the agent");
             }
             HelloKind::Program(fd) => {
                 // Under the daemon the program may say hello before `run` says which pid it is.

@@ -43,6 +43,9 @@ pub(super) struct Proc {
     pub(super) pending_free: RefCell<Vec<u64>>,
     /// A PARK request is with the shim: the fault loop reads no event until it is answered.
     pub(super) exchanging: Cell<bool>,
+    /// The code of the shim in this process, once looked up: calls made from there are its
+    /// helper's (see `intercept.rs`).
+    pub(super) shim_code: Cell<Option<(u64, u64)>>,
     /// An unmap or remap event came in since the scanner last read the memory map.
     pub(super) layout_changed: Cell<bool>,
     /// Signalled when a PARK request is answered.
@@ -93,6 +96,7 @@ impl Proc {
             pending_free: RefCell::default(),
             exchanging: Cell::new(false),
             layout_changed: Cell::new(false),
+            shim_code: Cell::new(None),
             exchange_done: tokio::sync::Notify::new(),
             registered: RefCell::new(registered),
             refused: RefCell::new(refused),
