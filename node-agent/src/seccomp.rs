@@ -99,3 +99,72 @@ pub fn watch(listener: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>>
     }
     .map_err(|e| e.into_parts().1)
 }
+
+/// Leaves behind a small process that lets every call of `listener` through until no process
+/// uses its filter any more, for an agent that stops while processes it did not manage (a
+/// statically linked program, one started without the shim) still run under the filter: with
+/// its listener closed, their `mmap` and `brk` would fail with ENOSYS. Returns at once.
+pub fn keep_letting_through(listener: &impl AsFd) -> io::Result<()> {
+    let fd = listener.as_fd().as_raw_fd();
+    // SAFETY: fork(2). The child runs only system calls that are async-signal-safe (poll, ioctl,
+    // close_range, _exit) and touches no lock, allocator or other thread's state, as a child of
+    // a multithreaded process must.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(());
+    }
+    // The child: keep only the listener (not the agent's sockets, nor the stdout and stderr a
+    // caller may be reading to their end), then answer until the filter has no users.
+    // SAFETY: close_range(2) on descriptors this child owns copies of; setsid(2) detaches it
+    // from the agent's session and its signals.
+    unsafe {
+        if fd > 0 {
+            libc::syscall(libc::SYS_close_range, 0, fd - 1, 0);
+        }
+        libc::syscall(libc::SYS_close_range, fd + 1, u32::MAX, 0);
+        libc::setsid();
+    }
+    loop {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll(2) on one entry that lives across the call.
+        let r = unsafe { libc::poll(&mut pfd, 1, -1) };
+        if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if r < 0 || pfd.revents & libc::POLLIN == 0 {
+            // Hung up (no process uses the filter) or broken: done.
+            // SAFETY: _exit(2) ends this child without running the parent's exit handlers.
+            unsafe { libc::_exit(0) };
+        }
+        // SAFETY: as in `receive` and `answer`: plain old data, zeroed; a call is pending and
+        // this process is the listener's only reader.
+        unsafe {
+            let mut req: libc::seccomp_notif = std::mem::zeroed();
+            if libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_RECV, &mut req) == 0 {
+                let mut resp: libc::seccomp_notif_resp = std::mem::zeroed();
+                resp.id = req.id;
+                resp.flags = libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32;
+                libc::ioctl(fd, libc::SECCOMP_IOCTL_NOTIF_SEND, &resp);
+            }
+        }
+    }
+}
+
+/// Whether some process still uses the filter of `listener` (no hang-up yet).
+pub fn in_use(listener: &impl AsFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: listener.as_fd().as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll(2) on one entry that lives across the call, without waiting.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r >= 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) == 0
+}

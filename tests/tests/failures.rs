@@ -335,3 +335,61 @@ fn a_killed_agent_leaves_no_embedded_server_keys_behind() {
         .collect();
     assert!(keys.is_empty(), "left after SIGKILL: {keys:?}");
 }
+
+#[test]
+fn a_background_job_and_a_program_without_the_shim_outlive_the_agent() {
+    // `sh` starts a background job and exits at once: the job's shim says hello after its parent
+    // is gone (it was paired by a parent pid it read after the reparenting, and killed itself).
+    // The job then runs a program with the shim taken out of its environment, unmanaged but still
+    // under the workload's seccomp filter, which maps 64 MiB after the agent has stopped: someone
+    // must still answer the filter, or its mmap fails with ENOSYS.
+    let dir = tempfile::Builder::new()
+        .prefix("yonder-failures-")
+        .tempdir()
+        .unwrap();
+    let out = dir.path().join("straggler.out");
+    let py = Command::new("python3")
+        .args(["-c", "import sys; print(sys.executable)"])
+        .output()
+        .expect("python3 (tests/run installs it)");
+    let py = String::from_utf8(py.stdout).unwrap().trim().to_string();
+    let script = format!(
+        "(sleep 1; exec env -u LD_PRELOAD {py} -c 'import os, time; \
+         open(\"{out}.pid\", \"w\").write(str(os.getpid())); time.sleep(2); \
+         x = bytearray(64 << 20); x[-1] = 1; open(\"{out}\", \"w\").write(\"mapped\")') \
+         >/dev/null 2>&1 &",
+        out = out.display()
+    );
+    let mut cmd = Command::new(bin("yonder-agent"));
+    cmd.args(["run", "--local-mem", "16MiB", "--", "sh", "-c", &script]);
+    let mut agent = Process::spawn(cmd, "yonder-agent", dir.path()).unwrap();
+    let status = agent.wait_timeout(Duration::from_secs(30));
+    let log = agent.log();
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "the agent did not end well: {status:?}\n{log}"
+    );
+    assert!(
+        !log.contains("could not reach the node agent"),
+        "the background job was stopped:\n{log}"
+    );
+    let pid_file = out.with_extension("out.pid");
+    let straggler = poll(Duration::from_secs(10), || {
+        std::fs::read_to_string(&pid_file)
+            .ok()?
+            .trim()
+            .parse::<u32>()
+            .ok()
+    })
+    .unwrap_or_else(|| panic!("the background job never ran its program:\n{log}"));
+    let _guard = KillOnDrop::new(straggler);
+    let mapped = poll(Duration::from_secs(20), || {
+        (std::fs::read_to_string(&out).ok()? == "mapped").then_some(())
+    });
+    assert!(
+        mapped.is_some(),
+        "the program without the shim could not map memory after the agent stopped \
+         (is {straggler} still running: {})\n{log}",
+        !proc_gone(straggler)
+    );
+}

@@ -55,6 +55,10 @@ static PARK_LEN: AtomicU64 = AtomicU64::new(0);
 /// The helper also holds it while it moves pages for the agent (see `park`).
 static FORK_LOCK: AtomicBool = AtomicBool::new(false);
 
+/// The pid of the process that forks, recorded before the fork: a child whose parent exits at
+/// once would find itself reparented (getppid() = 1) before it says hello.
+static FORKING_PID: AtomicU64 = AtomicU64::new(0);
+
 /// Forks this process made since it came under management.
 static FORK_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -354,6 +358,8 @@ extern "C" fn before_fork() {
         unsafe { libc::sched_yield() };
     }
     FORK_SEQ.fetch_add(1, Ordering::Relaxed);
+    // SAFETY: getpid(2) cannot fail.
+    FORKING_PID.store(unsafe { libc::getpid() } as u64, Ordering::Relaxed);
 }
 
 extern "C" fn after_fork_parent() {
@@ -458,8 +464,10 @@ fn attach_forked(seq: u64) -> bool {
     if rc != 0 {
         return false;
     }
-    // SAFETY: getpid(2) and getppid(2) cannot fail.
-    let (pid, ppid) = unsafe { (libc::getpid() as u64, libc::getppid() as u64) };
+    // SAFETY: getpid(2) cannot fail.
+    let pid = unsafe { libc::getpid() as u64 };
+    // The parent as it was at the fork (it may have exited since).
+    let ppid = FORKING_PID.load(Ordering::Relaxed);
     let words = [
         proto::FORK_HELLO_WORDS as u64,
         proto::FORK_MAGIC,

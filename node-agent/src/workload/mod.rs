@@ -109,6 +109,8 @@ pub struct Group {
     stuck_warned: Cell<bool>,
     fatal: RefCell<Option<String>>,
     tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
+    /// Listeners of the workload's seccomp filters (see `intercept.rs`).
+    listeners: RefCell<Vec<Rc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>>>,
     /// Numbers drop requests to the shims.
     next_drop_id: Cell<u64>,
     /// The last eviction batch could store nothing (servers full or unreachable).
@@ -161,6 +163,7 @@ impl Group {
             stuck_warned: Cell::new(false),
             fatal: RefCell::default(),
             tasks: RefCell::default(),
+            listeners: RefCell::default(),
             next_drop_id: Cell::new(0),
             servers_refuse: Cell::new(false),
             shared: Cell::new(0),
@@ -326,8 +329,10 @@ impl Group {
                 p.tasks.borrow_mut().push(task);
             }
             HelloKind::Listener(fd) => {
-                let afd = crate::seccomp::watch(fd).context("watching a seccomp listener")?;
-                let task = tokio::task::spawn_local(intercept::serve(self.clone(), Rc::new(afd)));
+                let afd =
+                    Rc::new(crate::seccomp::watch(fd).context("watching a seccomp listener")?);
+                self.listeners.borrow_mut().push(afd.clone());
+                let task = tokio::task::spawn_local(intercept::serve(self.clone(), afd));
                 self.tasks.borrow_mut().push(task);
                 self.stats.borrow_mut().intercepting += 1;
                 debug!(pid = hello.pid, "the shim hands mmap and brk to the agent");
@@ -450,6 +455,15 @@ impl Group {
     pub async fn stop(&self) -> u64 {
         for t in self.tasks.borrow_mut().drain(..) {
             t.abort();
+        }
+        // Processes may still run under the filter without being managed (a statically linked
+        // program, one started without the shim): someone must keep answering their calls.
+        for l in self.listeners.borrow_mut().drain(..) {
+            if crate::seccomp::in_use(l.get_ref()) {
+                if let Err(e) = crate::seccomp::keep_letting_through(l.get_ref()) {
+                    tracing::warn!("cannot leave a process to answer the seccomp filter: {e}; unmanaged processes of the workload that still run will see mmap fail");
+                }
+            }
         }
         let procs: Vec<Rc<Proc>> = self.procs.borrow_mut().drain(..).collect();
         for p in procs {
