@@ -74,6 +74,7 @@ fn caller(g: &Group, call: &Call) -> Option<Rc<Proc>> {
 /// Has the helper of `p` make `call` and answers with its result; lets the caller make it
 /// itself if the helper cannot (the process is ending).
 async fn make_call(p: Rc<Proc>, listener: Rc<AsyncFd<OwnedFd>>, call: Call) {
+    let started = std::time::Instant::now();
     let answer = match tokio::time::timeout(CALL_TIMEOUT, through_helper(&p, &call)).await {
         Ok(Some(r)) if (-4095..0).contains(&r) => Answer::Failed(-r as i32),
         Ok(Some(r)) => Answer::Done(r),
@@ -88,6 +89,7 @@ async fn make_call(p: Rc<Proc>, listener: Rc<AsyncFd<OwnedFd>>, call: Call) {
         }
     }
     seccomp::answer(listener.get_ref(), call.id, answer);
+    debug!(nr = call.nr, ?answer, took = ?started.elapsed(), "call made");
 }
 
 /// Sends `call` to the helper of `p` and reads its raw result.
