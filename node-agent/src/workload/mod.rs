@@ -110,7 +110,7 @@ pub struct Group {
     fatal: RefCell<Option<String>>,
     tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
     /// Listeners of the workload's seccomp filters (see `intercept.rs`).
-    listeners: RefCell<Vec<Rc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>>>,
+    pub(super) listeners: RefCell<Vec<Rc<tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>>>>,
     /// Numbers drop requests to the shims.
     next_drop_id: Cell<u64>,
     /// The last eviction batch could store nothing (servers full or unreachable).
