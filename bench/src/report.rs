@@ -42,10 +42,11 @@ pub struct Args {
     /// "Soak" section; the section says so when the file is missing.
     #[arg(long, default_value = "bench/results/soak.json")]
     pub soak: PathBuf,
-    /// The result of a separate scale run (`yonder-bench scale --json --out FILE`), rendered as
-    /// the "Scale" section; the section says so when the file is missing.
-    #[arg(long, default_value = "bench/results/scale.json")]
-    pub scale: PathBuf,
+    /// Results of separate scale runs (`yonder-bench scale --json --out FILE`), rendered as the
+    /// "Scale" section, comma-separated (default: every bench/results/scale*.json); the section
+    /// says so when there is none.
+    #[arg(long, value_delimiter = ',')]
+    pub scale: Vec<PathBuf>,
     /// Measure nothing: render only the sections that come from result files (Soak, Scale) and
     /// put them in place of those sections of the existing `--out` file (appended when absent).
     #[arg(long)]
@@ -56,8 +57,33 @@ pub struct Args {
 fn file_sections(args: &Args) -> [(&'static str, String); 2] {
     [
         ("## Soak\n", crate::soak::markdown(&args.soak)),
-        ("## Scale\n", crate::scale::markdown(&args.scale)),
+        ("## Scale\n", crate::scale::markdown(&scale_files(args))),
     ]
+}
+
+/// `--scale`, or every bench/results/scale*.json (bench/results/scale.json when there is none,
+/// so that the section says it is missing).
+fn scale_files(args: &Args) -> Vec<PathBuf> {
+    if !args.scale.is_empty() {
+        return args.scale.clone();
+    }
+    let dir = std::path::Path::new("bench/results");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("scale") && n.ends_with(".json"))
+        })
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        found.push(dir.join("scale.json"));
+    }
+    found
 }
 
 /// `md` with the section that starts with `heading` (up to the next `## ` heading) replaced by

@@ -10,7 +10,7 @@
 //! docs/scale.md explains the definitions.
 
 use std::{
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
@@ -547,11 +547,12 @@ fn measure_size(
 }
 
 /// Column headers of the table (text and Markdown).
-const HEADERS: [&str; 13] = [
+const HEADERS: [&str; 14] = [
     "size",
     "pages",
     "agent RSS",
     "agent B/page beyond baseline",
+    "agent B/page vs previous size",
     "server B/stored page",
     "remote faults",
     "remote p50",
@@ -571,20 +572,29 @@ fn size_name(bytes: u64) -> String {
         (1 << 20, "MiB")
     };
     let v = bytes as f64 / unit as f64;
-    if bytes % unit == 0 {
+    if bytes.is_multiple_of(unit) {
         format!("{v:.0} {name}")
     } else {
         format!("{v:.1} {name}")
     }
 }
 
-fn cells(r: &SizeRow, smallest_p50: u64) -> [String; 13] {
+/// One table row: `r`, with the row of the next smaller size (`previous`) for the agent's
+/// marginal cost per page, and the smallest size's p50 for the flatness.
+fn cells(r: &SizeRow, previous: Option<&SizeRow>, smallest_p50: u64) -> [String; 14] {
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
+    let marginal = previous
+        .filter(|p| p.pages < r.pages)
+        .map_or("—".into(), |p| {
+            let bytes = r.agent_rss_bytes as f64 - p.agent_rss_bytes as f64;
+            format!("{:.1}", bytes / (r.pages - p.pages) as f64)
+        });
     [
         size_name(r.size_bytes),
         r.pages.to_string(),
         mib(r.agent_rss_bytes),
         format!("{:.1}", r.agent_bytes_per_page),
+        marginal,
         format!("{:.0}", r.server_bytes_per_page),
         r.remote.count.to_string(),
         human_ns(r.remote.p50_ns as f64),
@@ -601,8 +611,14 @@ fn cells(r: &SizeRow, smallest_p50: u64) -> [String; 13] {
     ]
 }
 
-fn smallest_p50(r: &ScaleReport) -> u64 {
-    r.rows.first().map_or(0, |row| row.remote.p50_ns)
+/// The table's rows for `rows` (smallest first).
+fn table_rows<'a>(rows: impl IntoIterator<Item = &'a SizeRow>) -> Vec<[String; 14]> {
+    let rows: Vec<&SizeRow> = rows.into_iter().collect();
+    let first = rows.first().map_or(0, |r| r.remote.p50_ns);
+    rows.iter()
+        .enumerate()
+        .map(|(i, r)| cells(r, i.checked_sub(1).map(|j| rows[j]), first))
+        .collect()
 }
 
 /// What was left out or failed, one line each.
@@ -632,8 +648,7 @@ pub fn text(r: &ScaleReport) -> String {
         r.baseline.agent_rss_bytes as f64 / (1 << 20) as f64,
         size_name(r.baseline.size_bytes),
     );
-    let first = smallest_p50(r);
-    let rows: Vec<[String; 13]> = r.rows.iter().map(|row| cells(row, first)).collect();
+    let rows = table_rows(&r.rows);
     let width = |i: usize| {
         rows.iter()
             .map(|c| c[i].chars().count())
@@ -660,50 +675,72 @@ pub fn text(r: &ScaleReport) -> String {
     s
 }
 
-/// The "## Scale" section of bench/RESULTS.md, from the JSON a scale run wrote to `path`.
-pub fn markdown(path: &Path) -> String {
-    let mut s = String::from("## Scale\n\n");
-    let how = format!(
-        "`yonder-bench scale --json --out {}` (minutes to an hour, and most of the machine's \
-         memory, so not part of `bench/regenerate`; docs/scale.md)",
-        path.display()
-    );
-    let r: ScaleReport = match run_info::section_result(&s, "scale", path, &how) {
-        Ok(r) => r,
-        Err(section) => return section,
-    };
-    s += &format!(
-        "Rendered from {}, written by a separate run of {how}: `{}`, on {}, commit {}, {}. One \
-         memory server on loopback (R = 1), the controlled workload under the agent at {} % local \
-         memory: fill, then {} uniformly random one-word touches, timed by the workload. Agent \
-         bytes per page: its RSS at the end of the touches minus its RSS with a {} workload in \
-         the same run ({:.1} MiB), divided by the difference in managed pages. Server bytes per \
-         stored page: its RSS growth since it started, divided by the pages it stored (4096 of \
-         them are the page). p50 vs smallest: the remote-fault p50 against the smallest size's. \
-         Agent CPU per fault: all its threads during the touches (evictions included), divided \
-         by the remote faults. First GiB evicted: seconds from the start of the fill.\n\n",
-        path.display(),
-        r.command,
-        r.date,
-        r.commit,
-        r.machine,
-        r.local_share_pct,
-        r.touches,
-        size_name(r.baseline.size_bytes),
-        r.baseline.agent_rss_bytes as f64 / (1 << 20) as f64,
-    );
-    s += &format!("| {} |\n", HEADERS.join(" | "));
-    s += &format!("|---|{}\n", "---:|".repeat(HEADERS.len() - 1));
-    let first = smallest_p50(&r);
-    for row in &r.rows {
-        s += &format!("| {} |\n", cells(row, first).join(" | "));
-    }
-    let notes = notes(&r);
-    if !notes.is_empty() {
-        s += "\n";
-        for n in notes {
-            s += &format!("- {n}\n");
+/// The "## Scale" section of bench/RESULTS.md, from the JSON files scale runs wrote to `paths`
+/// (one table, all their sizes, each row naming its run).
+pub fn markdown(paths: &[PathBuf]) -> String {
+    let heading = "## Scale\n\n";
+    let how =
+        "`yonder-bench scale --json --out bench/results/scale.json` (minutes to an hour, and \
+               most of the machine's memory, so not part of `bench/regenerate`; docs/scale.md)";
+    let mut runs = Vec::new();
+    let mut unread = Vec::new();
+    for path in paths {
+        match run_info::section_result::<ScaleReport>("", "scale", path, how) {
+            Ok(r) => runs.push((path, r)),
+            Err(line) => unread.push(line),
         }
+    }
+    let mut s = String::from(heading);
+    if runs.is_empty() {
+        return s + &unread.concat();
+    }
+    s += &format!(
+        "Rendered from the result files of separate runs of {how}, listed below with their exact \
+         commands. One memory server on loopback (R = 1), the controlled workload under the agent \
+         at {} % local memory: fill, then uniformly random one-word touches (the same count at \
+         every size of a run), timed by the workload. Agent bytes per page beyond baseline: its \
+         RSS at the end of the touches minus its RSS with a tiny workload in the same run, \
+         divided by the difference in managed pages; vs previous size: the same against the \
+         row above. Server bytes per stored page: its RSS growth since it started, divided by \
+         the pages it stored (4096 of them are the page). p50 vs smallest: the remote-fault p50 \
+         against the first row's. Agent CPU per fault: all its threads during the touches \
+         (evictions included), divided by the remote faults. First GiB evicted: seconds from the \
+         start of the fill.\n\n",
+        runs[0].1.local_share_pct,
+    );
+    for (i, (path, r)) in runs.iter().enumerate() {
+        s += &format!(
+            "- run {}: {}, `{}`, on {}, commit {}, {}; {} touches per size; agent baseline \
+             {:.1} MiB with a {} workload\n",
+            i + 1,
+            path.display(),
+            r.command,
+            r.date,
+            r.commit,
+            r.machine,
+            r.touches,
+            r.baseline.agent_rss_bytes as f64 / (1 << 20) as f64,
+            size_name(r.baseline.size_bytes),
+        );
+        for n in notes(r) {
+            s += &format!("  - {n}\n");
+        }
+    }
+    for line in unread {
+        s += &format!("- {}", line.trim_end());
+        s += "\n";
+    }
+    let mut rows: Vec<(usize, &SizeRow)> = runs
+        .iter()
+        .enumerate()
+        .flat_map(|(i, (_, r))| r.rows.iter().map(move |row| (i + 1, row)))
+        .collect();
+    rows.sort_by_key(|(_, row)| row.size_bytes);
+    s += &format!("\n| run | {} |\n", HEADERS.join(" | "));
+    s += &format!("|---:|---|{}\n", "---:|".repeat(HEADERS.len() - 1));
+    let cells = table_rows(rows.iter().map(|(_, row)| *row));
+    for ((run, _), c) in rows.iter().zip(cells) {
+        s += &format!("| {run} | {} |\n", c.join(" | "));
     }
     s + "\n"
 }
@@ -783,20 +820,36 @@ mod tests {
             failed: vec![],
             elapsed_s: 100.0,
         };
+        let mut big = r.clone();
+        big.command = "yonder-bench scale --sizes 16GiB".into();
+        let mut row16 = row(16 * GIB, 120_000);
+        row16.agent_rss_bytes = 240 << 20;
+        big.rows = vec![row16];
+        big.skipped.clear();
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("scale.json");
+        let (path, path16) = (
+            dir.path().join("scale.json"),
+            dir.path().join("scale-16.json"),
+        );
         std::fs::write(&path, serde_json::to_string(&r).unwrap()).unwrap();
-        let md = markdown(&path);
+        std::fs::write(&path16, serde_json::to_string(&big).unwrap()).unwrap();
+        let md = markdown(&[path, path16, dir.path().join("gone.json")]);
         for want in [
             "## Scale\n",
+            "- run 1: ",
             "`yonder-bench scale --json --out x.json`",
             "commit abc1234",
-            "| size | pages | agent RSS |",
-            "| 64 MiB | 16384 | 40.0 MiB | 100.0 | 4200 | 700 | 100 µs | 300 µs | +0 % |",
-            "| 8 GiB | 2097152 |",
+            "  - SKIPPED 16 GiB",
+            "- run 2: ",
+            "`yonder-bench scale --sizes 16GiB`",
+            "- No scale result: ",
+            "| run | size | pages | agent RSS |",
+            "| 1 | 64 MiB | 16384 | 40.0 MiB | 100.0 | — | 4200 | 700 | 100 µs | 300 µs | +0 % |",
+            "| 1 | 8 GiB | 2097152 | 40.0 MiB | 100.0 | 0.0 |",
             "| +10 % |",
             "| 3.5 s |",
-            "- SKIPPED 16 GiB",
+            // 16 GiB against 8 GiB: 200 MiB more over 2M more pages.
+            "| 2 | 16 GiB | 4194304 | 240.0 MiB | 100.0 | 100.0 |",
         ] {
             assert!(md.contains(want), "{want:?} missing:\n{md}");
         }
@@ -805,7 +858,10 @@ mod tests {
             t.contains("SKIPPED 16 GiB") && t.contains("agent B/page"),
             "{t}"
         );
-        let missing = markdown(Path::new("/nonexistent/scale.json"));
-        assert!(missing.starts_with("## Scale\n") && missing.contains("No scale result"));
+        let missing = markdown(&[dir.path().join("gone.json")]);
+        assert!(
+            missing.starts_with("## Scale\n\nNo scale result"),
+            "{missing}"
+        );
     }
 }
