@@ -690,6 +690,7 @@ pub fn markdown(paths: &[PathBuf]) -> String {
             Err(line) => unread.push(line),
         }
     }
+    runs.sort_by(|a, b| a.1.date.cmp(&b.1.date));
     let mut s = String::from(heading);
     if runs.is_empty() {
         return s + &unread.concat();
