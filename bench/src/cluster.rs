@@ -160,6 +160,13 @@ impl Cluster {
         self.own.as_ref().map(|o| o.logs.path())
     }
 
+    /// Process ids of the servers this cluster started (none for servers the user runs).
+    pub fn pids(&self) -> Vec<u32> {
+        self.own
+            .as_ref()
+            .map_or_else(Vec::new, |o| o.procs.iter().map(Process::pid).collect())
+    }
+
     /// The servers' addresses.
     pub fn addrs(&self) -> &[String] {
         &self.addrs

@@ -1111,14 +1111,7 @@ fn tree_rss(pid: u32) -> (u64, u64) {
 }
 
 fn meminfo_total() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
+    crate::procfs::meminfo_bytes("MemTotal").unwrap_or(0)
 }
 
 fn mib(b: u64) -> String {

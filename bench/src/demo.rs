@@ -16,7 +16,7 @@ use yonder_common::size::ByteSize;
 use crate::{
     cluster::Cluster,
     floor,
-    latency::{run_under_agent, WorkloadRun},
+    latency::{run_under_agent, Event, WorkloadRun},
     pattern::Pattern,
     stats::human_ns,
 };
@@ -130,19 +130,15 @@ pub fn run() -> anyhow::Result<()> {
         theta: 0.99,
         stride: 16,
         touches: None,
+        settle_ms: None,
     };
-    let (report, _) = run_under_agent(
-        &cluster,
-        local_bytes,
-        REPLICAS,
-        &[],
-        &w,
-        &mut |phase, done, total| {
+    let (report, _) = run_under_agent(&cluster, local_bytes, REPLICAS, &[], &w, &mut |e| {
+        if let Event::Progress { phase, done, total } = e {
             bar.set_message(phase.to_string());
             bar.set_length(total);
             bar.set_position(done);
-        },
-    )?;
+        }
+    })?;
     bar.finish_and_clear();
     step.inc(1);
 

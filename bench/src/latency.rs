@@ -250,6 +250,7 @@ pub fn measure(args: &Args, log: &mut dyn FnMut(String)) -> anyhow::Result<Laten
                         theta: args.theta,
                         stride: args.stride,
                         touches: args.touches,
+                        settle_ms: None,
                     };
                     let (report, summary) = run_under_agent(
                         &clusters[if own_clusters { v } else { 0 }],
@@ -257,7 +258,7 @@ pub fn measure(args: &Args, log: &mut dyn FnMut(String)) -> anyhow::Result<Laten
                         args.replicas,
                         &variant.args,
                         &w,
-                        &mut |_, _, _| {},
+                        &mut |_| {},
                     )?;
                     log(format!(
                         "{}{} x{threads} run {}: {} remote faults, p50 {}, p99 {}; agent p50 {}, {:.1} µs CPU per fault",
@@ -438,6 +439,8 @@ pub struct WorkloadRun {
     pub stride: usize,
     /// Timed touches.
     pub touches: Option<u64>,
+    /// Longest wait for the resident set to settle after the fill, ms (default: the workload's).
+    pub settle_ms: Option<u64>,
 }
 
 impl WorkloadRun {
@@ -458,6 +461,9 @@ impl WorkloadRun {
         ];
         if let Some(t) = self.touches {
             a.extend(["--touches".into(), t.to_string()]);
+        }
+        if let Some(ms) = self.settle_ms {
+            a.extend(["--settle-ms".into(), ms.to_string()]);
         }
         a
     }
@@ -536,16 +542,31 @@ impl AgentSummary {
     }
 }
 
+/// What [`run_under_agent`] passes on while the workload runs.
+pub enum Event<'a> {
+    /// `yonder-agent` was started, with this process id.
+    Started(u32),
+    /// A `progress PHASE DONE TOTAL` line of the workload (`fill`, then `touch`).
+    Progress {
+        /// `fill` or `touch`.
+        phase: &'a str,
+        /// Pages filled or touches made so far.
+        done: u64,
+        /// Of how many.
+        total: u64,
+    },
+}
+
 /// Runs `w` under `yonder-agent run` on `cluster` with `local_bytes` of local memory; calls
-/// `progress(phase, done, total)` as the workload reports. Fails with the agent's output if the
-/// workload fails or reads a wrong word.
+/// `on_event` when the agent starts and as the workload reports progress. Fails with the agent's
+/// output if the workload fails or reads a wrong word.
 pub fn run_under_agent(
     cluster: &Cluster,
     local_bytes: u64,
     replicas: usize,
     extra: &[String],
     w: &WorkloadRun,
-    progress: &mut dyn FnMut(&str, u64, u64),
+    on_event: &mut dyn FnMut(Event),
 ) -> anyhow::Result<(Report, AgentSummary)> {
     let exe = std::env::current_exe()?;
     let mut args = cluster.agent_args(&format!("{}KiB", local_bytes / 1024), replicas);
@@ -561,6 +582,9 @@ pub fn run_under_agent(
         .stderr(Stdio::piped())
         .spawn()
         .context("starting yonder-agent")?;
+    // Stops the agent (and so its workload) if this returns early with an error.
+    let _agent = yonder_tests::KillOnDrop::new(child.id());
+    on_event(Event::Started(child.id()));
     let mut stderr = child.stderr.take().context("stderr")?;
     let err_reader = std::thread::spawn(move || {
         let mut s = String::new();
@@ -576,7 +600,11 @@ pub fn run_under_agent(
         } else if let Some(p) = line.strip_prefix("progress ") {
             let f: Vec<&str> = p.split_whitespace().collect();
             if let [phase, done, total] = f[..] {
-                progress(phase, done.parse().unwrap_or(0), total.parse().unwrap_or(0));
+                on_event(Event::Progress {
+                    phase,
+                    done: done.parse().unwrap_or(0),
+                    total: total.parse().unwrap_or(0),
+                });
             }
         }
     }

@@ -10,8 +10,12 @@ mod mem;
 mod os;
 mod pattern;
 mod plot;
+mod procfs;
 mod redis_workload;
 mod report;
+mod run_info;
+mod scale;
+mod scrape;
 mod server_bench;
 mod soak;
 mod soak_workload;
@@ -46,6 +50,9 @@ enum Command {
     /// A long run under failures: servers SIGKILLed and restarted while a workload under the
     /// agent (R = 2, 25 % local) verifies every page it reads; bytes lost must be 0.
     Soak(soak::Args),
+    /// Cost per page and per fault as the workload grows (64 MiB to 16 GiB, what fits): agent and
+    /// server RSS per page, remote-fault p50/p99 and faults/s, time to evict the first GiB.
+    Scale(scale::Args),
     /// The controlled workload the benchmarks run (under the agent, or plain).
     #[command(hide = true)]
     Workload(workload::Args),
@@ -69,6 +76,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => demo::run(),
         Command::Report(args) => report::run(args),
         Command::Soak(args) => soak::run(args),
+        Command::Scale(args) => scale::run(args),
         Command::Workload(args) => workload::run(args),
         Command::SoakWorkload(args) => soak_workload::run(args),
     }

@@ -2,8 +2,10 @@
 //! the machine, the date, the exact command, this machine's floors, remote-fault latency per
 //! pattern, Yonder side by side with kernel swap, and the memory server's throughput. Every
 //! figure is the median of `--runs` runs made by this one command; nothing is copied in by hand.
-//! The one exception is the soak (an hour long): its section is rendered from the JSON file a
-//! separate `yonder-bench soak` run wrote, which names its own command, date and commit.
+//! The exceptions are the soak (an hour long) and the scale run (most of the machine's memory):
+//! their sections are rendered from the JSON files separate `yonder-bench soak` and
+//! `yonder-bench scale` runs wrote, which name their own command, date and commit
+//! (`--file-sections-only` re-renders just those two into an existing file).
 
 use std::{fmt::Write as _, path::PathBuf, time::Instant};
 
@@ -40,12 +42,90 @@ pub struct Args {
     /// "Soak" section; the section says so when the file is missing.
     #[arg(long, default_value = "bench/results/soak.json")]
     pub soak: PathBuf,
+    /// Results of separate scale runs (`yonder-bench scale --json --out FILE`), rendered as the
+    /// "Scale" section, comma-separated (default: every bench/results/scale*.json); the section
+    /// says so when there is none.
+    #[arg(long, value_delimiter = ',')]
+    pub scale: Vec<PathBuf>,
+    /// Measure nothing: render only the sections that come from result files (Soak, Scale) and
+    /// put them in place of those sections of the existing `--out` file (appended when absent).
+    #[arg(long)]
+    pub file_sections_only: bool,
+}
+
+/// The sections rendered from result files written by separate runs, by heading.
+fn file_sections(args: &Args) -> [(&'static str, String); 2] {
+    [
+        ("## Soak\n", crate::soak::markdown(&args.soak)),
+        ("## Scale\n", crate::scale::markdown(&scale_files(args))),
+    ]
+}
+
+/// `--scale`, or every bench/results/scale*.json (bench/results/scale.json when there is none,
+/// so that the section says it is missing).
+fn scale_files(args: &Args) -> Vec<PathBuf> {
+    if !args.scale.is_empty() {
+        return args.scale.clone();
+    }
+    let dir = std::path::Path::new("bench/results");
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("scale") && n.ends_with(".json"))
+        })
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        found.push(dir.join("scale.json"));
+    }
+    found
+}
+
+/// `md` with the section that starts with `heading` (up to the next `## ` heading) replaced by
+/// `section`, or with `section` appended when there is no such section.
+fn replace_section(md: &str, heading: &str, section: &str) -> String {
+    let start = if md.starts_with(heading) {
+        Some(0)
+    } else {
+        md.find(&format!("\n{heading}")).map(|i| i + 1)
+    };
+    let Some(start) = start else {
+        let sep = if md.is_empty() || md.ends_with("\n\n") {
+            ""
+        } else if md.ends_with('\n') {
+            "\n"
+        } else {
+            "\n\n"
+        };
+        return format!("{md}{sep}{section}");
+    };
+    let body = start + heading.len();
+    let end = md[body..].find("\n## ").map_or(md.len(), |i| body + i + 1);
+    format!("{}{section}{}", &md[..start], &md[end..])
 }
 
 /// Runs the report and writes the Markdown.
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.file_sections_only {
+        let mut md = std::fs::read_to_string(&args.out)
+            .with_context(|| format!("reading {}", args.out.display()))?;
+        for (heading, section) in file_sections(&args) {
+            md = replace_section(&md, heading, &section);
+        }
+        std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
+        eprintln!(
+            "report: re-rendered the Soak and Scale sections of {}",
+            args.out.display()
+        );
+        return Ok(());
+    }
     let started = Instant::now();
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
+    let command = crate::run_info::command();
     let runs = args.runs.max(1);
     let mut md = String::new();
     let log = |s: &str| eprintln!("report: {s}");
@@ -233,7 +313,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     md += "\n";
     md += &server_md(&server_runs);
     md += "\n";
-    md += &crate::soak::markdown(&args.soak);
+    for (_, section) in file_sections(&args) {
+        md += &section;
+    }
     std::fs::write(&args.out, md).with_context(|| format!("writing {}", args.out.display()))?;
     log(&format!(
         "wrote {} in {:.0} s",
@@ -490,4 +572,26 @@ fn server_md(runs: &[server_bench::Report]) -> String {
         s += &format!("| {} | {} | {:.1} |\n", row.kind, row.pages, median(&mut v));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_section_is_replaced_in_place_or_appended() {
+        let md = "# R\n\n## Soak\n\nold soak\n\n## Scale\n\nold scale\n";
+        let md = replace_section(md, "## Soak\n", "## Soak\n\nnew soak\n\n");
+        assert_eq!(md, "# R\n\n## Soak\n\nnew soak\n\n## Scale\n\nold scale\n");
+        let md = replace_section(&md, "## Scale\n", "## Scale\n\nnew scale\n\n");
+        assert_eq!(
+            md,
+            "# R\n\n## Soak\n\nnew soak\n\n## Scale\n\nnew scale\n\n"
+        );
+        let md = replace_section("# R\n\n## Soak\n\ns\n", "## Scale\n", "## Scale\n\nx\n");
+        assert_eq!(md, "# R\n\n## Soak\n\ns\n\n## Scale\n\nx\n");
+        // A heading that only appears inside a line is not the section.
+        let md = replace_section("# R\ntext ## Scale\n", "## Scale\n", "## Scale\n\nx\n");
+        assert_eq!(md, "# R\ntext ## Scale\n\n## Scale\n\nx\n");
+    }
 }

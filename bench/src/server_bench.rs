@@ -488,14 +488,7 @@ async fn measure_throughput(
 }
 
 fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .context("VmRSS missing")?
-        .parse()?;
-    Ok(kb * 1024)
+    crate::procfs::status_bytes(pid, "VmRSS").context("VmRSS missing")
 }
 
 async fn memory(pages: u64, zero: bool, mtu: Option<u16>) -> anyhow::Result<MemoryRow> {

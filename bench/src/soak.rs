@@ -6,7 +6,6 @@
 //! agent, and the pauses the workload saw. docs/soak.md explains the definitions.
 
 use std::{
-    io::Read,
     path::{Path, PathBuf},
     process::{Command, ExitStatus},
     str::FromStr,
@@ -22,6 +21,7 @@ use yonder_tests::{bin, children, free_tcp_port, KillOnDrop, Process};
 use crate::{
     cluster::Cluster,
     latency::AgentSummary,
+    run_info, scrape,
     soak_workload::{Mismatch, SoakResult},
     stats::human_ns,
 };
@@ -232,19 +232,7 @@ pub struct SoakReport {
 /// Runs `yonder-bench soak`.
 pub fn run(args: Args) -> anyhow::Result<()> {
     let report = soak(&args, &mut |s| eprintln!("soak: {s}"))?;
-    let json = serde_json::to_string_pretty(&report)?;
-    if let Some(out) = &args.out {
-        if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
-        }
-        std::fs::write(out, format!("{json}\n"))
-            .with_context(|| format!("writing {}", out.display()))?;
-    }
-    if args.json {
-        println!("{json}");
-    } else {
-        print!("{}", text(&report));
-    }
+    run_info::emit(&report, args.json, args.out.as_deref(), text)?;
     if !report.ok {
         bail!(
             "soak failed: {} (logs in {})",
@@ -269,15 +257,8 @@ struct AgentMetrics {
 impl AgentMetrics {
     fn parse(body: &str) -> Self {
         let mut m = Self::default();
-        for l in body.lines().filter(|l| !l.starts_with('#')) {
-            let Some((name, value)) = l.rsplit_once(' ') else {
-                continue;
-            };
-            let Ok(v) = value.trim().parse::<f64>() else {
-                continue;
-            };
-            let base = name.split('{').next().unwrap_or(name);
-            match base {
+        for (name, v) in scrape::samples(body) {
+            match name {
                 "yonder_agent_server_up" => m.up.push(v),
                 "yonder_agent_replication_deficit_pages" => m.deficit = Some(v),
                 "yonder_agent_repaired_pages_total" => m.repaired = Some(v),
@@ -288,13 +269,7 @@ impl AgentMetrics {
     }
 
     fn scrape(port: u16) -> Option<Self> {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").ok()?;
-        let mut body = String::new();
-        s.read_to_string(&mut body).ok()?;
-        Some(Self::parse(&body))
+        scrape::get(port).map(|body| Self::parse(&body))
     }
 
     /// No server down and no page short of copies. A gauge the agent never set counts as fine:
@@ -351,43 +326,6 @@ impl Health {
     }
 }
 
-fn utc_date() -> String {
-    Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_default()
-}
-
-fn git_commit() -> String {
-    let git = |args: &[&str]| {
-        Command::new("git")
-            .args(args)
-            .output()
-            .ok()
-            .filter(|o| o.status.success())
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-    };
-    match git(&["rev-parse", "--short", "HEAD"]) {
-        Some(c) => {
-            let dirty = git(&["status", "--porcelain", "--untracked-files=no"])
-                .is_some_and(|s| !s.is_empty());
-            if dirty {
-                format!("{c}-dirty")
-            } else {
-                c
-            }
-        }
-        None => "unknown".into(),
-    }
-}
-
-fn machine() -> String {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
-    format!("Linux {}, {cpus} CPUs", kernel.trim())
-}
-
 /// The last `KIND {json}` line of the workload's output.
 fn last_line(out: &str, kind: &str) -> Option<SoakResult> {
     out.lines()
@@ -438,10 +376,10 @@ pub fn soak(args: &Args, log: &mut dyn FnMut(String)) -> anyhow::Result<SoakRepo
         args.servers >= 2 && (1..=args.servers).contains(&args.replicas),
         "--servers must be at least 2 and --replicas 1..=--servers"
     );
-    let command = std::env::args().collect::<Vec<_>>().join(" ");
-    let date = utc_date();
+    let command = run_info::command();
+    let date = run_info::utc_date();
     // Read now: the binary is built from what is checked out when it starts.
-    let commit = git_commit();
+    let commit = run_info::git_commit();
     let started = Instant::now();
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -664,7 +602,7 @@ pub fn soak(args: &Args, log: &mut dyn FnMut(String)) -> anyhow::Result<SoakRepo
         command,
         date,
         commit,
-        machine: machine(),
+        machine: run_info::machine(),
         minutes: args.minutes,
         workload: format!(
             "yonder-bench soak-workload: {} mapped, random page visits (each reads and checks all \
@@ -790,17 +728,9 @@ pub fn markdown(path: &Path) -> String {
          `bench/regenerate`; docs/soak.md)",
         path.display()
     );
-    let r: SoakReport = match std::fs::read_to_string(path)
-        .map_err(anyhow::Error::from)
-        .and_then(|t| Ok(serde_json::from_str(&t)?))
-    {
+    let r: SoakReport = match run_info::section_result(&s, "soak", path, &how) {
         Ok(r) => r,
-        Err(e) => {
-            return s + &format!(
-                "No soak result: {} could not be read ({e}). Run {how}, then regenerate.\n\n",
-                path.display()
-            );
-        }
+        Err(section) => return section,
     };
     s += &format!(
         "Rendered from {}, written by a separate run of {how}: `{}`, on {}, commit {}, {}. \

@@ -303,3 +303,74 @@ fn a_sequential_fill_takes_one_zero_fill_fault_per_window_not_per_page() {
         "{faults} zero-fill faults for 16384 pages:\n{err}"
     );
 }
+
+#[test]
+fn scale_json_on_two_small_sizes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scale.json");
+    let out = bench(&[
+        "scale",
+        "--sizes",
+        "16MiB,64MiB",
+        "--touches",
+        "5000",
+        "--json",
+        "--out",
+        file.to_str().unwrap(),
+    ]);
+    let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let written: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(r, written, "--out holds what --json printed");
+    assert!(
+        r["command"].as_str().unwrap().contains("scale --sizes"),
+        "{r}"
+    );
+    assert_eq!(
+        (r["servers"].as_u64(), r["replicas"].as_u64()),
+        (Some(1), Some(1))
+    );
+    assert_eq!(r["local_share_pct"], 25);
+    assert!(r["failed"].as_array().unwrap().is_empty(), "{r}");
+    let baseline = &r["baseline"];
+    assert_eq!(baseline["pages"], 1024);
+    assert!(baseline["agent_rss_bytes"].as_u64().unwrap() > 0, "{r}");
+    // The machine may lack the memory for a size; these two fit anywhere the tests run.
+    let rows = r["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2, "{r}");
+    for (row, mib) in rows.iter().zip([16u64, 64]) {
+        assert_eq!(row["size_bytes"].as_u64().unwrap(), mib << 20);
+        assert_eq!(row["pages"].as_u64().unwrap(), mib << 8);
+        assert_eq!(row["local_bytes"].as_u64().unwrap(), (mib << 20) / 4);
+        assert!(row["agent_rss_bytes"].as_u64().unwrap() > 0, "{row}");
+        // The server stores the evicted pages (about three quarters), and its RSS grows by
+        // about a page for each.
+        let stored = row["server_pages_stored"].as_u64().unwrap();
+        assert!(stored >= (mib << 8) / 2, "{row}");
+        assert!(
+            row["server_bytes_per_page"].as_f64().unwrap() > 1000.0,
+            "{row}"
+        );
+        // A quarter of the memory local: most random touches are remote faults.
+        let remote = ordered(&row["remote"]);
+        assert!(remote > 5_000 / 2, "too few remote faults: {row}");
+        assert_eq!(row["touches"], 5_000);
+        assert!(row["remote_faults_per_s"].as_f64().unwrap() > 0.0, "{row}");
+        assert!(
+            row["agent_cpu_us_per_fault"].as_f64().unwrap() > 0.0,
+            "{row}"
+        );
+        assert!(
+            row["evicted_pages"].as_u64().unwrap() >= (mib << 8) / 2,
+            "{row}"
+        );
+        // Less than a GiB is ever remote at these sizes.
+        assert!(row["first_gib_evicted_s"].is_null(), "{row}");
+    }
+    // The agent keeps something per page it manages: 64 MiB costs it more than 16 MiB.
+    let per_page = rows[1]["agent_bytes_per_page"].as_f64().unwrap();
+    assert!(per_page > 0.0, "{r}");
+    assert!(
+        rows[1]["agent_rss_bytes"].as_u64() > baseline["agent_rss_bytes"].as_u64(),
+        "{r}"
+    );
+}
