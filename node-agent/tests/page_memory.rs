@@ -127,6 +127,9 @@ fn bytes_per_page(policy: Policy, n: u64) -> f64 {
     per_page
 }
 
+/// The target of issue 14: at most this many bytes per managed page.
+const TARGET: f64 = 32.0;
+
 #[test]
 #[ignore = "a measurement (minutes in a debug build): run with --release -- --ignored"]
 fn bytes_per_managed_page_at_512k_and_4m() {
@@ -134,6 +137,15 @@ fn bytes_per_managed_page_at_512k_and_4m() {
         for policy in [Policy::S3Fifo, Policy::Clock] {
             let b = bytes_per_page(policy, n);
             println!("{n} pages, {policy}: {b:.1} bytes per managed page");
+            assert!(b <= TARGET, "{b:.1} bytes per page with {policy}");
         }
+    }
+}
+
+#[test]
+fn a_smaller_table_stays_within_the_target() {
+    for policy in [Policy::S3Fifo, Policy::Clock] {
+        let b = bytes_per_page(policy, 64 << 10);
+        assert!(b <= TARGET, "{b:.1} bytes per page with {policy}");
     }
 }

@@ -117,7 +117,7 @@ impl Slots {
         } else {
             let i = self.len;
             assert!(i < NO_FREE, "out of slot numbers");
-            if i as usize % CHUNK == 0 {
+            if i as usize == self.chunks.len() * CHUNK {
                 self.chunks
                     .push(vec![Record::default(); CHUNK].into_boxed_slice());
             }
