@@ -3,42 +3,68 @@
 //! A new page starts at 1 (one more pass), a page that came back after being picked (rescued from
 //! parking, or refaulted) at [`MAX_COUNT`], so it outlives pages seen once.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::EvictionPolicy;
+use crate::pages::PageMap;
 
 /// Highest use count: passes of the hand a page survives untouched.
 const MAX_COUNT: u8 = 3;
+/// Meta bit: the page is tracked.
+const LIVE: u8 = 1;
+/// Meta bits: its use count.
+const COUNT_SHIFT: u8 = 1;
+const COUNT: u8 = 0b11 << COUNT_SHIFT;
+/// Meta bit: the ring holds an entry for the page (current, or stale once it is untracked).
+const IN_RING: u8 = 1 << 3;
 
 /// Second-chance CLOCK over the resident set.
 #[derive(Default)]
 pub struct Clock {
-    /// Ring of (page, generation); entries whose generation is stale are skipped lazily, which
-    /// keeps removal O(1).
-    ring: VecDeque<(u64, u32)>,
-    /// Tracked pages: current generation and use count.
-    live: HashMap<u64, (u32, u8)>,
-    next_gen: u32,
+    /// Ring of pages, at most one entry each; the entry of a page no longer tracked is dropped
+    /// when the hand reaches it (which keeps removal O(1)), or taken again if the page comes
+    /// back first.
+    ring: VecDeque<u64>,
+    /// Per page: [`LIVE`], the count, [`IN_RING`].
+    meta: PageMap<u8>,
+    live: usize,
+}
+
+fn count(m: u8) -> u8 {
+    (m & COUNT) >> COUNT_SHIFT
+}
+
+fn with_count(m: u8, c: u8) -> u8 {
+    (m & !COUNT) | (c << COUNT_SHIFT)
 }
 
 impl Clock {
     fn compact(&mut self) {
-        if self.ring.len() > 2 * self.live.len() + 1024 {
-            let live = &self.live;
-            self.ring
-                .retain(|(p, g)| live.get(p).is_some_and(|(lg, _)| lg == g));
+        if self.ring.len() > 2 * self.live + 1024 {
+            let meta = &mut self.meta;
+            self.ring.retain(|&p| {
+                let m = meta.get(p);
+                let keep = m & LIVE != 0;
+                if !keep {
+                    meta.set(p, m & !IN_RING);
+                }
+                keep
+            });
         }
     }
 
     /// Tracks `page` (once) with at least `count`.
-    fn track(&mut self, page: u64, count: u8) {
-        if let Some((_, c)) = self.live.get_mut(&page) {
-            *c = (*c).max(count);
+    fn track(&mut self, page: u64, c: u8) {
+        let m = self.meta.get(page);
+        if m & LIVE != 0 {
+            self.meta.set(page, with_count(m, count(m).max(c)));
             return;
         }
-        self.next_gen = self.next_gen.wrapping_add(1);
-        self.live.insert(page, (self.next_gen, count));
-        self.ring.push_back((page, self.next_gen));
+        self.live += 1;
+        if m & IN_RING == 0 {
+            self.ring.push_back(page);
+        }
+        self.meta.set(page, with_count(LIVE | IN_RING, c));
     }
 }
 
@@ -49,8 +75,10 @@ impl EvictionPolicy for Clock {
     }
 
     fn touched(&mut self, page: u64) {
-        if let Some((_, c)) = self.live.get_mut(&page) {
-            *c = (*c + 1).min(MAX_COUNT);
+        let m = self.meta.get(page);
+        if m & LIVE != 0 {
+            self.meta
+                .set(page, with_count(m, (count(m) + 1).min(MAX_COUNT)));
         }
     }
 
@@ -63,7 +91,11 @@ impl EvictionPolicy for Clock {
     }
 
     fn removed(&mut self, page: u64) {
-        self.live.remove(&page);
+        let m = self.meta.get(page);
+        if m & LIVE != 0 {
+            self.live -= 1;
+            self.meta.set(page, m & IN_RING);
+        }
         self.compact();
     }
 
@@ -74,34 +106,36 @@ impl EvictionPolicy for Clock {
         let mut budget = (MAX_COUNT as usize + 1) * self.ring.len() + 1;
         while out.len() < n && budget > 0 {
             budget -= 1;
-            let Some((page, gen)) = self.ring.pop_front() else {
+            let Some(page) = self.ring.pop_front() else {
                 break;
             };
-            let Some(entry) = self.live.get_mut(&page) else {
-                continue;
-            };
-            if entry.0 != gen {
+            let m = self.meta.get(page);
+            if m & LIVE == 0 {
+                self.meta.set(page, 0);
                 continue;
             }
-            if entry.1 > 0 {
-                entry.1 -= 1;
-                self.ring.push_back((page, gen));
+            if count(m) > 0 {
+                self.meta.set(page, with_count(m, count(m) - 1));
+                self.ring.push_back(page);
             } else if eligible(page) {
-                self.live.remove(&page);
+                self.meta.set(page, 0);
+                self.live -= 1;
                 out.push(page);
             } else {
-                self.ring.push_back((page, gen));
+                self.ring.push_back(page);
             }
         }
         if n == 0 {
             // A pick of nothing still moves the hand once around: every bit gets cleared.
             for _ in 0..self.ring.len() {
-                if let Some((page, gen)) = self.ring.pop_front() {
-                    if let Some(entry) = self.live.get_mut(&page) {
-                        if entry.0 == gen {
-                            entry.1 = entry.1.saturating_sub(1);
-                            self.ring.push_back((page, gen));
-                        }
+                if let Some(page) = self.ring.pop_front() {
+                    let m = self.meta.get(page);
+                    if m & LIVE != 0 {
+                        self.meta
+                            .set(page, with_count(m, count(m).saturating_sub(1)));
+                        self.ring.push_back(page);
+                    } else {
+                        self.meta.set(page, 0);
                     }
                 }
             }
@@ -110,7 +144,7 @@ impl EvictionPolicy for Clock {
     }
 
     fn len(&self) -> usize {
-        self.live.len()
+        self.live
     }
 }
 

@@ -5,6 +5,10 @@
 //! eviction (a rescue: it was in use), a page fetched back soon after its eviction (a refault:
 //! evicting it was a mistake), and a page leaving. Policies sit behind [`EvictionPolicy`] and
 //! share one test suite; [`Policy`] names them for the command line.
+//!
+//! The page table names pages to a policy by page number (address / `PAGE`), so that a policy
+//! can keep its per-page state in dense chunks ([`crate::pages::PageMap`]): about 1.5 bytes per
+//! page plus 8 per queue entry (docs/page-table.md).
 
 mod clock;
 mod parking;

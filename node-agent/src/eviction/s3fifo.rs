@@ -10,14 +10,27 @@
 //! protected there. The ghost list that S3-FIFO keeps lives in the page table (it is the refault
 //! signal every policy gets), not here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 use super::EvictionPolicy;
+use crate::pages::PageMap;
 
 /// Share of tracked pages the probation queue may hold before it is drained first (percent).
 const SMALL_PERCENT: usize = 10;
 /// Highest use count of a page in the main queue.
 const MAX_FREQ: u8 = 3;
+
+/// Meta bit: the page is tracked.
+const LIVE: u8 = 1;
+/// Meta bit: it is tracked in the main queue (else in probation).
+const MAIN: u8 = 1 << 1;
+/// Meta bits: its use count.
+const FREQ_SHIFT: u8 = 2;
+const FREQ: u8 = 0b11 << FREQ_SHIFT;
+/// Meta bit: the probation queue holds an entry for the page (current, or stale).
+const IN_SMALL: u8 = 1 << 4;
+/// Meta bit: the main queue holds an entry for the page (current, or stale).
+const IN_MAIN: u8 = 1 << 5;
 
 /// Which queue an entry is in.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -26,94 +39,144 @@ enum Queue {
     Main,
 }
 
+fn freq(m: u8) -> u8 {
+    (m & FREQ) >> FREQ_SHIFT
+}
+
+fn with_freq(m: u8, f: u8) -> u8 {
+    (m & !FREQ) | (f << FREQ_SHIFT)
+}
+
 /// S3-FIFO over the resident set.
 #[derive(Default)]
 pub struct S3Fifo {
-    /// Probation queue of (page, generation); stale generations are skipped lazily.
-    small: VecDeque<(u64, u32)>,
-    /// Main queue of (page, generation).
-    main: VecDeque<(u64, u32)>,
-    /// Tracked pages: generation, queue, use count.
-    live: HashMap<u64, (u32, Queue, u8)>,
-    /// Live entries per queue.
+    /// Probation queue, at most one entry per page; an entry whose page left probation is
+    /// dropped when it reaches the head, or taken again if the page comes back first.
+    small: VecDeque<u64>,
+    /// Main queue, likewise.
+    main: VecDeque<u64>,
+    /// Per page: [`LIVE`], [`MAIN`], the use count, [`IN_SMALL`], [`IN_MAIN`].
+    meta: PageMap<u8>,
+    /// Tracked pages.
+    live: usize,
+    /// Tracked pages on probation.
     small_len: usize,
-    next_gen: u32,
 }
 
 impl S3Fifo {
-    fn track(&mut self, page: u64, queue: Queue, freq: u8) {
-        if let Some(e) = self.live.get_mut(&page) {
-            e.2 = e.2.max(freq);
-            if e.1 == Queue::Small && queue == Queue::Main {
-                // Promote: a fresh generation in main; the old small entry goes stale.
+    fn track(&mut self, page: u64, queue: Queue, f: u8) {
+        let m = self.meta.get(page);
+        if m & LIVE != 0 {
+            let mut m = with_freq(m, freq(m).max(f));
+            if m & MAIN == 0 && queue == Queue::Main {
+                // Promote: to the back of main; its probation entry goes stale.
                 self.small_len -= 1;
-                self.next_gen = self.next_gen.wrapping_add(1);
-                *e = (self.next_gen, Queue::Main, e.2);
-                self.main.push_back((page, self.next_gen));
+                m |= MAIN;
+                if m & IN_MAIN == 0 {
+                    self.main.push_back(page);
+                    m |= IN_MAIN;
+                }
             }
+            self.meta.set(page, m);
             return;
         }
-        self.next_gen = self.next_gen.wrapping_add(1);
-        self.live.insert(page, (self.next_gen, queue, freq));
+        self.live += 1;
+        let mut m = with_freq(m | LIVE, f);
         match queue {
             Queue::Small => {
-                self.small.push_back((page, self.next_gen));
                 self.small_len += 1;
+                if m & IN_SMALL == 0 {
+                    self.small.push_back(page);
+                    m |= IN_SMALL;
+                }
             }
-            Queue::Main => self.main.push_back((page, self.next_gen)),
+            Queue::Main => {
+                m |= MAIN;
+                if m & IN_MAIN == 0 {
+                    self.main.push_back(page);
+                    m |= IN_MAIN;
+                }
+            }
         }
+        self.meta.set(page, m);
     }
 
     fn compact(&mut self) {
-        let live = &self.live;
+        let meta = &mut self.meta;
         if self.small.len() > 2 * self.small_len + 1024 {
-            self.small
-                .retain(|(p, g)| live.get(p).is_some_and(|e| e.0 == *g));
+            self.small.retain(|&p| {
+                let m = meta.get(p);
+                let keep = m & (LIVE | MAIN) == LIVE;
+                if !keep {
+                    meta.set(p, m & !IN_SMALL);
+                }
+                keep
+            });
         }
-        let main_len = self.live.len() - self.small_len;
+        let main_len = self.live - self.small_len;
         if self.main.len() > 2 * main_len + 1024 {
-            self.main
-                .retain(|(p, g)| live.get(p).is_some_and(|e| e.0 == *g));
+            self.main.retain(|&p| {
+                let m = meta.get(p);
+                let keep = m & (LIVE | MAIN) == LIVE | MAIN;
+                if !keep {
+                    meta.set(p, m & !IN_MAIN);
+                }
+                keep
+            });
         }
+    }
+
+    /// Untracks `page`, whose meta is `m` (tracked), keeping the marks of its queue entries.
+    fn untrack(&mut self, page: u64, m: u8) {
+        self.live -= 1;
+        if m & MAIN == 0 {
+            self.small_len -= 1;
+        }
+        self.meta.set(page, m & (IN_SMALL | IN_MAIN));
     }
 
     /// One step of the probation queue: the head leaves (returned as a victim when eligible and
     /// unused), moves to main (used), or goes to the back (ineligible).
     fn step_small(&mut self, eligible: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
-        let (page, gen) = self.small.pop_front()?;
-        let &(g, q, freq) = self.live.get(&page)?;
-        if g != gen || q != Queue::Small {
+        let page = self.small.pop_front()?;
+        let m = self.meta.get(page) & !IN_SMALL;
+        if m & (LIVE | MAIN) != LIVE {
+            // Stale: the page left probation.
+            self.meta.set(page, m);
             return None;
         }
-        if freq > 0 {
+        if freq(m) > 0 {
+            self.meta.set(page, m);
             self.track(page, Queue::Main, 0);
             None
         } else if eligible(page) {
-            self.live.remove(&page);
-            self.small_len -= 1;
+            self.untrack(page, m);
             Some(page)
         } else {
-            self.small.push_back((page, gen));
+            self.small.push_back(page);
+            self.meta.set(page, m | IN_SMALL);
             None
         }
     }
 
     /// One step of the main queue, CLOCK-like.
     fn step_main(&mut self, eligible: &mut dyn FnMut(u64) -> bool) -> Option<u64> {
-        let (page, gen) = self.main.pop_front()?;
-        let e = self.live.get_mut(&page)?;
-        if e.0 != gen || e.1 != Queue::Main {
+        let page = self.main.pop_front()?;
+        let m = self.meta.get(page) & !IN_MAIN;
+        if m & (LIVE | MAIN) != LIVE | MAIN {
+            self.meta.set(page, m);
             return None;
         }
-        if e.2 > 0 {
-            e.2 -= 1;
-            self.main.push_back((page, gen));
+        if freq(m) > 0 {
+            self.main.push_back(page);
+            self.meta.set(page, with_freq(m, freq(m) - 1) | IN_MAIN);
             None
         } else if eligible(page) {
-            self.live.remove(&page);
+            self.untrack(page, m);
             Some(page)
         } else {
-            self.main.push_back((page, gen));
+            self.main.push_back(page);
+            self.meta.set(page, m | IN_MAIN);
             None
         }
     }
@@ -125,8 +188,10 @@ impl EvictionPolicy for S3Fifo {
     }
 
     fn touched(&mut self, page: u64) {
-        if let Some(e) = self.live.get_mut(&page) {
-            e.2 = (e.2 + 1).min(MAX_FREQ);
+        let m = self.meta.get(page);
+        if m & LIVE != 0 {
+            self.meta
+                .set(page, with_freq(m, (freq(m) + 1).min(MAX_FREQ)));
         }
     }
 
@@ -139,10 +204,9 @@ impl EvictionPolicy for S3Fifo {
     }
 
     fn removed(&mut self, page: u64) {
-        if let Some((_, q, _)) = self.live.remove(&page) {
-            if q == Queue::Small {
-                self.small_len -= 1;
-            }
+        let m = self.meta.get(page);
+        if m & LIVE != 0 {
+            self.untrack(page, m);
         }
         self.compact();
     }
@@ -157,9 +221,9 @@ impl EvictionPolicy for S3Fifo {
         // queue is next, however full probation is. Without this, ineligible pages on probation
         // hid every candidate in main, and the evictor found nothing, again and again.
         let mut small_fruitless = 0;
-        while out.len() < n && steps > 0 && !self.live.is_empty() {
+        while out.len() < n && steps > 0 && self.live > 0 {
             steps -= 1;
-            let small_target = self.live.len() * SMALL_PERCENT / 100;
+            let small_target = self.live * SMALL_PERCENT / 100;
             let from_small = !self.small.is_empty()
                 && small_fruitless <= self.small.len()
                 && (self.small_len > small_target || self.main.is_empty());
@@ -175,12 +239,14 @@ impl EvictionPolicy for S3Fifo {
         if n == 0 {
             // A pick of nothing ages every main entry once (the hand goes around).
             for _ in 0..self.main.len() {
-                if let Some((page, gen)) = self.main.pop_front() {
-                    if let Some(e) = self.live.get_mut(&page) {
-                        if e.0 == gen && e.1 == Queue::Main {
-                            e.2 = e.2.saturating_sub(1);
-                            self.main.push_back((page, gen));
-                        }
+                if let Some(page) = self.main.pop_front() {
+                    let m = self.meta.get(page) & !IN_MAIN;
+                    if m & (LIVE | MAIN) == LIVE | MAIN {
+                        self.main.push_back(page);
+                        self.meta
+                            .set(page, with_freq(m, freq(m).saturating_sub(1)) | IN_MAIN);
+                    } else {
+                        self.meta.set(page, m);
                     }
                 }
             }
@@ -189,7 +255,7 @@ impl EvictionPolicy for S3Fifo {
     }
 
     fn len(&self) -> usize {
-        self.live.len()
+        self.live
     }
 }
 

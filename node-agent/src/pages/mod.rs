@@ -19,13 +19,19 @@
 
 use std::{
     cell::RefCell,
-    collections::{BTreeMap, HashSet, VecDeque},
+    collections::{HashSet, VecDeque},
     rc::Rc,
 };
 
 use crate::eviction::EvictionPolicy;
 
+mod dense;
+mod entry;
 mod slots;
+
+use entry::Entries;
+
+pub use dense::PageMap;
 
 pub use slots::{digest, Digest, Remote, Slots};
 
@@ -112,13 +118,14 @@ pub enum Decision {
 
 /// The page table of one workload.
 pub struct PageTable<P> {
-    pages: BTreeMap<u64, State>,
+    entries: Entries,
+    /// Told of pages by page number (address / [`PAGE`]), which keeps its own maps dense.
     policy: P,
     resident: usize,
     slots: Rc<RefCell<Slots>>,
-    /// Pages evicted recently, oldest first (at most `ghost_cap`).
+    /// Pages evicted recently, oldest first (at most `ghost_cap`); a page is a ghost while its
+    /// entry carries the mark.
     ghosts: VecDeque<u64>,
-    ghost_set: HashSet<u64>,
     ghost_cap: usize,
     /// Parking addresses whose page no longer needs them (dropped or unmapped by the program
     /// while parked), to be freed by the owner ([`Self::take_unparked`]).
@@ -131,18 +138,30 @@ impl<P: EvictionPolicy> PageTable<P> {
         Self::with_slots(policy, Rc::default())
     }
 
-    /// An empty table whose remote copies live in the shared `slots`.
+    /// An empty table whose remote copies live in the shared `slots`. The table reads them to
+    /// name its pages' copies: no mutable borrow of them may be held across a call to it.
     pub fn with_slots(policy: P, slots: Rc<RefCell<Slots>>) -> Self {
         Self {
-            pages: BTreeMap::new(),
+            entries: Entries::default(),
             policy,
             resident: 0,
             slots,
             ghosts: VecDeque::new(),
-            ghost_set: HashSet::new(),
             ghost_cap: 0,
             unparked: Vec::new(),
         }
+    }
+
+    fn get(&self, page: u64) -> Option<State> {
+        self.entries.get(&self.slots.borrow(), page)
+    }
+
+    fn put(&mut self, page: u64, state: State) {
+        self.entries.set(&self.slots.borrow(), page, Some(state));
+    }
+
+    fn remove(&mut self, page: u64) {
+        self.entries.set(&self.slots.borrow(), page, None);
     }
 
     /// Remembers up to `n` recently evicted pages as ghosts (0: none).
@@ -150,20 +169,30 @@ impl<P: EvictionPolicy> PageTable<P> {
         self.ghost_cap = n;
         while self.ghosts.len() > n {
             if let Some(g) = self.ghosts.pop_front() {
-                self.ghost_set.remove(&g);
+                self.entries.set_ghost(g, false);
             }
         }
     }
 
     fn remember_ghost(&mut self, page: u64) {
-        if self.ghost_cap == 0 || !self.ghost_set.insert(page) {
+        if self.ghost_cap == 0 || self.entries.is_ghost(page) {
             return;
         }
+        let oldest = if self.ghosts.len() >= self.ghost_cap {
+            self.ghosts.pop_front()
+        } else {
+            None
+        };
+        if self.ghosts.len() == self.ghosts.capacity() {
+            // Grow as a vector would, but never beyond the cap.
+            let len = self.ghosts.len();
+            let target = (2 * len).max(16).min(self.ghost_cap).max(len + 1);
+            self.ghosts.reserve_exact(target - len);
+        }
+        self.entries.set_ghost(page, true);
         self.ghosts.push_back(page);
-        if self.ghosts.len() > self.ghost_cap {
-            if let Some(g) = self.ghosts.pop_front() {
-                self.ghost_set.remove(&g);
-            }
+        if let Some(g) = oldest {
+            self.entries.set_ghost(g, false);
         }
     }
 
@@ -200,44 +229,55 @@ impl<P: EvictionPolicy> PageTable<P> {
         child.ghost_cap = self.ghost_cap;
         let mut copies = Vec::new();
         let mut slots = self.slots.borrow_mut();
-        for (&page, &state) in &self.pages {
-            if not_inherited.iter().any(|&(a, b)| a <= page && page < b) {
-                continue;
-            }
-            let state = match state {
-                State::Resident { .. } => state,
-                State::Fetching { remote } | State::Evicted { remote } => State::Evicted { remote },
-                State::Evicting(e) if e.program_dropped => continue,
-                State::Evicting(Evicting {
-                    parked: Some(at), ..
-                }) => {
-                    copies.push((page, at));
-                    State::Resident {
-                        dirty: true,
-                        remote: None,
-                    }
-                }
-                State::Evicting(e) if !e.dropping => State::Resident {
-                    dirty: true,
-                    remote: e.old,
-                },
-                State::Evicting(e) => match e.new {
-                    Some(remote) => State::Evicted { remote },
-                    None => continue,
-                },
+        // In batches: the states of a large table are not all copied out at once.
+        let mut from = 0;
+        loop {
+            let batch = self.entries.states_from(&slots, from, 4096);
+            let Some(&(last, _)) = batch.last() else {
+                break;
             };
-            match state {
-                State::Resident { remote, .. } => {
-                    if let Some(r) = remote {
-                        slots.share(r.slot);
-                    }
-                    child.resident += 1;
-                    child.policy.inserted(page);
+            from = last + PAGE;
+            for (page, state) in batch {
+                if not_inherited.iter().any(|&(a, b)| a <= page && page < b) {
+                    continue;
                 }
-                State::Evicted { remote } => slots.share(remote.slot),
-                _ => {}
+                let state = match state {
+                    State::Resident { .. } => state,
+                    State::Fetching { remote } | State::Evicted { remote } => {
+                        State::Evicted { remote }
+                    }
+                    State::Evicting(e) if e.program_dropped => continue,
+                    State::Evicting(Evicting {
+                        parked: Some(at), ..
+                    }) => {
+                        copies.push((page, at));
+                        State::Resident {
+                            dirty: true,
+                            remote: None,
+                        }
+                    }
+                    State::Evicting(e) if !e.dropping => State::Resident {
+                        dirty: true,
+                        remote: e.old,
+                    },
+                    State::Evicting(e) => match e.new {
+                        Some(remote) => State::Evicted { remote },
+                        None => continue,
+                    },
+                };
+                match state {
+                    State::Resident { remote, .. } => {
+                        if let Some(r) = remote {
+                            slots.share(r.slot);
+                        }
+                        child.resident += 1;
+                        child.policy.inserted(page / PAGE);
+                    }
+                    State::Evicted { remote } => slots.share(remote.slot),
+                    _ => {}
+                }
+                child.entries.set(&slots, page, Some(state));
             }
-            child.pages.insert(page, state);
         }
         (child, copies)
     }
@@ -246,16 +286,15 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// when the process is gone).
     pub fn all_references(&self) -> Vec<Remote> {
         let mut out = Vec::new();
-        for s in self.pages.values() {
-            match *s {
+        self.entries
+            .for_each(&self.slots.borrow(), |_, state| match state {
                 State::Resident { remote, .. } => out.extend(remote),
                 State::Fetching { remote } | State::Evicted { remote } => out.push(remote),
                 State::Evicting(e) => {
                     out.extend(e.old);
                     out.extend(e.new.filter(|n| Some(n.slot) != e.old.map(|o| o.slot)));
                 }
-            }
-        }
+            });
         out
     }
 
@@ -266,23 +305,24 @@ impl<P: EvictionPolicy> PageTable<P> {
 
     /// The state of a page.
     pub fn state(&self, page: u64) -> Option<State> {
-        self.pages.get(&page).copied()
+        self.get(page)
     }
 
     fn make_resident(&mut self, page: u64, state: State) {
         let was_resident = matches!(
-            self.pages.insert(page, state),
+            self.get(page),
             Some(State::Resident { .. } | State::Fetching { .. } | State::Evicting(_))
         );
+        self.put(page, state);
         if !was_resident {
             self.resident += 1;
         }
-        self.policy.inserted(page);
+        self.policy.inserted(page / PAGE);
     }
 
     /// A page found present when its range was registered.
     pub fn found_present(&mut self, page: u64) {
-        if !self.pages.contains_key(&page) {
+        if self.get(page).is_none() {
             self.make_resident(
                 page,
                 State::Resident {
@@ -296,16 +336,16 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// Decides what a missing fault on `page` needs. Zero-fill and fetch decisions are not applied
     /// yet: call [`Self::zero_filled`] or [`Self::start_fetch`].
     pub fn missing_fault(&self, page: u64) -> MissingFault {
-        match self.pages.get(&page) {
+        match self.get(page) {
             None => MissingFault::ZeroFill,
             // A resident page cannot take a missing fault unless the program dropped it without
             // an event reaching us first: its content is zeros.
             Some(State::Resident { .. }) => MissingFault::ZeroFill,
             Some(State::Fetching { .. }) => MissingFault::InFlight,
-            Some(State::Evicted { remote }) => MissingFault::Fetch(*remote),
+            Some(State::Evicted { remote }) => MissingFault::Fetch(remote),
             Some(State::Evicting(Evicting {
                 parked: Some(at), ..
-            })) => MissingFault::Rescue(*at),
+            })) => MissingFault::Rescue(at),
             Some(State::Evicting(e)) if !e.dropping => {
                 // Not dropped by us yet, so the program dropped it: zeros, and the eviction
                 // must not keep the old content.
@@ -317,14 +357,21 @@ impl<P: EvictionPolicy> PageTable<P> {
 
     /// A zero page was installed. Returns a remote copy that is now garbage, if any.
     pub fn zero_filled(&mut self, page: u64) -> Option<Remote> {
-        match self.pages.get_mut(&page) {
-            Some(State::Evicting(e)) => {
+        match self.get(page) {
+            Some(State::Evicting(mut e)) => {
                 e.program_dropped = true;
+                self.put(page, State::Evicting(e));
                 None
             }
-            Some(State::Resident { dirty, remote }) => {
-                *dirty = true;
-                remote.take()
+            Some(State::Resident { remote, .. }) => {
+                self.put(
+                    page,
+                    State::Resident {
+                        dirty: true,
+                        remote: None,
+                    },
+                );
+                remote
             }
             _ => {
                 self.make_resident(
@@ -348,13 +395,14 @@ impl<P: EvictionPolicy> PageTable<P> {
 
     /// As [`Self::start_fetch`]; also says whether the page was a ghost (a refault).
     pub fn start_fetch_seeing_refault(&mut self, page: u64) -> (bool, bool) {
-        match self.pages.get(&page) {
-            Some(&State::Evicted { remote }) => {
-                self.pages.insert(page, State::Fetching { remote });
+        match self.get(page) {
+            Some(State::Evicted { remote }) => {
+                self.put(page, State::Fetching { remote });
                 self.resident += 1;
-                let refault = self.ghost_set.remove(&page);
+                let refault = self.entries.is_ghost(page);
                 if refault {
-                    self.policy.refaulted(page);
+                    self.entries.set_ghost(page, false);
+                    self.policy.refaulted(page / PAGE);
                 }
                 (true, refault)
             }
@@ -364,30 +412,36 @@ impl<P: EvictionPolicy> PageTable<P> {
 
     /// Whether the fetch of `remote` into `page` is still wanted (nothing removed or moved it).
     pub fn fetch_wanted(&self, page: u64, remote: Remote) -> bool {
-        self.pages.get(&page) == Some(&State::Fetching { remote })
+        self.get(page) == Some(State::Fetching { remote })
     }
 
     /// A fetched page was installed; `dirty` when the faulting access was a write (its content
     /// may already differ), else it may still equal `remote`.
     pub fn fetched(&mut self, page: u64, remote: Remote, dirty: bool) {
         if self.fetch_wanted(page, remote) {
-            self.pages.insert(
+            self.put(
                 page,
                 State::Resident {
                     dirty,
                     remote: Some(remote),
                 },
             );
-            self.policy.inserted(page);
+            self.policy.inserted(page / PAGE);
         }
     }
 
     /// A write hit a write-protected page.
     pub fn write_fault(&mut self, page: u64) -> WriteFault {
-        match self.pages.get_mut(&page) {
-            Some(State::Resident { dirty, .. }) => {
-                *dirty = true;
-                self.policy.touched(page);
+        match self.get(page) {
+            Some(State::Resident { remote, .. }) => {
+                self.put(
+                    page,
+                    State::Resident {
+                        dirty: true,
+                        remote,
+                    },
+                );
+                self.policy.touched(page / PAGE);
                 WriteFault::Unprotect
             }
             Some(State::Evicting(_)) => WriteFault::WaitForEviction,
@@ -396,7 +450,7 @@ impl<P: EvictionPolicy> PageTable<P> {
             // evicted or unknown (a fork child's page whose drop raced the fork) is resident.
             other => {
                 let remote = match other {
-                    Some(State::Evicted { remote }) => Some(*remote),
+                    Some(State::Evicted { remote }) => Some(remote),
                     _ => None,
                 };
                 self.make_resident(
@@ -420,28 +474,27 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// As [`Self::start_eviction`], passing over the pages in `except` (pages another process
     /// maps too, whose eviction here would free no memory).
     pub fn start_eviction_except(&mut self, n: usize, except: &HashSet<u64>) -> Vec<u64> {
-        let pages = &self.pages;
-        let victims = self.policy.pick(n, &mut |p| {
-            matches!(pages.get(&p), Some(State::Resident { .. })) && !except.contains(&p)
+        let entries = &self.entries;
+        let victims = self.policy.pick(n, &mut |pn| {
+            entries.is_resident(pn * PAGE) && !except.contains(&(pn * PAGE))
         });
-        self.start_eviction_of(victims)
+        self.start_eviction_of(victims.into_iter().map(|pn| pn * PAGE).collect())
     }
 
     /// Pages mapped in the process now (state `Resident`), in address order.
     pub fn resident_pages(&self) -> Vec<u64> {
-        self.pages
-            .iter()
-            .filter(|(_, s)| matches!(s, State::Resident { .. }))
-            .map(|(p, _)| *p)
-            .collect()
+        let mut out = Vec::new();
+        self.entries.for_each(&self.slots.borrow(), |page, state| {
+            if matches!(state, State::Resident { .. }) {
+                out.push(page);
+            }
+        });
+        out
     }
 
     /// The states of the pages in `[start, end)` that have one.
     pub fn states_in(&self, start: u64, end: u64) -> Vec<(u64, State)> {
-        self.pages
-            .range(start..end)
-            .map(|(p, s)| (*p, *s))
-            .collect()
+        self.entries.range(&self.slots.borrow(), start, end)
     }
 
     /// Marks the given pages `Evicting` (those that are resident) and returns them. What each
@@ -449,10 +502,10 @@ impl<P: EvictionPolicy> PageTable<P> {
     pub fn start_eviction_of(&mut self, victims: Vec<u64>) -> Vec<u64> {
         let mut out = Vec::with_capacity(victims.len());
         for page in victims {
-            let Some(&State::Resident { dirty, remote }) = self.pages.get(&page) else {
+            let Some(State::Resident { dirty, remote }) = self.get(page) else {
                 continue;
             };
-            self.pages.insert(
+            self.put(
                 page,
                 State::Evicting(Evicting {
                     old: remote,
@@ -468,58 +521,78 @@ impl<P: EvictionPolicy> PageTable<P> {
         out
     }
 
+    /// The eviction state of `page`, if it is being evicted.
+    fn evicting(&self, page: u64) -> Option<Evicting> {
+        match self.get(page) {
+            Some(State::Evicting(e)) => Some(e),
+            _ => None,
+        }
+    }
+
     /// `page`, being evicted, now waits in the parking area at `at`.
     pub fn parked(&mut self, page: u64, at: u64) {
-        if let Some(State::Evicting(e)) = self.pages.get_mut(&page) {
+        if let Some(mut e) = self.evicting(page) {
             e.parked = Some(at);
             e.dropping = false;
+            self.put(page, State::Evicting(e));
         }
     }
 
     /// The content of `page`, being evicted, has digest `d`: decides whether it must be
     /// written and as which copy. Its old copy is reused when it holds this very content;
-    /// otherwise a new version, in the old slot unless another process refers to that slot.
+    /// otherwise a new version, in the old slot unless another process refers to that slot
+    /// (or the slot's versions ran out).
     pub fn decide(&mut self, page: u64, d: Digest) -> Decision {
-        let Some(State::Evicting(e)) = self.pages.get_mut(&page) else {
+        let Some(mut e) = self.evicting(page) else {
             return Decision::Gone;
         };
         if e.program_dropped {
             return Decision::Gone;
         }
-        let mut slots = self.slots.borrow_mut();
-        if let Some(old) = e.old {
-            if !e.dirty && slots.holds(old, d) {
-                e.new = Some(old);
-                return Decision::Clean(old);
+        let decision = {
+            let mut slots = self.slots.borrow_mut();
+            match e.old {
+                Some(old) if !e.dirty && slots.holds(old, d) => {
+                    e.new = Some(old);
+                    Decision::Clean(old)
+                }
+                _ => {
+                    let reused = e
+                        .old
+                        .filter(|r| slots.refs(r.slot) == 1)
+                        .and_then(|r| Some((r.slot, slots.next_version(r.slot)?)));
+                    let (slot, version) = reused.unwrap_or_else(|| {
+                        let slot = slots.alloc();
+                        (
+                            slot,
+                            slots
+                                .next_version(slot)
+                                .expect("a new slot's first version"),
+                        )
+                    });
+                    let new = Remote { slot, version };
+                    slots.set_digest(new, d);
+                    e.new = Some(new);
+                    e.dirty = true;
+                    Decision::Write(new)
+                }
             }
-        }
-        let slot = match e.old {
-            Some(r) if slots.refs(r.slot) <= 1 => r.slot,
-            _ => slots.alloc(),
         };
-        let new = Remote {
-            slot,
-            version: slots.version(),
-        };
-        slots.set_digest(new, d);
-        e.new = Some(new);
-        e.dirty = true;
-        Decision::Write(new)
+        self.put(page, State::Evicting(e));
+        decision
     }
 
     /// The parked `page` was saved as `new` (or was clean): it is evicted. Returns the parking
     /// address to free and the remote copies that are now garbage; `None` when the page is no
     /// longer this eviction (rescued, dropped or unmapped meanwhile: see [`Self::abandoned`]).
     pub fn finish_parked(&mut self, page: u64, new: Remote) -> Option<(u64, Vec<Remote>)> {
-        let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
-            return None;
-        };
+        let e = self.evicting(page)?;
         let at = e.parked?;
         if e.new != Some(new) || e.program_dropped {
             return None;
         }
         self.resident -= 1;
-        self.pages.insert(page, State::Evicted { remote: new });
+        self.put(page, State::Evicted { remote: new });
         self.remember_ghost(page);
         let garbage = e.old.filter(|o| o.slot != new.slot).into_iter().collect();
         Some((at, garbage))
@@ -529,9 +602,9 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// copy is garbage unless the page still refers to its slot.
     pub fn abandoned(&mut self, page: u64, new: Remote) -> Option<Remote> {
         let uses = |r: Option<Remote>| r.is_some_and(|r| r.slot == new.slot);
-        let still_used = match self.pages.get(&page) {
-            Some(State::Resident { remote, .. }) => uses(*remote),
-            Some(State::Fetching { remote } | State::Evicted { remote }) => uses(Some(*remote)),
+        let still_used = match self.get(page) {
+            Some(State::Resident { remote, .. }) => uses(remote),
+            Some(State::Fetching { remote } | State::Evicted { remote }) => uses(Some(remote)),
             Some(State::Evicting(e)) => uses(e.old) || uses(e.new),
             None => false,
         };
@@ -543,30 +616,24 @@ impl<P: EvictionPolicy> PageTable<P> {
             // Another process shares the slot (it forked while the write was in flight).
             return slots.release(vec![new]).pop();
         }
-        slots.forget(new.slot);
-        Some(Remote {
-            slot: new.slot,
-            version: u64::MAX,
-        })
+        Some(slots.forget(new))
     }
 
     /// The parked `page` was moved back (a fault wanted it): it is resident again, and in use.
     /// Its content is what was parked, so it equals its old copy when the eviction found it
     /// clean. Returns the parking address, now empty.
     pub fn rescued(&mut self, page: u64) -> Option<u64> {
-        let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
-            return None;
-        };
+        let e = self.evicting(page)?;
         let at = e.parked?;
         let clean = e.old.is_some() && e.new == e.old;
-        self.pages.insert(
+        self.put(
             page,
             State::Resident {
                 dirty: !clean && e.dirty,
                 remote: e.old,
             },
         );
-        self.policy.rescued(page);
+        self.policy.rescued(page / PAGE);
         Some(at)
     }
 
@@ -574,53 +641,51 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// not be moved or protected): it stays resident. Returns a remote copy that is now garbage
     /// (the new slot it did not fill), if any.
     pub fn abort_eviction(&mut self, page: u64) -> Option<Remote> {
-        let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
-            return None;
-        };
-        self.pages.insert(
+        let e = self.evicting(page)?;
+        self.put(
             page,
             State::Resident {
                 dirty: true,
                 remote: e.old,
             },
         );
-        self.policy.inserted(page);
+        self.policy.inserted(page / PAGE);
         new_slot(&e)
     }
 
     /// The drop of `page` is about to be sent; false if the page is no longer being evicted.
     pub fn dropping(&mut self, page: u64) -> bool {
-        match self.pages.get_mut(&page) {
-            Some(State::Evicting(e)) => {
-                e.dropping = true;
-                true
-            }
-            _ => false,
-        }
+        let Some(mut e) = self.evicting(page) else {
+            return false;
+        };
+        e.dropping = true;
+        self.put(page, State::Evicting(e));
+        true
     }
 
     /// `page`, being evicted, turned out not to be present at all: the program dropped it (no
     /// REMOVE event says so when `MADV_FREE` memory is reclaimed, and a DONTNEED'd page keeps a
     /// resident entry). It reads as zeros from now on. Returns remote copies that are now garbage.
     pub fn vanished(&mut self, page: u64) -> Vec<Remote> {
-        let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
+        let Some(e) = self.evicting(page) else {
             return Vec::new();
         };
-        self.pages.remove(&page);
+        self.remove(page);
         self.resident -= 1;
         e.old.into_iter().chain(new_slot(&e)).collect()
     }
 
     /// `page`, being evicted, is known to be still in place after all (it could not be moved).
     pub fn not_dropping(&mut self, page: u64) {
-        if let Some(State::Evicting(e)) = self.pages.get_mut(&page) {
+        if let Some(mut e) = self.evicting(page) {
             e.dropping = false;
+            self.put(page, State::Evicting(e));
         }
     }
 
     /// The drop of `page` is done. Returns remote copies that are now garbage.
     pub fn finish_eviction(&mut self, page: u64) -> Vec<Remote> {
-        let Some(State::Evicting(e)) = self.pages.get(&page).copied() else {
+        let Some(e) = self.evicting(page) else {
             return Vec::new();
         };
         self.resident -= 1;
@@ -630,13 +695,13 @@ impl<P: EvictionPolicy> PageTable<P> {
             .filter(|o| Some(o.slot) != e.new.map(|n| n.slot))
             .collect();
         if e.program_dropped {
-            self.pages.remove(&page);
+            self.remove(page);
             garbage.extend(e.new);
         } else if let Some(remote) = e.new {
-            self.pages.insert(page, State::Evicted { remote });
+            self.put(page, State::Evicted { remote });
             self.remember_ghost(page);
         } else {
-            self.pages.remove(&page);
+            self.remove(page);
         }
         garbage
     }
@@ -645,37 +710,43 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// Returns remote copies that are now garbage.
     pub fn program_dropped(&mut self, start: u64, end: u64) -> Vec<Remote> {
         let mut garbage = Vec::new();
-        let pages: Vec<u64> = self.pages.range(start..end).map(|(p, _)| *p).collect();
-        for page in pages {
-            match self.pages.get_mut(&page) {
-                Some(State::Resident { dirty, remote }) => {
+        for (page, state) in self.states_in(start, end) {
+            match state {
+                State::Resident { remote, .. } => {
                     // MADV_FREE may leave the page present with its content; DONTNEED does not.
                     // Either way no remote copy may come back. If the page is gone, its next
                     // fault zero-fills it.
-                    *dirty = true;
-                    garbage.extend(remote.take());
+                    self.put(
+                        page,
+                        State::Resident {
+                            dirty: true,
+                            remote: None,
+                        },
+                    );
+                    garbage.extend(remote);
                 }
-                Some(State::Evicting(e)) if e.parked.is_some() => {
+                State::Evicting(e) if e.parked.is_some() => {
                     // Parked: it reads as zeros from now on, and its parked copy is freed.
-                    let e = *e;
                     garbage.extend(e.old);
                     garbage.extend(new_slot(&e));
                     self.unparked.extend(e.parked);
-                    self.pages.remove(&page);
+                    self.remove(page);
                     self.resident -= 1;
                 }
-                Some(State::Evicting(e)) => e.program_dropped = true,
-                Some(State::Fetching { remote }) => {
-                    garbage.push(*remote);
-                    self.pages.remove(&page);
+                State::Evicting(mut e) => {
+                    e.program_dropped = true;
+                    self.put(page, State::Evicting(e));
+                }
+                State::Fetching { remote } => {
+                    garbage.push(remote);
+                    self.remove(page);
                     self.resident -= 1;
-                    self.policy.removed(page);
+                    self.policy.removed(page / PAGE);
                 }
-                Some(State::Evicted { remote }) => {
-                    garbage.push(*remote);
-                    self.pages.remove(&page);
+                State::Evicted { remote } => {
+                    garbage.push(remote);
+                    self.remove(page);
                 }
-                None => {}
             }
         }
         garbage
@@ -684,12 +755,7 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// The program unmapped `[start, end)`. Returns remote copies that are now garbage.
     pub fn unmapped(&mut self, start: u64, end: u64) -> Vec<Remote> {
         let mut garbage = Vec::new();
-        let pages: Vec<(u64, State)> = self
-            .pages
-            .range(start..end)
-            .map(|(p, s)| (*p, *s))
-            .collect();
-        for (page, state) in pages {
+        for (page, state) in self.states_in(start, end) {
             match state {
                 State::Evicting(e) => {
                     // Out of the eviction at once: the address may be mapped again by the time
@@ -702,18 +768,18 @@ impl<P: EvictionPolicy> PageTable<P> {
                 }
                 State::Resident { remote, .. } => {
                     self.resident -= 1;
-                    self.policy.removed(page);
+                    self.policy.removed(page / PAGE);
                     garbage.extend(remote);
                 }
                 State::Fetching { remote } => {
                     self.resident -= 1;
-                    self.policy.removed(page);
+                    self.policy.removed(page / PAGE);
                     garbage.push(remote);
                 }
                 State::Evicted { remote } => garbage.push(remote),
             }
-            self.ghost_set.remove(&page);
-            self.pages.remove(&page);
+            self.entries.set_ghost(page, false);
+            self.remove(page);
         }
         garbage
     }
@@ -722,14 +788,10 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// Returns remote copies that are now garbage.
     pub fn remapped(&mut self, from: u64, to: u64, len: u64) -> Vec<Remote> {
         let mut garbage = Vec::new();
-        let moved: Vec<(u64, State)> = self
-            .pages
-            .range(from..from + len)
-            .map(|(p, s)| (*p, *s))
-            .collect();
+        let moved = self.states_in(from, from + len);
         for (page, _) in &moved {
-            self.pages.remove(page);
-            self.policy.removed(*page);
+            self.remove(*page);
+            self.policy.removed(*page / PAGE);
         }
         for (page, state) in moved {
             let dest = page - from + to;
@@ -767,9 +829,9 @@ impl<P: EvictionPolicy> PageTable<P> {
                 other => other,
             };
             if matches!(state, State::Resident { .. }) {
-                self.policy.inserted(dest);
+                self.policy.inserted(dest / PAGE);
             }
-            self.pages.insert(dest, state);
+            self.put(dest, state);
         }
         garbage
     }
@@ -777,14 +839,14 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// Every remote copy the table refers to.
     #[cfg(test)]
     pub fn remotes(&self) -> Vec<Remote> {
-        self.pages
-            .values()
-            .filter_map(|s| match s {
-                State::Resident { remote, .. } => *remote,
-                State::Fetching { remote } | State::Evicted { remote } => Some(*remote),
-                State::Evicting(e) => e.new.or(e.old),
-            })
-            .collect()
+        let mut out = Vec::new();
+        self.entries
+            .for_each(&self.slots.borrow(), |_, state| match state {
+                State::Resident { remote, .. } => out.extend(remote),
+                State::Fetching { remote } | State::Evicted { remote } => out.push(remote),
+                State::Evicting(e) => out.extend(e.new.or(e.old)),
+            });
+        out
     }
 }
 

@@ -1,5 +1,12 @@
 //! Remote slots of a workload, their reference counts after forks, and the digests of what was
 //! written to them.
+//!
+//! Slots live in a dense array of 20-byte records indexed by slot number; freed numbers are
+//! reused (through a free list threaded in the records). Versions count per slot number and go
+//! on across reuses, so a version names one write for good: a free names the last version handed
+//! out and can never remove a later owner's page (the servers free only what is at most that
+//! version), and a digest recorded for one owner never matches another's copy. See
+//! docs/page-table.md.
 
 use std::collections::HashMap;
 
@@ -13,81 +20,224 @@ pub fn digest(content: &[u8]) -> Digest {
     xxhash_rust::xxh3::xxh3_128(content)
 }
 
+/// Records per chunk of the array (chunks keep a growing array from holding twice what it
+/// needs, as a doubling `Vec` would).
+const CHUNK: usize = 1024;
+/// End of the free list.
+const NO_FREE: u32 = u32::MAX;
+/// Bits of a record's word that count references.
+const REF_BITS: u32 = 4;
+/// The reference count of a record whose count is in [`Slots::many`].
+const MANY: u32 = (1 << REF_BITS) - 1;
+/// The last version a slot number can have; then it is retired.
+const LAST_VERSION: u32 = u32::MAX >> REF_BITS;
+
+/// One slot number.
+#[derive(Clone, Copy, Debug, Default)]
+struct Record {
+    /// Digest of the content of the last version (in a free record, `[0]` is the next free
+    /// number). Four `u32`s: a `u128` would pad the record to 32 bytes.
+    digest: [u32; 4],
+    /// The last version handed out (0: none yet) above [`REF_BITS`] bits of reference count
+    /// (0: free; [`MANY`]: see [`Slots::many`]).
+    word: u32,
+}
+
+impl Record {
+    fn version(&self) -> u32 {
+        self.word >> REF_BITS
+    }
+
+    fn refs(&self) -> u32 {
+        self.word & MANY
+    }
+
+    fn set(&mut self, version: u32, refs: u32) {
+        self.word = version << REF_BITS | refs;
+    }
+}
+
+fn split(d: Digest) -> [u32; 4] {
+    [
+        d as u32,
+        (d >> 32) as u32,
+        (d >> 64) as u32,
+        (d >> 96) as u32,
+    ]
+}
+
 /// The remote slots of one workload (all its processes), with how many page-table entries refer
 /// to each. After a fork, parent and child refer to the same slots; a slot referred to by more
 /// than one entry is never written again (copy-on-write at the remote level), and it is freed on
 /// the servers when the last reference goes.
 #[derive(Debug)]
 pub struct Slots {
-    next_slot: u64,
-    next_version: u64,
-    refs: HashMap<u64, u32>,
-    /// Per slot, the version last written and the digest of its content.
-    digests: HashMap<u64, (u64, Digest)>,
+    chunks: Vec<Box<[Record]>>,
+    /// Slot numbers handed out so far (the next fresh one).
+    len: u32,
+    /// First free number, [`NO_FREE`] if none.
+    free: u32,
+    /// Reference counts too large for a record.
+    many: HashMap<u32, u32>,
 }
 
 impl Default for Slots {
     fn default() -> Self {
         Self {
-            next_slot: 0,
-            next_version: 1,
-            refs: HashMap::new(),
-            digests: HashMap::new(),
+            chunks: Vec::new(),
+            len: 0,
+            free: NO_FREE,
+            many: HashMap::new(),
         }
     }
 }
 
 impl Slots {
-    /// A new slot with one reference.
-    pub(super) fn alloc(&mut self) -> u64 {
-        let slot = self.next_slot;
-        self.next_slot += 1;
-        self.refs.insert(slot, 1);
-        slot
+    fn rec(&self, i: u32) -> &Record {
+        &self.chunks[i as usize / CHUNK][i as usize % CHUNK]
     }
 
-    /// A version newer than every one handed out before.
-    pub(super) fn version(&mut self) -> u64 {
-        self.next_version += 1;
-        self.next_version
+    fn rec_mut(&mut self, i: u32) -> &mut Record {
+        &mut self.chunks[i as usize / CHUNK][i as usize % CHUNK]
+    }
+
+    /// The number of the live slot `slot`, if it is one.
+    fn index(&self, slot: u64) -> Option<u32> {
+        u32::try_from(slot)
+            .ok()
+            .filter(|&i| i < self.len && self.rec(i).refs() > 0)
+    }
+
+    /// A new slot with one reference.
+    pub(super) fn alloc(&mut self) -> u64 {
+        let i = if self.free != NO_FREE {
+            let i = self.free;
+            self.free = self.rec(i).digest[0];
+            i
+        } else {
+            let i = self.len;
+            assert!(i < NO_FREE, "out of slot numbers");
+            if i as usize == self.chunks.len() * CHUNK {
+                self.chunks
+                    .push(vec![Record::default(); CHUNK].into_boxed_slice());
+            }
+            self.len += 1;
+            i
+        };
+        let r = self.rec_mut(i);
+        r.digest = [0; 4];
+        r.set(r.version(), 1);
+        u64::from(i)
+    }
+
+    /// A version of `slot` newer than every one handed out before, or `None` when the slot's
+    /// versions are used up (the caller writes to a new slot instead).
+    pub(super) fn next_version(&mut self, slot: u64) -> Option<u64> {
+        let i = self.index(slot)?;
+        let r = self.rec_mut(i);
+        let v = r.version() + 1;
+        if v > LAST_VERSION {
+            return None;
+        }
+        r.set(v, r.refs());
+        Some(u64::from(v))
     }
 
     /// One more reference to `slot`.
     pub(super) fn share(&mut self, slot: u64) {
-        *self.refs.entry(slot).or_insert(0) += 1;
+        let Some(i) = self.index(slot) else {
+            debug_assert!(false, "shared slot {slot} is not live");
+            return;
+        };
+        let r = *self.rec(i);
+        match r.refs() {
+            MANY => *self.many.entry(i).or_insert(MANY) += 1,
+            n => self.rec_mut(i).set(r.version(), n + 1),
+        }
+        if self.rec(i).refs() == MANY {
+            self.many.entry(i).or_insert(MANY);
+        }
     }
 
     /// References to `slot`.
     pub(super) fn refs(&self, slot: u64) -> u32 {
-        self.refs.get(&slot).copied().unwrap_or(0)
+        match self.index(slot) {
+            None => 0,
+            Some(i) if self.rec(i).refs() == MANY => self.many[&i],
+            Some(i) => self.rec(i).refs(),
+        }
     }
 
-    /// Records the digest of the content written as `remote`.
+    /// Drops one reference to live number `i`; the copy to free when it was the last.
+    fn unref(&mut self, i: u32) -> Option<Remote> {
+        let r = *self.rec(i);
+        match r.refs() {
+            MANY => {
+                let n = self.many.get_mut(&i).expect("counted in many");
+                *n -= 1;
+                if *n < MANY {
+                    self.many.remove(&i);
+                    self.rec_mut(i).set(r.version(), MANY - 1);
+                }
+                None
+            }
+            1 => Some(self.free_index(i)),
+            n => {
+                self.rec_mut(i).set(r.version(), n - 1);
+                None
+            }
+        }
+    }
+
+    /// Frees number `i` for reuse (or retires it when its versions are used up); returns the
+    /// copy to free on the servers: every version up to the last handed out.
+    fn free_index(&mut self, i: u32) -> Remote {
+        self.many.remove(&i);
+        let free = self.free;
+        let r = self.rec_mut(i);
+        let version = r.version();
+        r.set(version, 0);
+        r.digest = [0; 4];
+        if version < LAST_VERSION {
+            r.digest[0] = free;
+            self.free = i;
+        }
+        Remote {
+            slot: u64::from(i),
+            version: u64::from(version),
+        }
+    }
+
+    /// Records the digest of the content written as `remote` (the version last handed out for
+    /// its slot).
     pub fn set_digest(&mut self, remote: Remote, d: Digest) {
-        self.digests.insert(remote.slot, (remote.version, d));
+        let Some(i) = self.index(remote.slot) else {
+            return;
+        };
+        let r = self.rec_mut(i);
+        if u64::from(r.version()) == remote.version {
+            r.digest = split(d);
+        } else {
+            debug_assert!(false, "digest of {remote:?}, not the slot's last version");
+        }
     }
 
     /// Whether `remote` is known to hold content with digest `d`.
     pub fn holds(&self, remote: Remote, d: Digest) -> bool {
-        self.digests.get(&remote.slot) == Some(&(remote.version, d))
+        self.index(remote.slot).is_some_and(|i| {
+            let r = self.rec(i);
+            r.version() != 0 && u64::from(r.version()) == remote.version && r.digest == split(d)
+        })
     }
 
     /// Drops one reference per copy in `released`; returns the copies no one refers to any more
-    /// (to free on the servers). Their version is `u64::MAX`: slots are never reused, so the
-    /// free may remove whatever version the servers hold.
+    /// (to free on the servers). Their version is the last one handed out for the slot, so the
+    /// free removes whatever the servers hold of it, and nothing of a later owner of the number.
     pub fn release(&mut self, released: Vec<Remote>) -> Vec<Remote> {
         let mut free = Vec::new();
         for r in released {
-            match self.refs.get_mut(&r.slot) {
-                Some(n) if *n > 1 => *n -= 1,
-                Some(_) => {
-                    self.refs.remove(&r.slot);
-                    self.digests.remove(&r.slot);
-                    free.push(Remote {
-                        slot: r.slot,
-                        version: u64::MAX,
-                    });
-                }
+            match self.index(r.slot) {
+                Some(i) => free.extend(self.unref(i)),
                 // Not counted (never shared): free it as it is.
                 None => free.push(r),
             }
@@ -95,23 +245,146 @@ impl Slots {
         free
     }
 
-    /// Forgets `slot` (no one refers to it any more; it is being freed).
-    pub(super) fn forget(&mut self, slot: u64) {
-        self.refs.remove(&slot);
-        self.digests.remove(&slot);
+    /// Forgets `new`'s slot (no one refers to it any more); returns the copy to free on the
+    /// servers.
+    pub(super) fn forget(&mut self, new: Remote) -> Remote {
+        match self.index(new.slot) {
+            Some(i) => self.free_index(i),
+            None => new,
+        }
     }
 
     /// Whether anyone still refers to `slot`.
     pub fn is_referenced(&self, slot: u64) -> bool {
-        self.refs.contains_key(&slot)
+        self.index(slot).is_some()
+    }
+
+    /// The number of `remote`'s slot when `remote` is the slot's last version (so that the
+    /// number and the slot's record say all there is to say about it), and it is below `limit`.
+    pub(super) fn compact(&self, remote: Remote, limit: u32) -> Option<u32> {
+        self.index(remote.slot)
+            .filter(|&i| i < limit && u64::from(self.rec(i).version()) == remote.version)
+    }
+
+    /// The last version of the live slot number `i` (see [`Self::compact`]).
+    pub(super) fn at(&self, i: u32) -> Remote {
+        debug_assert!(self.rec(i).refs() > 0, "slot {i} is free");
+        Remote {
+            slot: u64::from(i),
+            version: u64::from(self.rec(i).version()),
+        }
     }
 }
 
 /// Where a page's content lives on the memory servers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Remote {
-    /// Slot of the page in the workload's space (never reused).
+    /// Slot of the page in the workload's space (its id is never reused).
     pub slot: u64,
     /// Version of the content stored there.
     pub version: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn freed_numbers_are_reused_with_later_versions() {
+        let mut s = Slots::default();
+        let a = s.alloc();
+        let b = s.alloc();
+        assert_eq!((a, b), (0, 1));
+        let v = s.next_version(a).expect("a version");
+        assert_eq!(
+            s.release(vec![Remote {
+                slot: a,
+                version: v
+            }]),
+            vec![Remote {
+                slot: a,
+                version: v
+            }]
+        );
+        assert!(!s.is_referenced(a));
+        let c = s.alloc();
+        assert_eq!(c, a, "the number is reused");
+        let w = s.next_version(c).expect("a version");
+        assert!(w > v, "versions go on: the free of {v} cannot remove {w}");
+        assert_eq!(s.refs(c), 1);
+    }
+
+    #[test]
+    fn digests_belong_to_the_last_version() {
+        let mut s = Slots::default();
+        let a = s.alloc();
+        let v1 = s.next_version(a).expect("a version");
+        let r1 = Remote {
+            slot: a,
+            version: v1,
+        };
+        s.set_digest(r1, 42);
+        assert!(s.holds(r1, 42));
+        assert!(!s.holds(r1, 43));
+        let v2 = s.next_version(a).expect("a version");
+        assert!(v2 > v1);
+        assert!(
+            !s.holds(r1, 42),
+            "an older version is not known to hold anything"
+        );
+        assert_eq!(s.compact(r1, u32::MAX), None);
+        assert_eq!(
+            s.compact(
+                Remote {
+                    slot: a,
+                    version: v2
+                },
+                u32::MAX
+            ),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn a_number_whose_versions_ran_out_is_retired() {
+        let mut s = Slots::default();
+        let a = s.alloc();
+        s.rec_mut(0).set(LAST_VERSION - 1, 1);
+        assert_eq!(s.next_version(a), Some(u64::from(LAST_VERSION)));
+        assert_eq!(s.next_version(a), None);
+        let freed = s.forget(Remote {
+            slot: a,
+            version: 0,
+        });
+        assert_eq!(freed.version, u64::from(LAST_VERSION));
+        assert!(!s.is_referenced(a));
+        assert_eq!(s.alloc(), 1, "a retired number is not reused");
+    }
+
+    #[test]
+    fn many_references_are_counted() {
+        let mut s = Slots::default();
+        let a = s.alloc();
+        let n = 40;
+        for _ in 1..n {
+            s.share(a);
+        }
+        assert_eq!(s.refs(a), n);
+        let r = Remote {
+            slot: a,
+            version: 1,
+        };
+        for left in (1..n).rev() {
+            assert!(s.release(vec![r]).is_empty());
+            assert_eq!(s.refs(a), left);
+        }
+        assert_eq!(s.release(vec![r]).len(), 1);
+        assert!(!s.is_referenced(a));
+        assert!(s.many.is_empty());
+    }
+
+    #[test]
+    fn a_record_is_20_bytes() {
+        assert_eq!(std::mem::size_of::<Record>(), 20);
+    }
 }

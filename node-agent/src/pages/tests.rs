@@ -337,7 +337,9 @@ fn fork_shares_slots_and_each_side_writes_to_its_own() {
     );
 
     // When the child goes, only slots no one else refers to are freed.
-    let freed = child.slots().borrow_mut().release(child.all_references());
+    // (The table reads the slots to name its copies: take them before borrowing the slots.)
+    let refs = child.all_references();
+    let freed = child.slots().borrow_mut().release(refs);
     let freed: Vec<u64> = freed.iter().map(|r| r.slot).collect();
     assert_eq!(freed, vec![new.slot]);
 }
@@ -408,4 +410,267 @@ fn fork_during_an_eviction_gives_the_child_a_state_its_memory_can_be_in() {
         })
     );
     assert_eq!(child.resident(), 3);
+}
+
+/// A simulation of a workload over the table (and a forked child): the program's memory is the
+/// model, the servers are a map, and every evicted page must read back as the program left it.
+mod simulated {
+    use std::collections::HashMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Pages the simulation uses (few, so that operations meet).
+    const PAGES: u64 = 12;
+    /// Where a remap moves pages to (and back).
+    const AWAY: u64 = 1 << 30;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// The program reads or writes (`Some(byte)`) page `.1` of process `.0`.
+        Touch(usize, u64, Option<u8>),
+        /// Process `.0` evicts up to `.1` pages, parking them.
+        Evict(usize, usize),
+        /// As `Evict`, but each page is faulted back (rescued) after its decision and before
+        /// its write completes.
+        EvictRescued(usize, usize),
+        /// As `Evict`, and the servers refuse the writes.
+        EvictFailing(usize, usize),
+        /// The program drops (`MADV_DONTNEED`) pages `[.1, .1 + .2)`.
+        Drop(usize, u64, u64),
+        /// The program unmaps pages `[.1, .1 + .2)`.
+        Unmap(usize, u64, u64),
+        /// The program moves its pages away and back (two remaps).
+        Remap(usize),
+        /// Process 0 forks (replacing any child), or the child exits.
+        Fork,
+        Exit,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let p = 0..2usize;
+        prop_oneof![
+            6 => (p.clone(), 0..PAGES, proptest::option::of(any::<u8>()))
+                .prop_map(|(i, pg, w)| Op::Touch(i, pg, w)),
+            3 => (p.clone(), 1..6usize).prop_map(|(i, n)| Op::Evict(i, n)),
+            1 => (p.clone(), 1..4usize).prop_map(|(i, n)| Op::EvictRescued(i, n)),
+            1 => (p.clone(), 1..4usize).prop_map(|(i, n)| Op::EvictFailing(i, n)),
+            1 => (p.clone(), 0..PAGES, 1..4u64).prop_map(|(i, a, n)| Op::Drop(i, a, n)),
+            1 => (p.clone(), 0..PAGES, 1..4u64).prop_map(|(i, a, n)| Op::Unmap(i, a, n)),
+            1 => p.prop_map(Op::Remap),
+            1 => Just(Op::Fork),
+            1 => Just(Op::Exit),
+        ]
+    }
+
+    /// One process: its table and what its memory holds (absent: zeros).
+    struct Proc {
+        table: PageTable<Clock>,
+        mem: HashMap<u64, u8>,
+    }
+
+    struct World {
+        procs: Vec<Proc>,
+        slots: Rc<RefCell<Slots>>,
+        /// The servers: per slot, the newest version and its content.
+        servers: HashMap<u64, (u64, u8)>,
+    }
+
+    fn content(b: u8) -> Digest {
+        digest(&[b; PAGE as usize])
+    }
+
+    impl World {
+        fn free(&mut self, garbage: Vec<Remote>) {
+            let freed = self.slots.borrow_mut().release(garbage);
+            for r in freed {
+                if self
+                    .servers
+                    .get(&r.slot)
+                    .is_some_and(|&(v, _)| v <= r.version)
+                {
+                    self.servers.remove(&r.slot);
+                }
+            }
+        }
+
+        fn write(&mut self, r: Remote, b: u8) {
+            let stored = self.servers.entry(r.slot).or_insert((r.version, b));
+            if stored.0 <= r.version {
+                *stored = (r.version, b);
+            }
+        }
+
+        /// What the servers answer for `r` (a newer version is returned as well).
+        fn read(&self, r: Remote) -> u8 {
+            match self.servers.get(&r.slot) {
+                Some(&(v, b)) if v >= r.version => b,
+                other => panic!("{r:?} lost: servers hold {other:?}"),
+            }
+        }
+
+        fn touch(&mut self, i: usize, page: u64, write: Option<u8>) {
+            let page = page * PAGE;
+            let p = &mut self.procs[i];
+            if !matches!(p.table.state(page), Some(State::Resident { .. })) {
+                match p.table.missing_fault(page) {
+                    MissingFault::ZeroFill => {
+                        assert_eq!(p.mem.get(&page).copied().unwrap_or(0), 0, "{page:#x}");
+                        let g = p.table.zero_filled(page);
+                        self.free(g.into_iter().collect());
+                    }
+                    MissingFault::Fetch(r) => {
+                        assert!(p.table.start_fetch(page));
+                        let b = self.read(r);
+                        let p = &mut self.procs[i];
+                        let want = p.mem.get(&page).copied().unwrap_or(0);
+                        assert_eq!(b, want, "{page:#x} read back wrong");
+                        p.table.fetched(page, r, write.is_some());
+                    }
+                    other => panic!("{other:?} with no eviction under way"),
+                }
+            }
+            if let Some(b) = write {
+                // Fetched pages are installed writable: the table hears nothing of the write.
+                self.procs[i].mem.insert(page, b);
+            }
+        }
+
+        fn evict(&mut self, i: usize, n: usize, rescue: bool, fail: bool) {
+            let victims = self.procs[i].table.start_eviction(n);
+            for (k, page) in victims.into_iter().enumerate() {
+                let p = &mut self.procs[i];
+                let at = PARK + k as u64 * PAGE;
+                p.table.parked(page, at);
+                let b = p.mem.get(&page).copied().unwrap_or(0);
+                let d = p.table.decide(page, content(b));
+                let new = match d {
+                    Decision::Write(r) | Decision::Clean(r) => r,
+                    Decision::Gone => panic!("{page:#x} gone"),
+                };
+                if rescue {
+                    assert_eq!(p.table.rescued(page), Some(at));
+                    if let Decision::Write(r) = d {
+                        self.write(r, b);
+                        let g = self.procs[i].table.abandoned(page, r);
+                        self.free(g.into_iter().collect());
+                    }
+                } else if fail {
+                    let g = p.table.abort_eviction(page);
+                    self.free(g.into_iter().collect());
+                } else {
+                    if let Decision::Write(r) = d {
+                        self.write(r, b);
+                    }
+                    let (freed_at, g) = self.procs[i]
+                        .table
+                        .finish_parked(page, new)
+                        .expect("still parked");
+                    assert_eq!(freed_at, at);
+                    self.free(g);
+                }
+            }
+        }
+
+        fn apply(&mut self, op: Op) {
+            let n = self.procs.len();
+            match op {
+                Op::Touch(i, page, w) if i < n => self.touch(i, page, w),
+                Op::Evict(i, k) if i < n => self.evict(i, k, false, false),
+                Op::EvictRescued(i, k) if i < n => self.evict(i, k, true, false),
+                Op::EvictFailing(i, k) if i < n => self.evict(i, k, false, true),
+                Op::Drop(i, a, k) if i < n => {
+                    let p = &mut self.procs[i];
+                    let g = p.table.program_dropped(a * PAGE, (a + k) * PAGE);
+                    p.mem
+                        .retain(|pg, _| !(a * PAGE..(a + k) * PAGE).contains(pg));
+                    self.free(g);
+                }
+                Op::Unmap(i, a, k) if i < n => {
+                    let p = &mut self.procs[i];
+                    let g = p.table.unmapped(a * PAGE, (a + k) * PAGE);
+                    p.mem
+                        .retain(|pg, _| !(a * PAGE..(a + k) * PAGE).contains(pg));
+                    self.free(g);
+                }
+                Op::Remap(i) if i < n => {
+                    let p = &mut self.procs[i];
+                    let mut g = p.table.remapped(0, AWAY, PAGES * PAGE);
+                    g.extend(p.table.remapped(AWAY, 0, PAGES * PAGE));
+                    self.free(g);
+                }
+                Op::Fork => {
+                    if n == 2 {
+                        self.apply(Op::Exit);
+                    }
+                    let (table, copies) = self.procs[0].table.fork_clone(Clock::default(), &[]);
+                    assert!(copies.is_empty(), "nothing stays parked between operations");
+                    let mem = self.procs[0].mem.clone();
+                    self.procs.push(Proc { table, mem });
+                }
+                Op::Exit if n == 2 => {
+                    let child = self.procs.pop().expect("a child");
+                    let refs = child.table.all_references();
+                    self.free(refs);
+                }
+                _ => {}
+            }
+        }
+
+        /// Every evicted page reads back as the program left it; resident counts and slot
+        /// references add up.
+        fn check(&self) {
+            let mut refs: HashMap<u64, u32> = HashMap::new();
+            for p in &self.procs {
+                let states = p.table.states_in(0, u64::MAX);
+                let present = states
+                    .iter()
+                    .filter(|(_, s)| !matches!(s, State::Evicted { .. }))
+                    .count();
+                assert_eq!(p.table.resident(), present);
+                for (page, s) in states {
+                    if let State::Evicted { remote } = s {
+                        let want = p.mem.get(&page).copied().unwrap_or(0);
+                        assert_eq!(self.read(remote), want, "{page:#x}");
+                    }
+                }
+                for r in p.table.all_references() {
+                    *refs.entry(r.slot).or_default() += 1;
+                }
+            }
+            let slots = self.slots.borrow();
+            for (&slot, &n) in &refs {
+                assert_eq!(slots.refs(slot), n, "references of slot {slot:#x}");
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn no_byte_is_lost(ops in proptest::collection::vec(op(), 1..80)) {
+            let slots: Rc<RefCell<Slots>> = Rc::default();
+            let mut w = World {
+                procs: vec![Proc {
+                    table: PageTable::with_slots(Clock::default(), slots.clone()),
+                    mem: HashMap::new(),
+                }],
+                slots,
+                servers: HashMap::new(),
+            };
+            w.procs[0].table.set_ghost_capacity(4);
+            for op in ops {
+                w.apply(op);
+                w.check();
+            }
+            // Everything goes: every slot is freed on the servers.
+            while let Some(p) = w.procs.pop() {
+                let refs = p.table.all_references();
+                w.free(refs);
+            }
+            prop_assert!(w.servers.is_empty(), "left on the servers: {:?}", w.servers);
+        }
+    }
 }
