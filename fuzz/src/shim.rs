@@ -73,6 +73,14 @@ pub fn shim_hello(data: &[u8]) {
             assert_eq!((hello.helper_stack, hello.parking), ((0, 0), (0, 0)));
             vec![proto::API_MAGIC, proto::VERSION, pid]
         }
+        HelloKind::Listener(_) => {
+            assert!(
+                had_fd,
+                "a listener hello was accepted without its descriptor"
+            );
+            assert_eq!((hello.helper_stack, hello.parking), ((0, 0), (0, 0)));
+            vec![proto::LISTEN_MAGIC, proto::VERSION, pid]
+        }
     };
     assert_eq!(
         encode_words(&words),
