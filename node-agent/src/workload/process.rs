@@ -43,6 +43,10 @@ pub(super) struct Proc {
     pub(super) pending_free: RefCell<Vec<u64>>,
     /// A PARK request is with the shim: the fault loop reads no event until it is answered.
     pub(super) exchanging: Cell<bool>,
+    /// The shim's helper refused the last PARK because a thread is inside `fork()` (it holds
+    /// the shim's fork lock, and moves wait until it is out). The evictor passes the process
+    /// over for the rest of its round.
+    pub(super) forking: Cell<bool>,
     /// The code of the shim in this process, once looked up: calls made from there are its
     /// helper's (see `intercept.rs`).
     pub(super) shim_code: Cell<Option<(u64, u64)>>,
@@ -95,6 +99,7 @@ impl Proc {
             parking: RefCell::default(),
             pending_free: RefCell::default(),
             exchanging: Cell::new(false),
+            forking: Cell::new(false),
             layout_changed: Cell::new(false),
             shim_code: Cell::new(None),
             exchange_done: tokio::sync::Notify::new(),
