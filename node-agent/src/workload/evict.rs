@@ -101,7 +101,9 @@ pub(super) async fn evictor(g: Rc<Group>) {
                     // nothing until the forking thread is out; that thread may be waiting for
                     // room itself (a fault in the C library's or an allocator's fork handlers).
                     // Let faults in until the next round rather than wait for each other.
-                    g.forks_hold_back.set(true);
+                    if !g.forks_hold_back.replace(true) {
+                        debug!("only a forking process has pages to evict: faults go in");
+                    }
                     g.retry_deferred();
                     break;
                 }
@@ -423,10 +425,17 @@ pub(super) async fn park(
         }
     }
     let mut garbage = Vec::new();
-    for pg in aborted {
+    for &pg in &aborted {
         garbage.extend(p.table.borrow_mut().abort_eviction(pg));
     }
     p.g.free_later(garbage);
+    // A write-protect fault on a victim read while the shim's connection was awaited waits for
+    // the eviction (a page a forked child inherited write-protected); those that found no
+    // parking slot were not in a move, so were not woken above: they retry now.
+    aborted.sort_unstable();
+    for (start, len) in runs(&aborted) {
+        let _ = p.uffd.wake(start, len);
+    }
     result?;
     {
         let held = p.parking.borrow().as_ref().map_or(0, |k| k.held());

@@ -242,9 +242,16 @@ impl Proc {
 
     pub(super) fn fail(&self, msg: String) {
         // A process that is exiting (or already a zombie) makes the work in flight fail; that is
-        // not an error worth reporting.
+        // not an error worth reporting. A forked child that has not said hello yet (pid 0) is
+        // told apart by its address space: a live one whose fault failed would otherwise wait
+        // for that page forever, unreported.
         let pid = self.pid.get();
-        if self.removed.get() || pid == 0 || procfs::rss_anon(pid).is_none() {
+        let gone = if pid == 0 {
+            !self.uffd.mm_alive(self.unregistered_page())
+        } else {
+            procfs::rss_anon(pid).is_none()
+        };
+        if self.removed.get() || gone {
             debug!("after the process ended: {msg}");
             return;
         }
