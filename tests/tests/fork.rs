@@ -159,3 +159,23 @@ fn a_fork_that_only_reads_evicts_nothing_for_pages_parent_and_child_share() {
         "{evicted} pages evicted for a fork that shares its pages:\n{err}"
     );
 }
+
+#[test]
+fn a_thread_that_faults_inside_fork_at_the_hard_limit_gets_its_page() {
+    // `fork()` takes every malloc arena's lock after the shim's prepare handler took its fork
+    // lock, and while that lock is held the shim's helper moves no page of the process. With 16
+    // thread arenas evicted (four readers of a 32 MiB buffer at a 4 MiB budget, no grace window)
+    // the forking thread faults there, often while the workload is at its hard limit; that
+    // fault must not wait for an eviction the fork itself holds back (Redis's BGSAVE stalled
+    // with jemalloc's fork handlers in that place).
+    let prog = compile_workload("forkfault", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    let out = Command::new(bin("yonder-agent"))
+        .args(["run", "--local-mem", "4MiB", "--parked-share", "0", "--"])
+        .arg(&prog)
+        .args(["32", "40", "4", "16"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}\n{err}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n", "{err}");
+}

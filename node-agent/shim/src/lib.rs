@@ -742,7 +742,7 @@ fn park(sock: i32, uffd: i32, word: &dyn Fn(usize) -> u64) {
                 .checked_add(len)
                 .is_some_and(|end| end <= park + park_len);
         let (moved, errno) = if forking {
-            (0, libc::EAGAIN as u64)
+            (0, proto::PARK_FORKING)
         } else if !inside {
             (0, libc::EINVAL as u64)
         } else {

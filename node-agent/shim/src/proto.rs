@@ -45,8 +45,12 @@ pub const FREED: u64 = 7;
 /// in the parking area.
 pub const PARK: u64 = 8;
 /// Shim → agent: `[PARKED, id, n, moved, errno, ...]`, per run the pages moved from its start and
-/// the error that stopped it (0 if none).
+/// the error that stopped it (0 if none; [`PARK_FORKING`] when the process is forking).
 pub const PARKED: u64 = 9;
+/// The errno of every run of a PARK the helper refused because a thread of the process is inside
+/// `fork()` (between the shim's prepare and parent handlers): nothing moved, and nothing will
+/// until that thread gets out, which may need a fault served first.
+pub const PARK_FORKING: u64 = libc::EINPROGRESS as u64;
 /// Agent → shim: `[MAP, id, addr, len, prot, flags, fd, offset]`: make this `mmap`, which a
 /// program thread asked for and the seccomp filter handed to the agent, and register the new
 /// range with the userfaultfd.

@@ -44,6 +44,12 @@ pub(super) async fn evictor(g: Rc<Group>) {
             () = g.pressure.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
+        // A process whose helper refused a park because it was forking may be out of fork() by
+        // now: try it again (once per round, see `Proc::forking`).
+        g.forks_hold_back.set(false);
+        for p in g.procs.borrow().iter() {
+            p.forking.set(false);
+        }
         // Slots freed meanwhile (rescues, pages the program dropped while parked) leave with the
         // next batch; with none in flight, free them now, or they would hold the budget.
         if g.batches_in_flight.get() == 0 {
@@ -89,6 +95,17 @@ pub(super) async fn evictor(g: Rc<Group>) {
                     // Pages are on their way out; their completion frees room.
                     g.batch_done.notified().await;
                     continue;
+                }
+                if g.procs.borrow().iter().any(|p| p.forking.get()) {
+                    // What is left belongs to a process inside fork(), whose helper moves
+                    // nothing until the forking thread is out; that thread may be waiting for
+                    // room itself (a fault in the C library's or an allocator's fork handlers).
+                    // Let faults in until the next round rather than wait for each other.
+                    if !g.forks_hold_back.replace(true) {
+                        debug!("only a forking process has pages to evict: faults go in");
+                    }
+                    g.retry_deferred();
+                    break;
                 }
                 let ready = g.procs.borrow().iter().any(|p| p.helper_up.get());
                 if !ready {
@@ -174,13 +191,13 @@ impl Group {
 
 /// Chooses up to `want` victims, from the process with the most resident pages, pages that only
 /// one process maps first: evicting a page a forked relative shares frees nothing until both
-/// have dropped it.
+/// have dropped it. A process found forking this round is passed over.
 pub(super) fn pick_victims(g: &Group, want: usize) -> Option<(Rc<Proc>, Vec<u64>)> {
     let mut procs: Vec<Rc<Proc>> = g
         .procs
         .borrow()
         .iter()
-        .filter(|p| p.helper_up.get() && !p.removed.get())
+        .filter(|p| p.helper_up.get() && !p.removed.get() && !p.forking.get())
         .cloned()
         .collect();
     procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
@@ -273,6 +290,7 @@ pub(super) async fn park(
     let mut parked: Vec<(u64, u64)> = Vec::with_capacity(victims.len());
     let mut fallback = Vec::new();
     let mut vanished = Vec::new();
+    let mut forking = false;
     // From now until the answer, any of these pages may be gone from its address at any moment:
     // a fault on one waits (and is woken below).
     {
@@ -361,6 +379,11 @@ pub(super) async fn park(
                     // Not present: the program dropped it (MADV_DONTNEED/FREE keep the table's
                     // entry resident, as the page may stay), so it reads as zeros.
                     libc::ENOENT => vanished.push(failing),
+                    // A thread of the process is inside fork(): nothing moves until it is out.
+                    e if e as u64 == proto::PARK_FORKING => {
+                        forking = true;
+                        aborted.push(failing);
+                    }
                     // The address space is changing, or an occupied slot: not now.
                     _ => aborted.push(failing),
                 }
@@ -382,6 +405,7 @@ pub(super) async fn park(
         drop(t);
         p.g.free_later(garbage);
     }
+    p.forking.set(forking);
     p.exchanging.set(false);
     p.exchange_done.notify_waiters();
     // Threads that faulted on these pages meanwhile wait: let them fault again.
@@ -401,10 +425,17 @@ pub(super) async fn park(
         }
     }
     let mut garbage = Vec::new();
-    for pg in aborted {
+    for &pg in &aborted {
         garbage.extend(p.table.borrow_mut().abort_eviction(pg));
     }
     p.g.free_later(garbage);
+    // A write-protect fault on a victim read while the shim's connection was awaited waits for
+    // the eviction (a page a forked child inherited write-protected); those that found no
+    // parking slot were not in a move, so were not woken above: they retry now.
+    aborted.sort_unstable();
+    for (start, len) in runs(&aborted) {
+        let _ = p.uffd.wake(start, len);
+    }
     result?;
     {
         let held = p.parking.borrow().as_ref().map_or(0, |k| k.held());

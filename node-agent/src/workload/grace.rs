@@ -78,6 +78,7 @@ pub(super) async fn top_up_grace(g: &Rc<Group>) {
         }
         if g.servers_refuse.get()
             || g.stuck_warned.get()
+            || g.forks_hold_back.get()
             || g.batches_in_flight.get() >= BATCHES_IN_FLIGHT
         {
             return;
@@ -95,8 +96,9 @@ pub(super) async fn top_up_grace(g: &Rc<Group>) {
             g.free_later(garbage);
             return;
         }
-        let fallback = match park(&p, victims).await {
+        let (fallback, none_parked) = match park(&p, victims).await {
             Ok((parked, fallback)) => {
+                let none_parked = parked.is_empty();
                 if let Some(k) = p.parking.borrow_mut().as_mut() {
                     for &(_, at) in &parked {
                         k.start_grace(at);
@@ -108,7 +110,7 @@ pub(super) async fn top_up_grace(g: &Rc<Group>) {
                         parked,
                     });
                 }
-                fallback
+                (fallback, none_parked)
             }
             Err(e) => {
                 p.fail(format!("eviction failed: {e:#}"));
@@ -118,6 +120,10 @@ pub(super) async fn top_up_grace(g: &Rc<Group>) {
         g.stats.borrow_mut().graced(g.graced());
         if !fallback.is_empty() {
             run_protected(g, &p, fallback).await;
+        } else if none_parked {
+            // Nothing could be parked (the process is forking, or its address space is
+            // changing): a top-up is no must, and asking again at once would only spin.
+            return;
         }
     }
 }

@@ -18,7 +18,8 @@ use crate::{
     shim_proto as proto,
 };
 
-/// How long a helper may take to make a call before the caller is let through to make it itself.
+/// How long a call may wait for the helper's connection (busy with an eviction) before the caller
+/// is let through to make it itself.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Reads the calls of the filter's listener and answers each, until no process uses the filter.
@@ -75,10 +76,10 @@ fn caller(g: &Group, call: &Call) -> Option<Rc<Proc>> {
 /// itself if the helper cannot (the process is ending).
 async fn make_call(p: Rc<Proc>, listener: Rc<AsyncFd<OwnedFd>>, call: Call) {
     let started = std::time::Instant::now();
-    let answer = match tokio::time::timeout(CALL_TIMEOUT, through_helper(&p, &call)).await {
-        Ok(Some(r)) if (-4095..0).contains(&r) => Answer::Failed(-r as i32),
-        Ok(Some(r)) => Answer::Done(r),
-        Ok(None) | Err(_) => Answer::LetThrough,
+    let answer = match through_helper(&p, &call).await {
+        Some(r) if (-4095..0).contains(&r) => Answer::Failed(-r as i32),
+        Some(r) => Answer::Done(r),
+        None => Answer::LetThrough,
     };
     {
         let mut st = p.g.stats.borrow_mut();
@@ -92,9 +93,15 @@ async fn make_call(p: Rc<Proc>, listener: Rc<AsyncFd<OwnedFd>>, call: Call) {
     debug!(nr = call.nr, ?answer, took = ?started.elapsed(), "call made");
 }
 
-/// Sends `call` to the helper of `p` and reads its raw result.
+/// Sends `call` to the helper of `p` and reads its raw result. Only the wait for the helper's
+/// connection is bounded: once the request is sent, the helper makes the call whatever happens,
+/// so the caller must not make it again, and cancelling the exchange would drop the connection
+/// (every later eviction of the process would wait for it forever, and the helper would stop
+/// the process when it saw it closed).
 async fn through_helper(p: &Rc<Proc>, call: &Call) -> Option<i64> {
-    let mut shim = p.take_shim().await?;
+    let mut shim = tokio::time::timeout(CALL_TIMEOUT, p.take_shim())
+        .await
+        .ok()??;
     let id = p.g.next_drop_id.get() + 1;
     p.g.next_drop_id.set(id);
     let words: Vec<u64> = if call.nr == libc::SYS_mmap {

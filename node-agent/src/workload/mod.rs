@@ -107,6 +107,9 @@ pub struct Group {
     procs: RefCell<Vec<Rc<Proc>>>,
     pressure: Notify,
     stuck_warned: Cell<bool>,
+    /// This round of the evictor found nothing to evict but pages of a process inside `fork()`:
+    /// faults are not held back for room meanwhile (the forking thread may be one of them).
+    forks_hold_back: Cell<bool>,
     fatal: RefCell<Option<String>>,
     tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
     /// Listeners of the workload's seccomp filters (see `intercept.rs`).
@@ -161,6 +164,7 @@ impl Group {
             procs: RefCell::default(),
             pressure: Notify::new(),
             stuck_warned: Cell::new(false),
+            forks_hold_back: Cell::new(false),
             fatal: RefCell::default(),
             tasks: RefCell::default(),
             listeners: RefCell::default(),
@@ -503,6 +507,7 @@ impl Group {
     fn over_hard_limit(&self) -> bool {
         self.resident() >= self.budget + self.slack
             && !self.stuck_warned.get()
+            && !self.forks_hold_back.get()
             && !self.servers_refuse.get()
     }
 

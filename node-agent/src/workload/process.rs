@@ -43,6 +43,10 @@ pub(super) struct Proc {
     pub(super) pending_free: RefCell<Vec<u64>>,
     /// A PARK request is with the shim: the fault loop reads no event until it is answered.
     pub(super) exchanging: Cell<bool>,
+    /// The shim's helper refused the last PARK because a thread is inside `fork()` (it holds
+    /// the shim's fork lock, and moves wait until it is out). The evictor passes the process
+    /// over for the rest of its round.
+    pub(super) forking: Cell<bool>,
     /// The code of the shim in this process, once looked up: calls made from there are its
     /// helper's (see `intercept.rs`).
     pub(super) shim_code: Cell<Option<(u64, u64)>>,
@@ -95,6 +99,7 @@ impl Proc {
             parking: RefCell::default(),
             pending_free: RefCell::default(),
             exchanging: Cell::new(false),
+            forking: Cell::new(false),
             layout_changed: Cell::new(false),
             shim_code: Cell::new(None),
             exchange_done: tokio::sync::Notify::new(),
@@ -237,9 +242,16 @@ impl Proc {
 
     pub(super) fn fail(&self, msg: String) {
         // A process that is exiting (or already a zombie) makes the work in flight fail; that is
-        // not an error worth reporting.
+        // not an error worth reporting. A forked child that has not said hello yet (pid 0) is
+        // told apart by its address space: a live one whose fault failed would otherwise wait
+        // for that page forever, unreported.
         let pid = self.pid.get();
-        if self.removed.get() || pid == 0 || procfs::rss_anon(pid).is_none() {
+        let gone = if pid == 0 {
+            !self.uffd.mm_alive(self.unregistered_page())
+        } else {
+            procfs::rss_anon(pid).is_none()
+        };
+        if self.removed.get() || gone {
             debug!("after the process ended: {msg}");
             return;
         }
