@@ -405,8 +405,9 @@ fn memory_the_c_library_maps_itself_is_managed_from_its_first_byte() {
     // they are registered before the first write and the peak stays at 69-70 MiB (budget, 2 MiB
     // of slack, and the libraries and stacks no one manages).
     let prog = workload("bigblocks");
-    let run = run_agent(
+    let run = run_agent_with(
         "64MiB",
+        &["--intercept", "auto"],
         &[prog.to_str().unwrap(), "4"],
         "",
         Duration::from_secs(240),

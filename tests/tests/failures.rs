@@ -361,7 +361,8 @@ fn a_background_job_and_a_program_without_the_shim_outlive_the_agent() {
         out = out.display()
     );
     let mut cmd = Command::new(bin("yonder-agent"));
-    cmd.args(["run", "--local-mem", "16MiB", "--", "sh", "-c", &script]);
+    cmd.args(["run", "--local-mem", "16MiB", "--intercept", "auto", "--"])
+        .args(["sh", "-c", &script]);
     let mut agent = Process::spawn(cmd, "yonder-agent", dir.path()).unwrap();
     let status = agent.wait_timeout(Duration::from_secs(30));
     let log = agent.log();
