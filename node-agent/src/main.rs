@@ -93,9 +93,8 @@ struct RunArgs {
     /// Hand the C library's own mmap and brk to the shim's helper, which registers the new
     /// memory before the program gets it (docs/node-agent.md, "New memory"): auto (when the
     /// workload has CAP_SYS_ADMIN), always (otherwise by setting no_new_privs, which keeps
-    /// setuid programs in the workload from gaining privileges), or off (found by scanning; the
-    /// default for now: a client-API test stalled 60 s with interception, not understood yet).
-    #[arg(long, default_value = "off", value_parser = ["auto", "always", "off"])]
+    /// setuid programs in the workload from gaining privileges), or off (found by scanning).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "always", "off"])]
     intercept: String,
     /// The program and its arguments.
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
