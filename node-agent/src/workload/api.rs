@@ -182,6 +182,9 @@ impl Proc {
             if Instant::now() > deadline {
                 return libc::ETIMEDOUT;
             }
+            // Pages waiting in the grace window would wait there until the next pressure:
+            // have them saved, so they can be fetched back.
+            self.g.release_grace_of(self).await;
             self.prefetch_range(start, end);
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -227,8 +230,9 @@ impl Proc {
         };
         *self.shim.borrow_mut() = Some(shim);
         // Pages the evictor had parked in the range leave with their batch: wait for them, and
-        // end the grace window of those waiting in it.
-        self.g.release_grace_of(self).await;
+        // end the grace window of those waiting in it. Ended again on every round: a top-up
+        // that was parking when the flush began adds its batch to the window afterwards, and
+        // without pressure nothing else would ever end that batch's window.
         while self
             .table
             .borrow()
@@ -236,6 +240,7 @@ impl Proc {
             .iter()
             .any(|(_, st)| matches!(st, State::Evicting(_)))
         {
+            self.g.release_grace_of(self).await;
             if self.removed.get() || Instant::now() > deadline {
                 return libc::ETIMEDOUT;
             }
