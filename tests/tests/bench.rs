@@ -366,11 +366,15 @@ fn scale_json_on_two_small_sizes() {
         // Less than a GiB is ever remote at these sizes.
         assert!(row["first_gib_evicted_s"].is_null(), "{row}");
     }
-    // The agent keeps something per page it manages: 64 MiB costs it more than 16 MiB.
-    let per_page = rows[1]["agent_bytes_per_page"].as_f64().unwrap();
-    assert!(per_page > 0.0, "{r}");
-    assert!(
-        rows[1]["agent_rss_bytes"].as_u64() > baseline["agent_rss_bytes"].as_u64(),
-        "{r}"
-    );
+    // Bytes per page beyond the baseline, as documented. Not its sign: at these sizes the
+    // agent's page table (about 0.5 MiB at 64 MiB) is smaller than how much its RSS varies from
+    // run to run (the allocator's arenas, a few MiB; the full-suite run saw the 4 MiB baseline
+    // above the 64 MiB size), so only `yonder-bench scale` at GiB sizes measures it.
+    let base_rss = baseline["agent_rss_bytes"].as_f64().unwrap();
+    for row in rows {
+        let want = (row["agent_rss_bytes"].as_f64().unwrap() - base_rss)
+            / (row["pages"].as_f64().unwrap() - 1024.0);
+        let got = row["agent_bytes_per_page"].as_f64().unwrap();
+        assert!((got - want).abs() < 1e-6, "{got} != {want}: {row}");
+    }
 }

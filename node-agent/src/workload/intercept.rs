@@ -78,7 +78,15 @@ async fn make_call(p: Rc<Proc>, listener: Rc<AsyncFd<OwnedFd>>, call: Call) {
     let started = std::time::Instant::now();
     let answer = match through_helper(&p, &call).await {
         Some(r) if (-4095..0).contains(&r) => Answer::Failed(-r as i32),
-        Some(r) => Answer::Done(r),
+        Some(r) => {
+            if call.nr == libc::SYS_mmap {
+                p.mapped(r as u64, call.args[1]);
+            } else {
+                // The heap grew (or shrank): the scanner records the change.
+                p.layout_changed.set(true);
+            }
+            Answer::Done(r)
+        }
         None => Answer::LetThrough,
     };
     {

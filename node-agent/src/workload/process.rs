@@ -258,6 +258,42 @@ impl Proc {
         self.g.fail(msg);
     }
 
+    /// Registers `[s, e)` (again, if the shim's helper registered it already: the kernel accepts
+    /// that) and records it, or records it as refused; counts its present pages when `present`.
+    fn adopt(&self, s: u64, e: u64, present: bool) {
+        match self.uffd.register(s, e - s) {
+            Ok(()) => {
+                self.registered.borrow_mut().insert(s, e);
+                if !present {
+                    return;
+                }
+                if let Ok(present) = procfs::present_pages(self.pid.get(), s, e) {
+                    let mut t = self.table.borrow_mut();
+                    for p in present {
+                        t.found_present(p);
+                    }
+                }
+            }
+            Err(err) => {
+                debug!("cannot register {s:#x}-{e:#x}: {err}");
+                self.refused.borrow_mut().insert(s, e);
+            }
+        }
+    }
+
+    /// Records the mapping the shim's helper just made for the program (an intercepted `mmap`
+    /// of private anonymous memory, registered by the helper): at once, not at the next scan,
+    /// so that faults there see their range (the zero-fill window stays within it, and a
+    /// sequential fill of fresh memory took a fault per page until the scan came).
+    pub(super) fn mapped(&self, start: u64, len: u64) {
+        let end = start.saturating_add(len.div_ceil(PAGE) * PAGE);
+        let gaps = uncovered(&self.registered.borrow(), &BTreeMap::new(), start, end);
+        cut(&mut self.refused.borrow_mut(), start, end);
+        for (s, e) in gaps {
+            self.adopt(s, e, false);
+        }
+    }
+
     /// Registers anonymous mappings not registered yet, and counts their present pages.
     pub(super) fn scan_maps(self: &Rc<Self>) {
         let pid = self.pid.get();
@@ -281,21 +317,7 @@ impl Proc {
                 end,
             );
             for (s, e) in gaps {
-                match self.uffd.register(s, e - s) {
-                    Ok(()) => {
-                        self.registered.borrow_mut().insert(s, e);
-                        if let Ok(present) = procfs::present_pages(pid, s, e) {
-                            let mut t = self.table.borrow_mut();
-                            for p in present {
-                                t.found_present(p);
-                            }
-                        }
-                    }
-                    Err(err) => {
-                        debug!("cannot register {s:#x}-{e:#x}: {err}");
-                        self.refused.borrow_mut().insert(s, e);
-                    }
-                }
+                self.adopt(s, e, true);
             }
         }
         self.g.after_resident_change();
