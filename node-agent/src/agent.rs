@@ -16,11 +16,7 @@ use anyhow::{bail, Context};
 use tokio::net::UnixListener;
 
 use crate::{
-    connect::connect_servers,
-    pages::PAGE,
-    remote::Policy,
-    shim_proto as proto,
-    workload::{Group, EVICT_BATCH},
+    connect::connect_servers, pages::PAGE, remote::Policy, shim_proto as proto, workload::Group,
 };
 
 pub use crate::workload::MIN_BUDGET;
@@ -64,9 +60,9 @@ impl RunConfig {
         (self.local_mem / PAGE) as usize
     }
 
-    /// Pages the workload may be over budget while the evictor catches up: two batches.
+    /// Pages below the budget where evictions start (see [`crate::workload::slack_for`]).
     pub fn slack_pages(&self) -> usize {
-        2 * EVICT_BATCH
+        crate::workload::slack_for(self.budget_pages())
     }
 }
 
@@ -111,7 +107,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         .first()
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let group = Group::new(name, servers, config.budget_pages(), config.slack_pages());
+    let group = Group::new(name, servers, config.budget_pages());
     group.set_policy(config.eviction);
     group.set_parked_share(config.parked_share);
     group.set_root(child_pid);

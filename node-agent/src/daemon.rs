@@ -32,7 +32,7 @@ use crate::{
     connect::connect_servers,
     pages::PAGE,
     remote::Servers,
-    workload::{Group, EVICT_BATCH, MIN_BUDGET},
+    workload::{Group, MIN_BUDGET},
 };
 
 /// Where `run` and `status` look for the daemon when nothing else is said.
@@ -457,12 +457,7 @@ impl Daemon {
             .with_context(|| format!("binding {}", shim_socket.display()))?;
         // The workload runs as whoever started `run`; its processes must reach this socket.
         std::fs::set_permissions(&shim_socket, std::fs::Permissions::from_mode(0o666))?;
-        let group = Group::new(
-            name.clone(),
-            self.servers.clone(),
-            (budget / PAGE) as usize,
-            2 * EVICT_BATCH,
-        );
+        let group = Group::new(name.clone(), self.servers.clone(), (budget / PAGE) as usize);
         group.set_policy(self.config.eviction_policy);
         group.set_parked_share(self.config.parked_share);
         group.stats.borrow_mut().labels = vec![

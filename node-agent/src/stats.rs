@@ -298,7 +298,7 @@ impl Stats {
             );
         }
         s += &format!(
-            "yonder: resident managed memory peaked at {:.1} MiB; budget {:.1} MiB (+{:.1} MiB slack)\n",
+"yonder: resident managed memory peaked at {:.1} MiB; budget {:.1} MiB (a hard limit; evictions start {:.1} MiB below it)\n",
             mib(self.peak_resident as u64),
             mib(budget_pages as u64),
             mib(slack_pages as u64)

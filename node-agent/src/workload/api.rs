@@ -135,7 +135,7 @@ impl Proc {
                 _ => None,
             })
             .collect();
-        let room = self.g.budget.saturating_sub(self.g.resident());
+        let room = self.g.soft_limit().saturating_sub(self.g.resident());
         let mut batch = Vec::new();
         for (pg, remote) in evicted.into_iter().take(room.max(1)) {
             if self.table.borrow_mut().start_fetch(pg) {

@@ -55,14 +55,13 @@ pub(super) async fn evictor(g: Rc<Group>) {
         if g.batches_in_flight.get() == 0 {
             g.flush_pending_frees().await;
         }
-        let low = g
-            .budget
-            .saturating_sub((g.budget / 16).max(EVICT_BATCH / 4));
+        let soft = g.soft_limit();
+        let low = soft.saturating_sub((soft / 16).max(EVICT_BATCH / 4));
         // Whether pages left this round: only then is the grace window refilled, so that a
         // workload within its budget is not probed for nothing.
         let mut evicted = false;
         // Pages already on their way out (parked, or saved and being freed) need no new victims.
-        while g.resident().saturating_sub(g.leaving()) > g.budget {
+        while g.resident().saturating_sub(g.leaving()) > soft {
             // Let the fault loops, and the batches on the wire, run between two batches.
             tokio::task::yield_now().await;
             if g.batches_in_flight.get() >= BATCHES_IN_FLIGHT {

@@ -137,7 +137,7 @@ impl Proc {
             .range(..=page)
             .next_back()
             .map_or(page, |(_, &e)| e);
-        let mut room = self.g.budget.saturating_sub(self.g.resident() + 1);
+        let mut room = self.g.soft_limit().saturating_sub(self.g.resident() + 1);
         let mut next = page + PAGE;
         {
             let mut t = self.table.borrow_mut();
@@ -182,7 +182,7 @@ impl Proc {
     fn prefetch_into(&self, batch: &mut Vec<(u64, Remote)>, run: u32, down: bool) {
         let page = batch[0].0;
         let window = (1u64 << run.min(4)).min(PREFETCH_MAX);
-        let mut room = self.g.budget.saturating_sub(self.g.resident() + 1);
+        let mut room = self.g.soft_limit().saturating_sub(self.g.resident() + 1);
         let mut t = self.table.borrow_mut();
         for i in 1..=window {
             let next = if down {

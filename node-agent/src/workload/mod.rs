@@ -76,6 +76,11 @@ pub const DEFAULT_PARKED_SHARE: u32 = 10;
 pub const MAX_PARKED_SHARE: u32 = 50;
 /// Most pages in the grace window: half a parking area, so batches being saved always fit.
 const GRACE_MAX: usize = (crate::shim_proto::PARK_PAGES / 2) as usize;
+/// The slack of a budget of `budget` pages: two eviction batches, at most an eighth of it.
+pub fn slack_for(budget: usize) -> usize {
+    (2 * EVICT_BATCH).min(budget / 8)
+}
+
 /// The smallest local-memory budget a workload may have: 64 pages. Below it the program would do
 /// little but wait for its own pages (and 0 would mean every page remote).
 pub const MIN_BUDGET: u64 = 64 * PAGE;
@@ -98,9 +103,10 @@ pub struct Group {
     slots: Rc<RefCell<Slots>>,
     /// Counters.
     pub stats: Rc<RefCell<Stats>>,
-    /// Budget in pages.
+    /// Budget in pages: a hard limit on its resident managed pages (faults wait for room).
     pub budget: usize,
-    /// Pages it may be over budget while the evictor catches up.
+    /// Pages below the budget where evictions start ([`Self::soft_limit`]): the room for pages
+    /// that arrive while the evictor catches up.
     pub slack: usize,
     /// The first program's pid: processes that descend from it may attach.
     root: Cell<u32>,
@@ -151,7 +157,7 @@ fn random_space() -> u32 {
 
 impl Group {
     /// A workload with no process yet.
-    pub fn new(name: String, servers: Rc<Servers>, budget: usize, slack: usize) -> Rc<Self> {
+    pub fn new(name: String, servers: Rc<Servers>, budget: usize) -> Rc<Self> {
         Rc::new(Self {
             name,
             space: random_space(),
@@ -159,7 +165,7 @@ impl Group {
             slots: Rc::default(),
             stats: Rc::new(RefCell::new(Stats::default())),
             budget,
-            slack,
+            slack: slack_for(budget),
             root: Cell::new(0),
             procs: RefCell::default(),
             pressure: Notify::new(),
@@ -177,6 +183,12 @@ impl Group {
             parked_share: Cell::new(DEFAULT_PARKED_SHARE),
             grace: RefCell::default(),
         })
+    }
+
+    /// Resident pages above which the evictor works: the budget less the slack. Prefetches and
+    /// zero-fill windows stay below it too, so that they never push out a page in use.
+    pub fn soft_limit(&self) -> usize {
+        self.budget - self.slack
     }
 
     /// Chooses the share of the budget kept parked in the grace window, in percent (0: pages
@@ -499,13 +511,13 @@ impl Group {
     fn after_resident_change(&self) {
         let resident = self.resident();
         self.stats.borrow_mut().resident(resident);
-        if resident > self.budget {
+        if resident > self.soft_limit() {
             self.pressure.notify_one();
         }
     }
 
     fn over_hard_limit(&self) -> bool {
-        self.resident() >= self.budget + self.slack
+        self.resident() >= self.budget
             && !self.stuck_warned.get()
             && !self.forks_hold_back.get()
             && !self.servers_refuse.get()
