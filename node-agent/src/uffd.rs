@@ -244,6 +244,28 @@ impl Uffd {
         install_result(ioctl(self.fd.as_raw_fd(), sys::UFFDIO_ZEROPAGE, &mut zp))
     }
 
+    /// Maps the shared zero page at `pages` pages from `dst` with one ioctl and says how many went
+    /// in before the kernel stopped (at a page already present: `Exists`), and how the call
+    /// ended, as [`Self::copy_run`] does.
+    pub fn zeropage_run(&self, dst: u64, pages: usize) -> io::Result<(usize, Install)> {
+        let mut zp = sys::uffdio_zeropage {
+            range: sys::uffdio_range {
+                start: dst,
+                len: pages as u64 * PAGE,
+            },
+            mode: 0,
+            zeropage: 0,
+        };
+        let r = install_result(ioctl(self.fd.as_raw_fd(), sys::UFFDIO_ZEROPAGE, &mut zp));
+        // On a stop part-way, `zeropage` holds the bytes mapped (or a negative errno).
+        let done = if matches!(r, Ok(Install::Done)) {
+            pages
+        } else {
+            (zp.zeropage.max(0) as u64 / PAGE) as usize
+        };
+        r.map(|i| (done, i))
+    }
+
     /// Write-protects (`on`) or un-protects a range; un-protecting wakes threads blocked on it.
     pub fn write_protect(&self, start: u64, len: u64, on: bool) -> io::Result<Install> {
         let mut wp = sys::uffdio_writeprotect {

@@ -3,7 +3,9 @@
 
 use std::{rc::Rc, time::Instant};
 
-use super::{prefetch::track_stream, process::Proc, PREFETCH_MAX, ZEROS, ZERO_AHEAD_MAX};
+use super::{
+    prefetch::track_stream, process::Proc, PREFETCH_MAX, ZEROS, ZERO_AHEAD_MAX, ZERO_AROUND,
+};
 use crate::{
     pages::{MissingFault, Remote, State, WriteFault, PAGE},
     procfs,
@@ -127,6 +129,7 @@ impl Proc {
         let (expected, run) = self.next_zero.get();
         let run = if page == expected { run + 1 } else { 0 };
         let window = if run == 0 {
+            self.zero_fill_around(page);
             0
         } else {
             (1u64 << run.min(6)).min(ZERO_AHEAD_MAX)
@@ -137,7 +140,10 @@ impl Proc {
             .range(..=page)
             .next_back()
             .map_or(page, |(_, &e)| e);
-        let mut room = self.g.soft_limit().saturating_sub(self.g.resident() + 1);
+        // Up to the budget itself, not the lower mark where evictions start: the pages after a
+        // sequential fill's fault are the next ones it writes, so under pressure they would
+        // come in within microseconds anyway, one fault each.
+        let mut room = self.g.budget.saturating_sub(self.g.resident() + 1);
         let mut next = page + PAGE;
         {
             let mut t = self.table.borrow_mut();
@@ -160,6 +166,53 @@ impl Proc {
             }
         }
         self.next_zero.set((next, run));
+    }
+
+    /// Far below the budget, a zero-fill fault that starts no run also maps the zero page on the
+    /// never-touched pages of its aligned block of [`ZERO_AROUND`] pages, one ioctl per run of
+    /// them: a program that touches fresh memory in scattered order (hash tables, `xz`'s match
+    /// finder) takes a fault per block instead of one per page, each a round trip through the
+    /// agent. The pages cost nothing until written (the shared zero page), but count against the
+    /// budget, hence only below half of it; the policy sees them as new and untouched, the first
+    /// to go under pressure. Pages known to the table (evicted, parked, present) are skipped, and
+    /// a page that became present meanwhile stops its run (the kernel refuses, nothing is
+    /// overwritten).
+    fn zero_fill_around(&self, page: u64) {
+        if self.g.resident() + ZERO_AROUND as usize > self.g.soft_limit() / 2 {
+            return;
+        }
+        let Some((rs, re)) = self
+            .registered
+            .borrow()
+            .range(..=page)
+            .next_back()
+            .map(|(&s, &e)| (s, e))
+            .filter(|&(_, e)| e > page)
+        else {
+            return;
+        };
+        let block = page & !(ZERO_AROUND * PAGE - 1);
+        let (start, end) = (block.max(rs), (block + ZERO_AROUND * PAGE).min(re));
+        let mut t = self.table.borrow_mut();
+        let mut p = start;
+        while p < end {
+            if t.state(p).is_some() {
+                p += PAGE;
+                continue;
+            }
+            let mut q = p;
+            while q < end && t.state(q).is_none() {
+                q += PAGE;
+            }
+            let Ok((done, _)) = self.uffd.zeropage_run(p, ((q - p) / PAGE) as usize) else {
+                return;
+            };
+            for i in 0..done as u64 {
+                let garbage = t.zero_filled(p + i * PAGE);
+                debug_assert!(garbage.is_none(), "a never-touched page had a remote copy");
+            }
+            p = q;
+        }
     }
 
     /// The faulting page plus, after remote faults that continue a run of pages upwards or

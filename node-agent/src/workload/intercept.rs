@@ -82,8 +82,7 @@ async fn make_call(p: Rc<Proc>, listener: Rc<AsyncFd<OwnedFd>>, call: Call) {
             if call.nr == libc::SYS_mmap {
                 p.mapped(r as u64, call.args[1]);
             } else {
-                // The heap grew (or shrank): the scanner records the change.
-                p.layout_changed.set(true);
+                p.moved_break(r as u64);
             }
             Answer::Done(r)
         }

@@ -88,6 +88,8 @@ pub const MIN_BUDGET: u64 = 64 * PAGE;
 const PREFETCH_MAX: u64 = 16;
 /// Most never-touched pages zero-filled ahead of a sequential run of zero-fill faults.
 const ZERO_AHEAD_MAX: u64 = 32;
+/// Pages of the aligned block a scattered zero-fill fault fills far below the budget.
+const ZERO_AROUND: u64 = 16;
 /// How often the agent looks for new anonymous mappings of a process.
 const SCAN_INTERVAL: Duration = Duration::from_millis(10);
 

@@ -69,6 +69,8 @@ pub(super) struct Proc {
     pub(super) streams: RefCell<Vec<(u64, u32, bool)>>,
     /// Page the next zero-fill fault of a sequential run is expected at, and the run's length.
     pub(super) next_zero: Cell<(u64, u32)>,
+    /// The program break after the last intercepted `brk`, page-aligned up (0: not known yet).
+    brk_end: Cell<u64>,
     /// The shim's helper, once attached (taken out while an eviction talks to it).
     pub(super) shim: RefCell<Option<UnixStream>>,
     pub(super) tasks: RefCell<Vec<tokio::task::JoinHandle<()>>>,
@@ -109,6 +111,7 @@ impl Proc {
             deferred: RefCell::default(),
             streams: RefCell::default(),
             next_zero: Cell::new((0, 0)),
+            brk_end: Cell::new(0),
             shim: RefCell::default(),
             tasks: RefCell::default(),
             removed: Cell::new(false),
@@ -291,6 +294,25 @@ impl Proc {
         cut(&mut self.refused.borrow_mut(), start, end);
         for (s, e) in gaps {
             self.adopt(s, e, false);
+        }
+    }
+
+    /// Records the program break the shim's helper just set for the program (an intercepted
+    /// `brk`; the C library's first call asks for the current one): the pages the heap grew by
+    /// since the last known break are recorded at once, as [`Self::mapped`] does, provided the
+    /// heap below them is registered (a range ends at the old break). Otherwise (no known break
+    /// yet, a heap still unregistered), the scanner records the change.
+    pub(super) fn moved_break(&self, brk: u64) {
+        let new = brk.div_ceil(PAGE) * PAGE;
+        let old = self.brk_end.replace(new);
+        if new <= old {
+            return;
+        }
+        let heap_below = old != 0 && self.registered.borrow().values().any(|&e| e == old);
+        if heap_below {
+            self.mapped(old, new - old);
+        } else {
+            self.layout_changed.set(true);
         }
     }
 
