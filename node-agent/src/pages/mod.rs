@@ -584,8 +584,7 @@ impl<P: EvictionPolicy> PageTable<P> {
 
     /// The parked `page` was saved as `new` (or was clean): it is evicted. Returns the parking
     /// address to free and the remote copies that are now garbage; `None` when the page is no
-    /// longer this eviction (rescued, dropped or unmapped meanwhile: nothing to do for the page,
-    /// the write's own reference is released by the caller, see [`Self::writing`]).
+    /// longer this eviction (rescued, dropped or unmapped meanwhile: see [`Self::abandoned`]).
     pub fn finish_parked(&mut self, page: u64, new: Remote) -> Option<(u64, Vec<Remote>)> {
         let e = self.evicting(page)?;
         let at = e.parked?;
@@ -599,22 +598,31 @@ impl<P: EvictionPolicy> PageTable<P> {
         Some((at, garbage))
     }
 
-    /// A write of `new` (a [`Decision::Write`]) is about to go to the servers: the write holds a
-    /// reference of its own to the slot until it is over. The caller releases it then (as
-    /// garbage, [`Slots::release`]), whatever became of the page meanwhile. Until then the slot
-    /// cannot be freed, nor its number reused, nor its version moved by another eviction of the
-    /// page: a page rescued, dropped, unmapped or forked while its write is in flight only
-    /// releases the references the page itself holds.
-    pub fn writing(&mut self, new: Remote) {
-        self.slots.borrow_mut().share(new.slot);
+    /// A write of `new` for `page` finished (or failed) after the page left that eviction: the
+    /// copy is garbage unless the page still refers to its slot.
+    pub fn abandoned(&mut self, page: u64, new: Remote) -> Option<Remote> {
+        let uses = |r: Option<Remote>| r.is_some_and(|r| r.slot == new.slot);
+        let still_used = match self.get(page) {
+            Some(State::Resident { remote, .. }) => uses(remote),
+            Some(State::Fetching { remote } | State::Evicted { remote }) => uses(Some(remote)),
+            Some(State::Evicting(e)) => uses(e.old) || uses(e.new),
+            None => false,
+        };
+        if still_used {
+            return None;
+        }
+        let mut slots = self.slots.borrow_mut();
+        if slots.refs(new.slot) > 1 {
+            // Another process shares the slot (it forked while the write was in flight).
+            return slots.release(vec![new]).pop();
+        }
+        Some(slots.forget(new))
     }
 
     /// The parked `page` was moved back (a fault wanted it): it is resident again, and in use.
     /// Its content is what was parked, so it equals its old copy when the eviction found it
-    /// clean. Returns the parking address, now empty, and the new slot the eviction had taken
-    /// for it, if any: garbage as far as the page is concerned (a write of it still in flight
-    /// holds its own reference, [`Self::writing`]).
-    pub fn rescued(&mut self, page: u64) -> Option<(u64, Option<Remote>)> {
+    /// clean. Returns the parking address, now empty.
+    pub fn rescued(&mut self, page: u64) -> Option<u64> {
         let e = self.evicting(page)?;
         let at = e.parked?;
         let clean = e.old.is_some() && e.new == e.old;
@@ -626,7 +634,7 @@ impl<P: EvictionPolicy> PageTable<P> {
             },
         );
         self.policy.rescued(page / PAGE);
-        Some((at, new_slot(&e)))
+        Some(at)
     }
 
     /// The eviction of `page` could not save it (server error, full servers, or the page could
