@@ -42,37 +42,25 @@ impl Proc {
         }
         let decision = self.table.borrow().missing_fault(page);
         tracing::trace!(page, ?decision, "missing fault");
+        // A zero-fill of a page the table counts as resident already (dropped by the program
+        // while resident or under a write-protect eviction) adds nothing to the budget, so it
+        // never waits for room. It must not: the eviction's own read of the batch
+        // (`process_vm_readv` on a blocking thread) can fault on such a page, and at the hard
+        // limit the room it waited for could only come from that very eviction.
+        let counted = matches!(
+            self.table.borrow().state(page),
+            Some(State::Resident { .. } | State::Evicting(_))
+        );
         match decision {
             MissingFault::InFlight | MissingFault::WaitForEviction => {}
             // Parked pages count against the budget already: moving one back adds nothing.
             MissingFault::Rescue(at) => self.rescue(page, at, write),
+            MissingFault::ZeroFill if counted => self.zero_fill(page, write),
             MissingFault::ZeroFill | MissingFault::Fetch(_) if self.g.over_hard_limit() => {
                 self.deferred.borrow_mut().push((page, write));
                 self.g.pressure.notify_one();
             }
-            MissingFault::ZeroFill => {
-                let evicting = matches!(self.table.borrow().state(page), Some(State::Evicting(_)));
-                // Under eviction the page must stay write-protected, so install zeros with WP.
-                let r = if write || evicting {
-                    self.uffd.copy(page, &ZEROS, evicting)
-                } else {
-                    self.uffd.zeropage(page)
-                };
-                match r {
-                    Ok(Install::Done | Install::Exists) => {
-                        let garbage = self.table.borrow_mut().zero_filled(page);
-                        self.g.free_later(garbage.into_iter().collect());
-                        self.g.stats.borrow_mut().zero_fault();
-                        if !evicting {
-                            self.zero_fill_ahead(page, write);
-                        }
-                        self.g.after_resident_change();
-                    }
-                    Ok(Install::Again) => self.retry_fault(page, write),
-                    Ok(Install::Gone) => {}
-                    Err(e) => self.fail(format!("cannot zero-fill {page:#x}: {e}")),
-                }
-            }
+            MissingFault::ZeroFill => self.zero_fill(page, write),
             MissingFault::Fetch(remote) => {
                 let (started, refault) = self.table.borrow_mut().start_fetch_seeing_refault(page);
                 if refault {
@@ -84,6 +72,31 @@ impl Proc {
                     tokio::task::spawn_local(fetch(self.clone(), batch, write, at));
                 }
             }
+        }
+    }
+
+    /// Serves a missing fault with zeros (a page never touched, or dropped by the program).
+    fn zero_fill(self: &Rc<Self>, page: u64, write: bool) {
+        let evicting = matches!(self.table.borrow().state(page), Some(State::Evicting(_)));
+        // Under eviction the page must stay write-protected, so install zeros with WP.
+        let r = if write || evicting {
+            self.uffd.copy(page, &ZEROS, evicting)
+        } else {
+            self.uffd.zeropage(page)
+        };
+        match r {
+            Ok(Install::Done | Install::Exists) => {
+                let garbage = self.table.borrow_mut().zero_filled(page);
+                self.g.free_later(garbage.into_iter().collect());
+                self.g.stats.borrow_mut().zero_fault();
+                if !evicting {
+                    self.zero_fill_ahead(page, write);
+                }
+                self.g.after_resident_change();
+            }
+            Ok(Install::Again) => self.retry_fault(page, write),
+            Ok(Install::Gone) => {}
+            Err(e) => self.fail(format!("cannot zero-fill {page:#x}: {e}")),
         }
     }
 
