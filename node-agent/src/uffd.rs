@@ -233,15 +233,7 @@ impl Uffd {
 
     /// Maps the shared zero page at `dst` (one page).
     pub fn zeropage(&self, dst: u64) -> io::Result<Install> {
-        let mut zp = sys::uffdio_zeropage {
-            range: sys::uffdio_range {
-                start: dst,
-                len: PAGE,
-            },
-            mode: 0,
-            zeropage: 0,
-        };
-        install_result(ioctl(self.fd.as_raw_fd(), sys::UFFDIO_ZEROPAGE, &mut zp))
+        self.zeropage_run(dst, 1).map(|(_, i)| i)
     }
 
     /// Maps the shared zero page at `pages` pages from `dst` with one ioctl and says how many went

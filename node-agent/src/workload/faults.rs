@@ -147,12 +147,7 @@ impl Proc {
         } else {
             (1u64 << run.min(6)).min(ZERO_AHEAD_MAX)
         };
-        let end = self
-            .registered
-            .borrow()
-            .range(..=page)
-            .next_back()
-            .map_or(page, |(_, &e)| e);
+        let end = self.registered_range(page).map_or(page, |(_, e)| e);
         // Up to the budget itself, not the lower mark where evictions start: the pages after a
         // sequential fill's fault are the next ones it writes, so under pressure they would
         // come in within microseconds anyway, one fault each.
@@ -181,6 +176,16 @@ impl Proc {
         self.next_zero.set((next, run));
     }
 
+    /// The registered range `[start, end)` that holds `page`, if any.
+    fn registered_range(&self, page: u64) -> Option<(u64, u64)> {
+        self.registered
+            .borrow()
+            .range(..=page)
+            .next_back()
+            .map(|(&s, &e)| (s, e))
+            .filter(|&(_, e)| e > page)
+    }
+
     /// Far below the budget, a zero-fill fault that starts no run also maps the zero page on the
     /// never-touched pages of its aligned block of [`ZERO_AROUND`] pages, one ioctl per run of
     /// them: a program that touches fresh memory in scattered order (hash tables, `xz`'s match
@@ -194,14 +199,7 @@ impl Proc {
         if self.g.resident() + ZERO_AROUND as usize > self.g.soft_limit() / 2 {
             return;
         }
-        let Some((rs, re)) = self
-            .registered
-            .borrow()
-            .range(..=page)
-            .next_back()
-            .map(|(&s, &e)| (s, e))
-            .filter(|&(_, e)| e > page)
-        else {
+        let Some((rs, re)) = self.registered_range(page) else {
             return;
         };
         let block = page & !(ZERO_AROUND * PAGE - 1);
