@@ -61,8 +61,10 @@ pub struct Fetched {
 pub enum RepairRead {
     /// The content at the expected version.
     Data(Vec<u8>),
-    /// A newer version is stored: the page was rewritten, nothing to repair.
-    Newer,
+    /// A newer version is stored (the page was rewritten, or its write is in flight): that
+    /// version is the one to give its replicas (a write that began while a server was down
+    /// placed its copies without it).
+    Newer(u64),
     /// No server that is up has it now.
     Unavailable,
 }
@@ -600,7 +602,8 @@ impl Servers {
                                 out[i] = Some(RepairRead::Data(bytes));
                             }
                             ReadResult::Found { version, .. } if version > remotes[i].version => {
-                                out[i] = Some(RepairRead::Newer);
+                                tracing::trace!(target: "yonder_agent::slottrace", remote = ?remotes[i], server = s, version, "repair read newer");
+                                out[i] = Some(RepairRead::Newer(version));
                             }
                             _ => {}
                         }
@@ -691,6 +694,7 @@ impl Servers {
                                 // A newer version stored means a newer write won: this copy is
                                 // not needed, and counts as placed.
                                 WriteResult::Stored | WriteResult::Superseded { .. } => {
+                                    tracing::trace!(target: "yonder_agent::slottrace", remote = ?pages[i].0, server = s, result = ?r, "write ack");
                                     acks[i] += 1
                                 }
                                 WriteResult::CapacityExceeded => {

@@ -282,8 +282,18 @@ impl<P: EvictionPolicy> PageTable<P> {
         (child, copies)
     }
 
-    /// Every remote copy the table refers to, one per reference it holds (to release them all
-    /// when the process is gone).
+    /// The process is gone: empties the table and returns every reference it held, to release.
+    /// Work still in flight for it (an eviction batch on the wire) then finds none of its pages,
+    /// so it cannot release a reference a second time.
+    pub fn release_all(&mut self) -> Vec<Remote> {
+        let refs = self.all_references();
+        self.entries = Entries::default();
+        self.resident = 0;
+        self.ghosts.clear();
+        refs
+    }
+
+    /// Every remote copy the table refers to, one per reference it holds.
     pub fn all_references(&self) -> Vec<Remote> {
         let mut out = Vec::new();
         self.entries
@@ -571,6 +581,7 @@ impl<P: EvictionPolicy> PageTable<P> {
                         )
                     });
                     let new = Remote { slot, version };
+                    tracing::trace!(target: "yonder_agent::slottrace", page, ?new, old = ?e.old, "decide write");
                     slots.set_digest(new, d);
                     e.new = Some(new);
                     e.dirty = true;
@@ -584,7 +595,8 @@ impl<P: EvictionPolicy> PageTable<P> {
 
     /// The parked `page` was saved as `new` (or was clean): it is evicted. Returns the parking
     /// address to free and the remote copies that are now garbage; `None` when the page is no
-    /// longer this eviction (rescued, dropped or unmapped meanwhile: see [`Self::abandoned`]).
+    /// longer this eviction (rescued, dropped or unmapped meanwhile: nothing to do for the page,
+    /// the write's own reference is released by the caller, see [`Self::writing`]).
     pub fn finish_parked(&mut self, page: u64, new: Remote) -> Option<(u64, Vec<Remote>)> {
         let e = self.evicting(page)?;
         let at = e.parked?;
@@ -592,40 +604,33 @@ impl<P: EvictionPolicy> PageTable<P> {
             return None;
         }
         self.resident -= 1;
+        tracing::trace!(target: "yonder_agent::slottrace", page, ?new, "finished parked");
         self.put(page, State::Evicted { remote: new });
         self.remember_ghost(page);
         let garbage = e.old.filter(|o| o.slot != new.slot).into_iter().collect();
         Some((at, garbage))
     }
 
-    /// A write of `new` for `page` finished (or failed) after the page left that eviction: the
-    /// copy is garbage unless the page still refers to its slot.
-    pub fn abandoned(&mut self, page: u64, new: Remote) -> Option<Remote> {
-        let uses = |r: Option<Remote>| r.is_some_and(|r| r.slot == new.slot);
-        let still_used = match self.get(page) {
-            Some(State::Resident { remote, .. }) => uses(remote),
-            Some(State::Fetching { remote } | State::Evicted { remote }) => uses(Some(remote)),
-            Some(State::Evicting(e)) => uses(e.old) || uses(e.new),
-            None => false,
-        };
-        if still_used {
-            return None;
-        }
-        let mut slots = self.slots.borrow_mut();
-        if slots.refs(new.slot) > 1 {
-            // Another process shares the slot (it forked while the write was in flight).
-            return slots.release(vec![new]).pop();
-        }
-        Some(slots.forget(new))
+    /// A write of `new` (a [`Decision::Write`]) is about to go to the servers: the write holds a
+    /// reference of its own to the slot until it is over. The caller releases it then (as
+    /// garbage, [`Slots::release`]), whatever became of the page meanwhile. Until then the slot
+    /// cannot be freed, nor its number reused, nor its version moved by another eviction of the
+    /// page: a page rescued, dropped, unmapped or forked while its write is in flight only
+    /// releases the references the page itself holds.
+    pub fn writing(&mut self, new: Remote) {
+        self.slots.borrow_mut().share(new.slot);
     }
 
     /// The parked `page` was moved back (a fault wanted it): it is resident again, and in use.
     /// Its content is what was parked, so it equals its old copy when the eviction found it
-    /// clean. Returns the parking address, now empty.
-    pub fn rescued(&mut self, page: u64) -> Option<u64> {
+    /// clean. Returns the parking address, now empty, and the new slot the eviction had taken
+    /// for it, if any: garbage as far as the page is concerned (a write of it still in flight
+    /// holds its own reference, [`Self::writing`]).
+    pub fn rescued(&mut self, page: u64) -> Option<(u64, Option<Remote>)> {
         let e = self.evicting(page)?;
         let at = e.parked?;
         let clean = e.old.is_some() && e.new == e.old;
+        tracing::trace!(target: "yonder_agent::slottrace", page, ?e, "rescued");
         self.put(
             page,
             State::Resident {
@@ -634,7 +639,7 @@ impl<P: EvictionPolicy> PageTable<P> {
             },
         );
         self.policy.rescued(page / PAGE);
-        Some(at)
+        Some((at, new_slot(&e)))
     }
 
     /// The eviction of `page` could not save it (server error, full servers, or the page could
@@ -642,6 +647,7 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// (the new slot it did not fill), if any.
     pub fn abort_eviction(&mut self, page: u64) -> Option<Remote> {
         let e = self.evicting(page)?;
+        tracing::trace!(target: "yonder_agent::slottrace", page, ?e, "aborted");
         self.put(
             page,
             State::Resident {
@@ -698,6 +704,7 @@ impl<P: EvictionPolicy> PageTable<P> {
             self.remove(page);
             garbage.extend(e.new);
         } else if let Some(remote) = e.new {
+            tracing::trace!(target: "yonder_agent::slottrace", page, ?remote, "finished protected");
             self.put(page, State::Evicted { remote });
             self.remember_ghost(page);
         } else {

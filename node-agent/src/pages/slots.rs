@@ -245,15 +245,6 @@ impl Slots {
         free
     }
 
-    /// Forgets `new`'s slot (no one refers to it any more); returns the copy to free on the
-    /// servers.
-    pub(super) fn forget(&mut self, new: Remote) -> Remote {
-        match self.index(new.slot) {
-            Some(i) => self.free_index(i),
-            None => new,
-        }
-    }
-
     /// Whether anyone still refers to `slot`.
     pub fn is_referenced(&self, slot: u64) -> bool {
         self.index(slot).is_some()
@@ -352,11 +343,12 @@ mod tests {
         s.rec_mut(0).set(LAST_VERSION - 1, 1);
         assert_eq!(s.next_version(a), Some(u64::from(LAST_VERSION)));
         assert_eq!(s.next_version(a), None);
-        let freed = s.forget(Remote {
+        let freed = s.release(vec![Remote {
             slot: a,
-            version: 0,
-        });
-        assert_eq!(freed.version, u64::from(LAST_VERSION));
+            version: u64::from(LAST_VERSION),
+        }]);
+        assert_eq!(freed.len(), 1);
+        assert_eq!(freed[0].version, u64::from(LAST_VERSION));
         assert!(!s.is_referenced(a));
         assert_eq!(s.alloc(), 1, "a retired number is not reused");
     }

@@ -41,6 +41,12 @@ fn written(d: Decision) -> Remote {
     }
 }
 
+/// Releases `garbage` as the agent does (`Group::free_later`): what comes back is freed on the
+/// servers.
+fn release(t: &PageTable<Clock>, garbage: Vec<Remote>) -> Vec<Remote> {
+    t.slots().borrow_mut().release(garbage)
+}
+
 #[test]
 fn zero_fill_evict_fetch_and_clean_drop() {
     let mut t = table();
@@ -197,8 +203,9 @@ fn a_parked_page_is_rescued_by_a_fault_and_its_write_is_abandoned() {
     let (p1, at1, d1) = parked[1];
     assert_eq!(t.missing_fault(p0), MissingFault::Rescue(at0));
     assert_eq!(t.resident(), 2, "parked pages count against the budget");
+    t.writing(written(d0));
     // Page 0 is faulted back before its write completes.
-    assert_eq!(t.rescued(p0), Some(at0));
+    assert_eq!(t.rescued(p0), Some((at0, Some(written(d0)))));
     assert!(matches!(
         t.state(p0),
         Some(State::Resident {
@@ -206,11 +213,15 @@ fn a_parked_page_is_rescued_by_a_fault_and_its_write_is_abandoned() {
             remote: None
         })
     ));
+    // The page lets go of its new copy; the write in flight keeps it until it is over.
+    assert!(release(&t, vec![written(d0)]).is_empty());
     assert_eq!(t.finish_parked(p0, written(d0)), None);
-    let freed = t
-        .abandoned(p0, written(d0))
-        .expect("its new copy is garbage");
-    assert_eq!(freed.slot, written(d0).slot);
+    let freed = release(&t, vec![written(d0)]);
+    assert_eq!(
+        freed,
+        vec![written(d0)],
+        "its new copy is garbage once written"
+    );
     // Page 1 is saved: evicted, its slot handed back.
     assert_eq!(t.finish_parked(p1, written(d1)), Some((at1, vec![])));
     assert_eq!(
@@ -232,7 +243,7 @@ fn a_clean_parked_page_is_done_at_once_and_a_rescue_keeps_it_clean() {
     let parked = park_all(&mut t, 9);
     assert_eq!(parked[0].2, Decision::Clean(r));
     // Rescued before it was finished: still equal to its copy.
-    assert_eq!(t.rescued(0), Some(parked[0].1));
+    assert_eq!(t.rescued(0), Some((parked[0].1, None)));
     assert_eq!(
         t.state(0),
         Some(State::Resident {
@@ -253,12 +264,17 @@ fn the_program_dropping_unmapping_or_moving_a_parked_page() {
         t.zero_filled(i * PAGE);
     }
     let parked = park_all(&mut t, 4);
+    for &(_, _, d) in &parked {
+        t.writing(written(d));
+    }
     // Dropped while parked: zeros from now on, its parked copy freed.
-    t.program_dropped(0, PAGE);
+    let g = t.program_dropped(0, PAGE);
+    assert!(release(&t, g).is_empty(), "its write is still in flight");
     assert_eq!(t.state(0), None);
     assert_eq!(t.missing_fault(0), MissingFault::ZeroFill);
     // Unmapped while parked: gone, parked copy freed.
-    t.unmapped(PAGE, 2 * PAGE);
+    let g = t.unmapped(PAGE, 2 * PAGE);
+    assert!(release(&t, g).is_empty(), "its write is still in flight");
     assert_eq!(t.state(PAGE), None);
     assert_eq!(t.take_unparked(), vec![parked[0].1, parked[1].1]);
     // Moved while parked: the rescue goes to the new address.
@@ -268,7 +284,7 @@ fn the_program_dropping_unmapping_or_moving_a_parked_page() {
     assert_eq!(t.resident(), 1);
     // Writes finishing afterwards: garbage for the two that went.
     assert!(t.finish_parked(0, written(parked[0].2)).is_none());
-    assert!(t.abandoned(0, written(parked[0].2)).is_some());
+    assert_eq!(release(&t, vec![written(parked[0].2)]).len(), 1);
     assert_eq!(
         t.finish_parked(base, written(parked[2].2)).map(|x| x.0),
         Some(parked[2].1)
@@ -412,6 +428,121 @@ fn fork_during_an_eviction_gives_the_child_a_state_its_memory_can_be_in() {
     assert_eq!(child.resident(), 3);
 }
 
+/// Page 0 is evicted in place (its slot gets a newer version), rescued while that write is in
+/// flight, then dropped by the program, and page 1 is evicted: page 1 must not get page 0's
+/// slot number while the write is in flight, and the write completing must free only what
+/// was page 0's. (Before the write held a reference of its own, the drop freed the slot, page
+/// 1 took the number, and the completed write freed page 1's copy.)
+#[test]
+fn a_write_completing_after_its_page_let_go_of_the_slot_frees_only_that_slot() {
+    let mut t = table();
+    t.zero_filled(0);
+    t.zero_filled(PAGE);
+    let v = t.start_eviction_of(vec![0]);
+    let first = written(evict_pages(&mut t, v, |_| 1)[0].1);
+    assert!(t.start_fetch(0));
+    t.fetched(0, first, false);
+    // Rewritten without a fault, parked: a new version of the same slot.
+    assert_eq!(t.start_eviction_of(vec![0]), vec![0]);
+    t.parked(0, PARK);
+    let second = written(t.decide(0, digest(&[2; PAGE as usize])));
+    assert_eq!(second.slot, first.slot, "in place");
+    t.writing(second);
+    // Rescued while the write is in flight, then dropped by the program.
+    assert_eq!(t.rescued(0), Some((PARK, None)));
+    let g = t.program_dropped(0, PAGE);
+    assert!(
+        release(&t, g).is_empty(),
+        "the write in flight holds the slot"
+    );
+    // Page 1 is evicted meanwhile.
+    let v = t.start_eviction_of(vec![PAGE]);
+    let third = written(evict_pages(&mut t, v, |_| 3)[0].1);
+    assert_ne!(third.slot, first.slot, "the number is not free yet");
+    // Page 0's write completes.
+    assert_eq!(t.finish_parked(0, second), None);
+    let freed = release(&t, vec![second]);
+    assert_eq!(freed, vec![second], "page 0's slot, every version");
+    assert_eq!(t.slots().borrow().refs(third.slot), 1);
+    assert_eq!(t.state(PAGE), Some(State::Evicted { remote: third }));
+}
+
+/// As above, but the page's old slot stays with a forked child: the parent is rescued, forks,
+/// and is evicted again (to a new slot, the old one being shared) before the first write
+/// completes. The child's reference must survive it.
+#[test]
+fn a_write_completing_after_a_fork_leaves_the_childs_slot() {
+    let mut t = table();
+    t.zero_filled(0);
+    let v = t.start_eviction_of(vec![0]);
+    let first = written(evict_pages(&mut t, v, |_| 1)[0].1);
+    assert!(t.start_fetch(0));
+    t.fetched(0, first, false);
+    t.start_eviction_of(vec![0]);
+    t.parked(0, PARK);
+    let second = written(t.decide(0, digest(&[2; PAGE as usize])));
+    assert_eq!(second.slot, first.slot, "in place");
+    t.writing(second);
+    assert_eq!(t.rescued(0), Some((PARK, None)));
+    let (child, _) = t.fork_clone(Clock::default(), &[]);
+    // The parent evicts page 0 again: the slot is shared, so a new one.
+    let victims = t.start_eviction_of(vec![0]);
+    let fourth = written(t.decide(victims[0], digest(&[4; PAGE as usize])));
+    assert_ne!(fourth.slot, first.slot);
+    assert!(t.dropping(0));
+    let g = t.finish_eviction(0);
+    assert!(
+        release(&t, g).is_empty(),
+        "the child still refers to the old slot"
+    );
+    // The first write completes.
+    assert!(
+        release(&t, vec![second]).is_empty(),
+        "the child's slot was freed"
+    );
+    assert_eq!(t.slots().borrow().refs(first.slot), 1);
+    assert!(matches!(
+        child.state(0),
+        Some(State::Resident { remote: Some(r), .. }) if r.slot == first.slot
+    ));
+}
+
+/// A forked child exits while a batch of its evictions is on the wire (a Redis BGSAVE child):
+/// its table's references go once, at its exit, and the batch finishing afterwards finds
+/// nothing to finish, so the slot the parent shares keeps the parent's reference.
+#[test]
+fn a_batch_finishing_after_its_process_exited_releases_nothing_twice() {
+    let mut parent = table();
+    parent.zero_filled(0);
+    let v = parent.start_eviction_of(vec![0]);
+    let first = written(evict_pages(&mut parent, v, |_| 1)[0].1);
+    assert!(parent.start_fetch(0));
+    parent.fetched(0, first, false);
+    let (mut child, _) = parent.fork_clone(Clock::default(), &[]);
+    assert_eq!(child.slots().borrow().refs(first.slot), 2);
+    // The child rewrites the page and evicts it: a new slot, the old one being shared.
+    assert_eq!(child.start_eviction_of(vec![0]), vec![0]);
+    child.parked(0, PARK);
+    let new = written(child.decide(0, digest(&[7; PAGE as usize])));
+    assert_ne!(new.slot, first.slot);
+    child.writing(new);
+    // The child exits.
+    let refs = child.release_all();
+    assert!(release(&child, refs).is_empty(), "the write holds its slot");
+    assert_eq!(child.state(0), None);
+    // Its write completes.
+    assert_eq!(child.finish_parked(0, new), None, "nothing left to finish");
+    assert_eq!(release(&child, vec![new]), vec![new]);
+    assert_eq!(parent.slots().borrow().refs(first.slot), 1);
+    assert_eq!(
+        parent.state(0),
+        Some(State::Resident {
+            dirty: false,
+            remote: Some(first)
+        })
+    );
+}
+
 /// A simulation of a workload over the table (and a forked child): the program's memory is the
 /// model, the servers are a map, and every evicted page must read back as the program left it.
 mod simulated {
@@ -437,6 +568,11 @@ mod simulated {
         EvictRescued(usize, usize),
         /// As `Evict`, and the servers refuse the writes.
         EvictFailing(usize, usize),
+        /// As `Evict`, but the writes stay in flight (the pages parked) until `Complete`; the
+        /// program may touch (rescue), drop, unmap, move or fork them meanwhile.
+        EvictLater(usize, usize, bool),
+        /// The write in flight at this index (modulo their number) completes, or fails.
+        Complete(usize),
         /// The program drops (`MADV_DONTNEED`) pages `[.1, .1 + .2)`.
         Drop(usize, u64, u64),
         /// The program unmaps pages `[.1, .1 + .2)`.
@@ -456,6 +592,9 @@ mod simulated {
             3 => (p.clone(), 1..6usize).prop_map(|(i, n)| Op::Evict(i, n)),
             1 => (p.clone(), 1..4usize).prop_map(|(i, n)| Op::EvictRescued(i, n)),
             1 => (p.clone(), 1..4usize).prop_map(|(i, n)| Op::EvictFailing(i, n)),
+            3 => (p.clone(), 1..6usize, proptest::bool::weighted(0.2))
+                .prop_map(|(i, n, fail)| Op::EvictLater(i, n, fail)),
+            3 => (0..8usize).prop_map(Op::Complete),
             1 => (p.clone(), 0..PAGES, 1..4u64).prop_map(|(i, a, n)| Op::Drop(i, a, n)),
             1 => (p.clone(), 0..PAGES, 1..4u64).prop_map(|(i, a, n)| Op::Unmap(i, a, n)),
             1 => p.prop_map(Op::Remap),
@@ -466,8 +605,20 @@ mod simulated {
 
     /// One process: its table and what its memory holds (absent: zeros).
     struct Proc {
+        /// Which process this is (a child that exits and a later one differ).
+        id: u32,
         table: PageTable<Clock>,
         mem: HashMap<u64, u8>,
+    }
+
+    /// A write of a parked page on its way to the servers (as `save_parked`'s).
+    struct Flight {
+        proc: u32,
+        page: u64,
+        at: u64,
+        new: Remote,
+        content: u8,
+        fail: bool,
     }
 
     struct World {
@@ -475,6 +626,9 @@ mod simulated {
         slots: Rc<RefCell<Slots>>,
         /// The servers: per slot, the newest version and its content.
         servers: HashMap<u64, (u64, u8)>,
+        flights: Vec<Flight>,
+        next_id: u32,
+        next_park: u64,
     }
 
     fn content(b: u8) -> Digest {
@@ -528,6 +682,12 @@ mod simulated {
                         assert_eq!(b, want, "{page:#x} read back wrong");
                         p.table.fetched(page, r, write.is_some());
                     }
+                    MissingFault::Rescue(at) => {
+                        // The parked content is the program's: the model's memory stands.
+                        let (back, g) = p.table.rescued(page).expect("parked");
+                        assert_eq!(back, at);
+                        self.free(g.into_iter().collect());
+                    }
                     other => panic!("{other:?} with no eviction under way"),
                 }
             }
@@ -549,16 +709,23 @@ mod simulated {
                     Decision::Write(r) | Decision::Clean(r) => r,
                     Decision::Gone => panic!("{page:#x} gone"),
                 };
+                if let Decision::Write(r) = d {
+                    p.table.writing(r);
+                }
                 if rescue {
-                    assert_eq!(p.table.rescued(page), Some(at));
+                    let (back, g) = p.table.rescued(page).expect("parked");
+                    assert_eq!(back, at);
+                    self.free(g.into_iter().collect());
                     if let Decision::Write(r) = d {
                         self.write(r, b);
-                        let g = self.procs[i].table.abandoned(page, r);
-                        self.free(g.into_iter().collect());
+                        self.free(vec![r]);
                     }
                 } else if fail {
                     let g = p.table.abort_eviction(page);
                     self.free(g.into_iter().collect());
+                    if let Decision::Write(r) = d {
+                        self.free(vec![r]);
+                    }
                 } else {
                     if let Decision::Write(r) = d {
                         self.write(r, b);
@@ -569,8 +736,74 @@ mod simulated {
                         .expect("still parked");
                     assert_eq!(freed_at, at);
                     self.free(g);
+                    if let Decision::Write(r) = d {
+                        self.free(vec![r]);
+                    }
                 }
             }
+        }
+
+        /// Parks up to `n` pages of process `i` and decides them; clean ones are done at once,
+        /// the others leave their writes in flight.
+        fn evict_later(&mut self, i: usize, n: usize, fail: bool) {
+            let victims = self.procs[i].table.start_eviction(n);
+            for page in victims {
+                self.next_park += PAGE;
+                let at = PARK + self.next_park;
+                let p = &mut self.procs[i];
+                p.table.parked(page, at);
+                let b = p.mem.get(&page).copied().unwrap_or(0);
+                match p.table.decide(page, content(b)) {
+                    Decision::Clean(r) => {
+                        let (_, g) = p.table.finish_parked(page, r).expect("still parked");
+                        self.free(g);
+                    }
+                    Decision::Write(r) => {
+                        p.table.writing(r);
+                        let proc = p.id;
+                        self.flights.push(Flight {
+                            proc,
+                            page,
+                            at,
+                            new: r,
+                            content: b,
+                            fail,
+                        });
+                    }
+                    Decision::Gone => panic!("{page:#x} gone"),
+                }
+            }
+        }
+
+        /// A write in flight completes (as in `save_parked`).
+        fn complete(&mut self, k: usize) {
+            if self.flights.is_empty() {
+                return;
+            }
+            let f = self.flights.remove(k % self.flights.len());
+            if !f.fail {
+                self.write(f.new, f.content);
+            }
+            if let Some(p) = self.procs.iter_mut().find(|p| p.id == f.proc) {
+                let still_parked = matches!(
+                    p.table.state(f.page),
+                    Some(State::Evicting(e)) if e.parked == Some(f.at) && e.new == Some(f.new)
+                );
+                if still_parked {
+                    let g = if f.fail {
+                        // Moved back where it was: resident, its content unchanged.
+                        p.table.abort_eviction(f.page).into_iter().collect()
+                    } else {
+                        p.table
+                            .finish_parked(f.page, f.new)
+                            .expect("still parked")
+                            .1
+                    };
+                    self.free(g);
+                }
+            }
+            // The write's own reference.
+            self.free(vec![f.new]);
         }
 
         fn apply(&mut self, op: Op) {
@@ -580,6 +813,8 @@ mod simulated {
                 Op::Evict(i, k) if i < n => self.evict(i, k, false, false),
                 Op::EvictRescued(i, k) if i < n => self.evict(i, k, true, false),
                 Op::EvictFailing(i, k) if i < n => self.evict(i, k, false, true),
+                Op::EvictLater(i, k, fail) if i < n => self.evict_later(i, k, fail),
+                Op::Complete(k) => self.complete(k),
                 Op::Drop(i, a, k) if i < n => {
                     let p = &mut self.procs[i];
                     let g = p.table.program_dropped(a * PAGE, (a + k) * PAGE);
@@ -604,14 +839,17 @@ mod simulated {
                     if n == 2 {
                         self.apply(Op::Exit);
                     }
-                    let (table, copies) = self.procs[0].table.fork_clone(Clock::default(), &[]);
-                    assert!(copies.is_empty(), "nothing stays parked between operations");
+                    // Pages parked in the parent are copied into the child (`copies`): the
+                    // child's memory is the parent's either way.
+                    let (table, _copies) = self.procs[0].table.fork_clone(Clock::default(), &[]);
                     let mem = self.procs[0].mem.clone();
-                    self.procs.push(Proc { table, mem });
+                    self.next_id += 1;
+                    let id = self.next_id;
+                    self.procs.push(Proc { id, table, mem });
                 }
                 Op::Exit if n == 2 => {
-                    let child = self.procs.pop().expect("a child");
-                    let refs = child.table.all_references();
+                    let mut child = self.procs.pop().expect("a child");
+                    let refs = child.table.release_all();
                     self.free(refs);
                 }
                 _ => {}
@@ -639,6 +877,9 @@ mod simulated {
                     *refs.entry(r.slot).or_default() += 1;
                 }
             }
+            for f in &self.flights {
+                *refs.entry(f.new.slot).or_default() += 1;
+            }
             let slots = self.slots.borrow();
             for (&slot, &n) in &refs {
                 assert_eq!(slots.refs(slot), n, "references of slot {slot:#x}");
@@ -654,11 +895,15 @@ mod simulated {
             let slots: Rc<RefCell<Slots>> = Rc::default();
             let mut w = World {
                 procs: vec![Proc {
+                    id: 0,
                     table: PageTable::with_slots(Clock::default(), slots.clone()),
                     mem: HashMap::new(),
                 }],
                 slots,
                 servers: HashMap::new(),
+                flights: Vec::new(),
+                next_id: 0,
+                next_park: 0,
             };
             w.procs[0].table.set_ghost_capacity(4);
             for op in ops {
@@ -666,6 +911,10 @@ mod simulated {
                 w.check();
             }
             // Everything goes: every slot is freed on the servers.
+            while !w.flights.is_empty() {
+                w.complete(0);
+                w.check();
+            }
             while let Some(p) = w.procs.pop() {
                 let refs = p.table.all_references();
                 w.free(refs);

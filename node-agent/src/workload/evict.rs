@@ -447,19 +447,38 @@ pub(super) async fn park(
 /// decides which must be written: the batch for [`save_parked`]. Pages no longer parked there
 /// (rescued, dropped, unmapped) are left out.
 async fn prepare(p: &Rc<Proc>, parked: Vec<(u64, u64)>) -> anyhow::Result<ParkedBatch> {
-    // Read and hash the parked pages, a chunk at a time so that faults are served in between.
-    // A parked page stays in its slot until the slot is freed (a rescue copies it back), so the
-    // read never faults.
-    let pid = p.pid.get();
     let mut batch = ParkedBatch {
         writes: Vec::new(),
         to_free: Vec::new(),
         moved: parked.len() as u64,
         clean: 0,
     };
+    let r = decide_parked(p, parked, &mut batch).await;
+    if r.is_err() {
+        // No write will go: the references the decided writes took are released.
+        p.g.free_later(batch.writes.iter().map(|w| w.1).collect());
+    }
+    r.map(|()| batch)
+}
+
+/// The work of [`prepare`]: every page that needs a write is added to `batch.writes` with a
+/// reference of the write's own to its slot ([`crate::pages::PageTable::writing`]).
+async fn decide_parked(
+    p: &Rc<Proc>,
+    parked: Vec<(u64, u64)>,
+    batch: &mut ParkedBatch,
+) -> anyhow::Result<()> {
+    // Read and hash the parked pages, a chunk at a time so that faults are served in between.
+    // A parked page stays in its slot until the slot is freed (a rescue copies it back), so the
+    // read never faults.
+    let pid = p.pid.get();
     let mut buf = vec![0u8; READ_CHUNK * PAGE as usize];
     for chunk in parked.chunks(READ_CHUNK) {
         tokio::task::yield_now().await;
+        if p.removed.get() {
+            // Its references went with it (`Proc::remove`): its table must not release any more.
+            bail!("the process is gone");
+        }
         let still: Vec<(u64, u64)> = {
             let t = p.table.borrow();
             chunk
@@ -486,6 +505,7 @@ async fn prepare(p: &Rc<Proc>, parked: Vec<(u64, u64)>) -> anyhow::Result<Parked
                     }
                 }
                 Decision::Write(new) => {
+                    t.writing(new);
                     batch
                         .writes
                         .push((page, new, at, PageData::from_bytes(content)));
@@ -496,7 +516,7 @@ async fn prepare(p: &Rc<Proc>, parked: Vec<(u64, u64)>) -> anyhow::Result<Parked
         drop(t);
         p.g.free_later(freed_garbage);
     }
-    Ok(batch)
+    Ok(())
 }
 
 /// Writes a parked batch to the servers, ends the eviction of each page that is still parked
@@ -525,14 +545,20 @@ async fn save_parked(p: Rc<Proc>, batch: ParkedBatch) {
     };
     let mut written = 0u64;
     let mut failed = 0u64;
-    let mut garbage = Vec::new();
+    // Each write's own reference to its slot goes now that the write is over, whatever became
+    // of its page (see `PageTable::writing`).
+    let mut garbage: Vec<Remote> = writes.iter().map(|w| w.1).collect();
     for ((page, new, at, _), ok) in writes.into_iter().zip(stored) {
-        let still_parked = matches!(
-            p.table.borrow().state(page),
-            Some(crate::pages::State::Evicting(e)) if e.parked == Some(at) && e.new == Some(new)
-        );
+        // A process removed meanwhile released every reference its table holds
+        // (`Proc::remove`): finishing its evictions would release their old copies again.
+        let still_parked = !p.removed.get()
+            && matches!(
+                p.table.borrow().state(page),
+                Some(crate::pages::State::Evicting(e)) if e.parked == Some(at) && e.new == Some(new)
+            );
         if !still_parked {
-            garbage.extend(p.table.borrow_mut().abandoned(page, new));
+            // Rescued, dropped, unmapped or moved meanwhile: the page's own references were
+            // dealt with then.
             continue;
         }
         if ok {

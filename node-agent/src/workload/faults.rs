@@ -101,7 +101,9 @@ impl Proc {
     }
 
     /// Brings the parked page at `at` back to `page`, which wakes the faulting thread: it was in
-    /// use, and its eviction ends here (a write of it in flight is discarded when it completes).
+    /// use, and its eviction ends here (a write of it in flight is discarded when it completes;
+    /// the new slot the eviction took is released by the page, and freed once that write is
+    /// over).
     /// The agent cannot move it back (`UFFDIO_MOVE` is refused from outside the process) and a
     /// hop to the shim's helper costs a cross-vCPU wake-up, so it copies it: read from the slot
     /// (nothing can change a parked page), installed with `UFFDIO_COPY`; the slot is freed with
@@ -116,8 +118,9 @@ impl Proc {
         }
         match self.uffd.copy(page, &buf, false) {
             Ok(Install::Done | Install::Exists) => {
-                let at = self.table.borrow_mut().rescued(page);
-                if let Some(at) = at {
+                let rescued = self.table.borrow_mut().rescued(page);
+                if let Some((at, garbage)) = rescued {
+                    self.g.free_later(garbage.into_iter().collect());
                     if let Some(k) = self.parking.borrow_mut().as_mut() {
                         k.freeing(at);
                     }

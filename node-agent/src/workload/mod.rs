@@ -502,7 +502,9 @@ impl Group {
         if released.is_empty() {
             return;
         }
+        tracing::trace!(target: "yonder_agent::slottrace", ?released, "release");
         let free = self.slots.borrow_mut().release(released);
+        tracing::trace!(target: "yonder_agent::slottrace", ?free, "free");
         if free.is_empty() {
             return;
         }

@@ -226,7 +226,7 @@ impl Proc {
         self.abort_tasks();
         self.g.procs.borrow_mut().retain(|p| !Rc::ptr_eq(p, self));
         self.g.forget_shared();
-        let refs = self.table.borrow().all_references();
+        let refs = self.table.borrow_mut().release_all();
         self.g.free_later(refs);
         self.shim.borrow_mut().take();
         self.g.pressure.notify_one();

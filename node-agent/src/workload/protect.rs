@@ -109,12 +109,15 @@ pub(super) async fn evict_protected(
         for &pg in &pages {
             let content = content_of.get(&pg).copied().unwrap_or(&ZEROS);
             if let Decision::Write(new) = t.decide(pg, digest(content)) {
+                t.writing(new);
                 to_write.push((pg, new));
                 items.push((new, PageData::from_bytes(content)));
             }
         }
     }
     let stored = p.g.servers.write(p.g.space, items).await;
+    // The writes are over: their own references to their slots go (`PageTable::writing`).
+    p.g.free_later(to_write.iter().map(|w| w.1).collect());
 
     let mut garbage = Vec::new();
     let mut failed = Vec::new();

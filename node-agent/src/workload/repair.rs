@@ -66,13 +66,21 @@ pub(super) async fn repairer(g: Rc<Group>) {
                     crate::remote::RepairRead::Data(d) => {
                         items.push((*r, PageData::from_bytes(&d)))
                     }
-                    // Rewritten since: that write placed its own replicas.
-                    crate::remote::RepairRead::Newer => {}
+                    // Rewritten since, or a write in flight (an in-place eviction's table entry
+                    // names the version before it): that write may have begun while a server
+                    // was down and placed its copies without it, so the newer version is
+                    // copied in the next pass (versions only grow: a copy of one that became
+                    // garbage is freed with its slot).
+                    crate::remote::RepairRead::Newer(version) => short.push(Remote {
+                        slot: r.slot,
+                        version,
+                    }),
                     // Only on servers that are down now: try again later.
                     crate::remote::RepairRead::Unavailable => short.push(*r),
                 }
             }
             let written: Vec<Remote> = items.iter().map(|(r, _)| *r).collect();
+            tracing::trace!(target: "yonder_agent::slottrace", ?written, ?short, "repair writes");
             let stored = g.servers.write(g.space, items).await;
             let mut done = 0;
             for (r, ok) in written.into_iter().zip(stored) {
