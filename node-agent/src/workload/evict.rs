@@ -588,6 +588,7 @@ async fn save_parked(p: Rc<Proc>, batch: ParkedBatch) {
         st.evictions(written + clean, written);
         st.evicted_by_move(written + clean);
     }
+    g.note_left((written + clean) as usize);
     g.free_later(garbage);
     g.stored(written, failed);
     p.free_parked(to_free).await;

@@ -208,6 +208,7 @@ pub(super) async fn evict_protected(
         st.evictions(done, written.min(done));
         st.evicted_by_protection(done);
     }
+    p.g.note_left(done as usize);
     let resident = p.g.resident();
     p.g.stats.borrow_mut().resident(resident);
     p.g.free_later(garbage);
