@@ -18,6 +18,7 @@
 
 use std::{
     cell::{Cell, RefCell},
+    collections::HashMap,
     hash::{Hash, Hasher},
     net::SocketAddr,
     rc::Rc,
@@ -61,10 +62,9 @@ pub struct Fetched {
 pub enum RepairRead {
     /// The content at the expected version.
     Data(Vec<u8>),
-    /// A newer version is stored (the page was rewritten, or its write is in flight): that
-    /// version is the one to give its replicas (a write that began while a server was down
-    /// placed its copies without it).
-    Newer(u64),
+    /// A newer version is stored: the page was rewritten, and that write placed its own copies
+    /// (or, if it could not place them on its whole home, listed itself as displaced).
+    Newer,
     /// No server that is up has it now.
     Unavailable,
 }
@@ -175,12 +175,23 @@ pub struct Servers {
     /// Servers that went down or came back, in order: a workload re-replicates the pages whose
     /// home includes them (a server that comes back may have restarted empty).
     changes: RefCell<Vec<usize>>,
+    /// Pages whose last stored write did not land on every server of their home (a home server
+    /// was down, full or failed, and the next of the ranking took the copy, or fewer than R
+    /// acknowledged): slot to the newest such version. The repairer copies them home once every
+    /// home server is up ([`Self::take_displaced`]).
+    displaced: RefCell<HashMap<u64, u64>>,
 }
 
 fn score(slot: u64, server: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     (slot, server).hash(&mut h);
     h.finish()
+}
+
+/// Whether a copy was placed on every server of `home` (`placed`: bit i for server i; servers
+/// past 64 are never taken as placed).
+fn on_home(home: &[usize], placed: u64) -> bool {
+    home.iter().all(|&h| h < 64 && placed & (1 << h) != 0)
 }
 
 /// What one request to one server did.
@@ -209,6 +220,7 @@ impl Servers {
                     latency_dev_us: Cell::new(0.0),
                 })
                 .collect(),
+            displaced: RefCell::default(),
             policy,
             changes: RefCell::default(),
         }
@@ -603,7 +615,7 @@ impl Servers {
                             }
                             ReadResult::Found { version, .. } if version > remotes[i].version => {
                                 tracing::trace!(target: "yonder_agent::slottrace", remote = ?remotes[i], server = s, version, "repair read newer");
-                                out[i] = Some(RepairRead::Newer(version));
+                                out[i] = Some(RepairRead::Newer);
                             }
                             _ => {}
                         }
@@ -643,6 +655,9 @@ impl Servers {
     pub async fn write(&self, space: u32, pages: Vec<(Remote, PageData)>) -> Vec<bool> {
         let want = self.policy.replicas;
         let mut acks = vec![0usize; pages.len()];
+        // Per page: the servers that hold the copy now (bit i: server i; servers past 64 are
+        // taken as outside the home, which at worst costs a repair copy).
+        let mut placed = vec![0u64; pages.len()];
         // Per page: the servers not tried yet, in ranking order.
         let mut candidates: Vec<Vec<usize>> =
             pages.iter().map(|(r, _)| self.ranking(r.slot)).collect();
@@ -695,7 +710,10 @@ impl Servers {
                                 // not needed, and counts as placed.
                                 WriteResult::Stored | WriteResult::Superseded { .. } => {
                                     tracing::trace!(target: "yonder_agent::slottrace", remote = ?pages[i].0, server = s, result = ?r, "write ack");
-                                    acks[i] += 1
+                                    acks[i] += 1;
+                                    if s < 64 {
+                                        placed[i] |= 1 << s;
+                                    }
                                 }
                                 WriteResult::CapacityExceeded => {
                                     let srv = &self.servers[s];
@@ -714,9 +732,40 @@ impl Servers {
                 }
             }
         }
-        acks.into_iter()
+        let stored: Vec<bool> = acks
+            .into_iter()
             .map(|a| a >= self.policy.write_quorum)
-            .collect()
+            .collect();
+        let mut displaced = self.displaced.borrow_mut();
+        for (i, (r, _)) in pages.iter().enumerate() {
+            if stored[i] && !on_home(&self.ranking(r.slot)[..want], placed[i]) {
+                tracing::trace!(target: "yonder_agent::slottrace", remote = ?r, placed = placed[i], "displaced");
+                let v = displaced.entry(r.slot).or_insert(r.version);
+                *v = (*v).max(r.version);
+            }
+        }
+        stored
+    }
+
+    /// Takes the pages whose last write did not land on their whole home, and whose home
+    /// servers are all up now: the repairer copies them home. A page whose home is still
+    /// partly down stays listed until it is not.
+    pub fn take_displaced(&self) -> Vec<Remote> {
+        let mut displaced = self.displaced.borrow_mut();
+        if displaced.is_empty() {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        displaced.retain(|&slot, &mut version| {
+            let ready = self.ranking(slot)[..self.policy.replicas]
+                .iter()
+                .all(|&h| self.servers[h].up() && !self.servers[h].full());
+            if ready {
+                out.push(Remote { slot, version });
+            }
+            !ready
+        });
+        out
     }
 
     /// Frees pages on every server that may hold them (best effort: a page left behind is freed
@@ -786,6 +835,47 @@ pub async fn prober(servers: Rc<Servers>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_write_is_on_its_home_only_with_a_copy_on_every_home_server() {
+        assert!(on_home(&[0, 2], 0b101));
+        assert!(on_home(&[0, 2], 0b111));
+        assert!(!on_home(&[0, 2], 0b011), "server 1 took server 2's copy");
+        assert!(!on_home(&[0, 2], 0b001), "one copy only");
+        assert!(!on_home(&[70], u64::MAX), "past 64: never taken as placed");
+    }
+
+    #[test]
+    fn displaced_pages_are_taken_once_their_whole_home_is_up() {
+        let clients = (0..3)
+            .map(|i| (format!("10.0.0.{i}:7070"), None, None))
+            .collect();
+        let s = Servers::new(clients, Policy::default());
+        let with_0 = (0..100u64).find(|&x| s.is_home(x, 0)).unwrap();
+        let without_0 = (0..100u64).find(|&x| !s.is_home(x, 0)).unwrap();
+        s.displaced.borrow_mut().insert(with_0, 3);
+        s.displaced.borrow_mut().insert(without_0, 5);
+        assert!(s.take_displaced().is_empty(), "every server is down");
+        for srv in &s.servers[1..] {
+            srv.down_since.set(None);
+        }
+        assert_eq!(
+            s.take_displaced(),
+            vec![Remote {
+                slot: without_0,
+                version: 5
+            }]
+        );
+        assert!(s.take_displaced().is_empty(), "taken once");
+        s.servers[0].down_since.set(None);
+        assert_eq!(
+            s.take_displaced(),
+            vec![Remote {
+                slot: with_0,
+                version: 3
+            }]
+        );
+    }
 
     #[test]
     fn rendezvous_moves_about_a_fair_share_when_a_server_is_added() {

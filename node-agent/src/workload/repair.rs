@@ -24,10 +24,21 @@ pub(super) async fn repairer(g: Rc<Group>) {
         .await;
         // Servers that went down, or came back (perhaps restarted empty), since the last pass.
         let changed = g.servers.changed_since(&mut cursor);
-        if changed.is_empty() && short.is_empty() {
+        // Pages whose last write could not place a copy on every home server (one was down:
+        // the next server of the ranking took it), now that their home is up again. A pass
+        // for a server's comeback lists pages by the version their table names, and skips
+        // those found rewritten since; a rewrite that began while the server was down is
+        // brought home here (without it, such a page was left with one copy on its home and
+        // one elsewhere, and the soak lost it after two more kills).
+        let displaced = g.servers.take_displaced();
+        if changed.is_empty() && short.is_empty() && displaced.is_empty() {
             continue;
         }
         let mut todo: HashMap<u64, u64> = short.drain(..).map(|r| (r.slot, r.version)).collect();
+        for r in displaced {
+            let v = todo.entry(r.slot).or_insert(r.version);
+            *v = (*v).max(r.version);
+        }
         if !changed.is_empty() && g.servers.policy().replicas >= 2 {
             // Every slot the workload refers to whose home includes such a server.
             for p in g.procs.borrow().iter() {
@@ -66,15 +77,9 @@ pub(super) async fn repairer(g: Rc<Group>) {
                     crate::remote::RepairRead::Data(d) => {
                         items.push((*r, PageData::from_bytes(&d)))
                     }
-                    // Rewritten since, or a write in flight (an in-place eviction's table entry
-                    // names the version before it): that write may have begun while a server
-                    // was down and placed its copies without it, so the newer version is
-                    // copied in the next pass (versions only grow: a copy of one that became
-                    // garbage is freed with its slot).
-                    crate::remote::RepairRead::Newer(version) => short.push(Remote {
-                        slot: r.slot,
-                        version,
-                    }),
+                    // Rewritten since: that write placed its own copies, or listed itself as
+                    // displaced if it could not place them on the whole home (see below).
+                    crate::remote::RepairRead::Newer => {}
                     // Only on servers that are down now: try again later.
                     crate::remote::RepairRead::Unavailable => short.push(*r),
                 }
