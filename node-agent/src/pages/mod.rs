@@ -130,6 +130,10 @@ pub struct PageTable<P> {
     /// Parking addresses whose page no longer needs them (dropped or unmapped by the program
     /// while parked), to be freed by the owner ([`Self::take_unparked`]).
     unparked: Vec<u64>,
+    /// Parked pages the program moved (mremap) while they waited, as `(new address, parking
+    /// address)`: the batch that parked them names their old address and leaves them out, so
+    /// the owner saves them in a batch of their own ([`Self::take_moved_parked`]).
+    moved_parked: Vec<(u64, u64)>,
 }
 
 impl<P: EvictionPolicy> PageTable<P> {
@@ -149,6 +153,7 @@ impl<P: EvictionPolicy> PageTable<P> {
             ghosts: VecDeque::new(),
             ghost_cap: 0,
             unparked: Vec::new(),
+            moved_parked: Vec::new(),
         }
     }
 
@@ -200,6 +205,12 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// program while parked): the caller frees them.
     pub fn take_unparked(&mut self) -> Vec<u64> {
         std::mem::take(&mut self.unparked)
+    }
+
+    /// Parked pages the program moved while they waited, as `(new address, parking address)`:
+    /// the caller saves them (their batch left them out).
+    pub fn take_moved_parked(&mut self) -> Vec<(u64, u64)> {
+        std::mem::take(&mut self.moved_parked)
     }
 
     /// The slots this table's remote copies live in.
@@ -810,8 +821,12 @@ impl<P: EvictionPolicy> PageTable<P> {
                     State::Evicted { remote }
                 }
                 // Parked: it waits where it is, and a fault at the new address moves it back
-                // there.
-                State::Evicting(e) if e.parked.is_some() => State::Evicting(e),
+                // there. Its batch names the old address and will leave it out: it is saved
+                // in a batch of its own (or it would hold its slot, and the budget, for good).
+                State::Evicting(e) if e.parked.is_some() => {
+                    self.moved_parked.extend(e.parked.map(|at| (dest, at)));
+                    State::Evicting(e)
+                }
                 // The page moved before the drop: it is still present (and still
                 // write-protected, which a write fault will clear) at the new address.
                 State::Evicting(e) if !e.dropping => {

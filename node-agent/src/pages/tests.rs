@@ -282,6 +282,11 @@ fn the_program_dropping_unmapping_or_moving_a_parked_page() {
     t.remapped(2 * PAGE, base, PAGE);
     assert_eq!(t.missing_fault(base), MissingFault::Rescue(parked[2].1));
     assert_eq!(t.resident(), 1);
+    // Its batch names the old address: the owner is told to save it where it is now (left
+    // unsaved, it held its parking slot and the budget for good, and a remapping workload at a
+    // small slack stopped the evictor).
+    assert_eq!(t.take_moved_parked(), vec![(base, parked[2].1)]);
+    assert!(t.take_moved_parked().is_empty());
     // Writes finishing afterwards: garbage for the two that went.
     assert!(t.finish_parked(0, written(parked[0].2)).is_none());
     assert_eq!(release(&t, vec![written(parked[0].2)]).len(), 1);

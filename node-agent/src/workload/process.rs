@@ -458,6 +458,18 @@ impl Proc {
             Event::Fault { .. } => unreachable!("faults are handled by handle_fault"),
             Event::Other(kind) => warn!("unexpected userfaultfd event {kind}"),
         }
+        // Parked pages the program moved: saved now, in a batch of their own (out of the grace
+        // window if they were in it).
+        let moved = self.table.borrow_mut().take_moved_parked();
+        if !moved.is_empty() {
+            if let Some(k) = self.parking.borrow_mut().as_mut() {
+                for &(_, at) in &moved {
+                    k.end_grace(at);
+                }
+            }
+            let p = self.clone();
+            tokio::task::spawn_local(async move { super::evict::save_now(&p, moved).await });
+        }
         // Pages the program dropped or unmapped while they were parked: their slots are freed
         // with the next batch (until then they count against the budget, as parked pages do).
         let unparked = self.table.borrow_mut().take_unparked();
