@@ -56,9 +56,7 @@ pub(super) async fn evictor(g: Rc<Group>) {
             g.flush_pending_frees().await;
         }
         let soft = g.soft_limit();
-        // Evict down to a little below the lower mark (a 32nd, at least 32 pages), so that
-        // batches are worth their round trips.
-        let low = soft.saturating_sub((soft / 32).max(EVICT_BATCH / 8));
+        let low = soft.saturating_sub((soft / 16).max(EVICT_BATCH / 4));
         // Whether pages left this round: only then is the grace window refilled, so that a
         // workload within its budget is not probed for nothing.
         let mut evicted = false;
