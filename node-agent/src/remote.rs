@@ -661,6 +661,8 @@ impl Servers {
         // Per page: the servers not tried yet, in ranking order.
         let mut candidates: Vec<Vec<usize>> =
             pages.iter().map(|(r, _)| self.ranking(r.slot)).collect();
+        // Each page's home, from the ranking just made (it is consumed below).
+        let homes: Vec<Vec<usize>> = candidates.iter().map(|c| c[..want].to_vec()).collect();
         loop {
             // Next round: each page that lacks copies goes to as many further servers as needed.
             let mut per_server: Vec<Vec<usize>> = vec![Vec::new(); self.servers.len()];
@@ -738,7 +740,7 @@ impl Servers {
             .collect();
         let mut displaced = self.displaced.borrow_mut();
         for (i, (r, _)) in pages.iter().enumerate() {
-            if stored[i] && !on_home(&self.ranking(r.slot)[..want], placed[i]) {
+            if stored[i] && !on_home(&homes[i], placed[i]) {
                 tracing::trace!(target: "yonder_agent::slottrace", remote = ?r, placed = placed[i], "displaced");
                 let v = displaced.entry(r.slot).or_insert(r.version);
                 *v = (*v).max(r.version);

@@ -549,13 +549,11 @@ async fn save_parked(p: Rc<Proc>, batch: ParkedBatch) {
     // of its page (see `PageTable::writing`).
     let mut garbage: Vec<Remote> = writes.iter().map(|w| w.1).collect();
     for ((page, new, at, _), ok) in writes.into_iter().zip(stored) {
-        // A process removed meanwhile released every reference its table holds
-        // (`Proc::remove`): finishing its evictions would release their old copies again.
-        let still_parked = !p.removed.get()
-            && matches!(
-                p.table.borrow().state(page),
-                Some(crate::pages::State::Evicting(e)) if e.parked == Some(at) && e.new == Some(new)
-            );
+        // A removed process's table is empty (`PageTable::release_all`): nothing is parked.
+        let still_parked = matches!(
+            p.table.borrow().state(page),
+            Some(crate::pages::State::Evicting(e)) if e.parked == Some(at) && e.new == Some(new)
+        );
         if !still_parked {
             // Rescued, dropped, unmapped or moved meanwhile: the page's own references were
             // dealt with then.
