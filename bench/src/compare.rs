@@ -170,6 +170,10 @@ pub struct Args {
     /// No charts.
     #[arg(long)]
     pub no_plot: bool,
+    /// Keep each run's output (the program's, the agent's summary, the Redis driver's phase
+    /// times) in DIR, one file per run: `<workload>-<mode>-<local %>-<run>.log`.
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
     /// Name of the COMMAND workload in tables and file names (default: its program's name).
     #[arg(long)]
     pub name: Option<String>,
@@ -717,7 +721,7 @@ fn measure_workload(
     let deadline = Duration::from_secs(args.timeout);
     eprintln!("compare: {name}: all local ({} runs)", args.runs);
     let mut local = Vec::new();
-    for _ in 0..args.runs {
+    for run in 0..args.runs {
         let o = w.run(
             |argv| {
                 let mut c = Command::new(&argv[0]);
@@ -726,6 +730,7 @@ fn measure_workload(
             },
             deadline,
         )?;
+        keep_log(args, name, Mode::Local, 100, run, &o)?;
         if let Some(why) = &o.failure {
             bail!("{name} failed on its own ({why}):\n{}", o.stderr_tail());
         }
@@ -757,7 +762,7 @@ fn measure_workload(
                 agent_args.splice(at..at, extra.split_whitespace().map(String::from));
             }
             let mut outs = Vec::new();
-            for _ in 0..args.runs {
+            for run in 0..args.runs {
                 let o = w.run(
                     |argv| {
                         let mut c = Command::new(yonder_tests::bin("yonder-agent"));
@@ -766,6 +771,7 @@ fn measure_workload(
                     },
                     deadline,
                 )?;
+                keep_log(args, name, Mode::Yonder, ratio, run, &o)?;
                 if let Some(why) = &o.failure {
                     eprintln!(
                         "compare: {name}: Yonder at {ratio} % failed ({why}):\n{}",
@@ -829,6 +835,7 @@ fn measure_workload(
                     if o.failure.is_some() && oom_kills > 0 {
                         o.failure = Some("killed by the memory cgroup's OOM killer".into());
                     }
+                    keep_log(args, name, mode, ratio, run, &o)?;
                     if let Some(why) = &o.failure {
                         eprintln!(
                             "compare: {name}: {} at {ratio} % failed ({why}):\n{}",
@@ -864,6 +871,28 @@ fn measure_workload(
         has_throughput: touches,
         rows,
     })
+}
+
+/// Writes one run's output to `--log-dir`, if given.
+fn keep_log(
+    args: &Args,
+    name: &str,
+    mode: Mode,
+    ratio: u32,
+    run: usize,
+    o: &Outcome,
+) -> anyhow::Result<()> {
+    let Some(dir) = &args.log_dir else {
+        return Ok(());
+    };
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let mode = mode.label().replace(' ', "-");
+    let path = dir.join(format!("{name}-{mode}-{ratio}-{run}.log"));
+    let text = format!(
+        "time {:.3} s, failure {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        o.wall_s, o.failure, o.stdout, o.stderr
+    );
+    std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))
 }
 
 #[allow(clippy::too_many_arguments)]

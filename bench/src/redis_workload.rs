@@ -313,6 +313,7 @@ pub fn drive(config: &Config, port: u16, dir: &Path, control: &Control) -> anyho
         }
         std::thread::sleep(Duration::from_millis(10));
     };
+    let ping = started.elapsed();
     let info = conn.info("server")?;
     let pid: u32 = field(&info, "process_id")?.parse()?;
     *control.server.lock().unwrap_or_else(|e| e.into_inner()) = Some(KillOnDrop::new(pid));
@@ -344,6 +345,8 @@ pub fn drive(config: &Config, port: u16, dir: &Path, control: &Control) -> anyho
         r => bail!("DBSIZE after loading {keys} keys: {r:?}"),
     }
 
+    let loaded = started.elapsed();
+
     // 3. Random GETs, every value checked.
     let gets = config.gets();
     let mut rng = rand::rngs::StdRng::seed_from_u64(config.seed.rotate_left(17));
@@ -373,6 +376,8 @@ pub fn drive(config: &Config, port: u16, dir: &Path, control: &Control) -> anyho
         done += n;
     }
 
+    let got = started.elapsed();
+
     // 4. BGSAVE, and wait until it is over. BGSAVE forks before it replies, so from here on
     // rdb_bgsave_in_progress is 1 until the child is done.
     match conn.call(&[b"BGSAVE"])? {
@@ -398,6 +403,7 @@ pub fn drive(config: &Config, port: u16, dir: &Path, control: &Control) -> anyho
         .with_context(|| format!("BGSAVE wrote no {}", rdb.display()))?
         .len();
     anyhow::ensure!(rdb_bytes > 0, "BGSAVE wrote an empty {}", rdb.display());
+    let saved = started.elapsed();
 
     // 5. SHUTDOWN NOSAVE: the server closes the connection and exits (no reply on success).
     match conn.call(&[b"SHUTDOWN", b"NOSAVE"]) {
@@ -405,9 +411,16 @@ pub fn drive(config: &Config, port: u16, dir: &Path, control: &Control) -> anyho
         Ok(r) => bail!("SHUTDOWN NOSAVE: unexpected reply {r:?}"),
         Err(_) => {} // The connection closed: the server is going.
     }
+    let secs = |d: Duration| d.as_secs_f64();
     Ok(format!(
-        "redis: {keys} keys SET, {gets} random GETs checked, BGSAVE wrote {:.1} MiB",
-        rdb_bytes as f64 / (1 << 20) as f64
+        "redis: {keys} keys SET, {gets} random GETs checked, BGSAVE wrote {:.1} MiB; \
+         phases from the first PING: answered {:.2} s, loaded {:.2} s, GETs done {:.2} s, \
+         saved {:.2} s",
+        rdb_bytes as f64 / (1 << 20) as f64,
+        secs(ping),
+        secs(loaded),
+        secs(got),
+        secs(saved),
     ))
 }
 

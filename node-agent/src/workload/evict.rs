@@ -89,7 +89,12 @@ pub(super) async fn evictor(g: Rc<Group>) {
             let want = (g.resident().saturating_sub(g.leaving()))
                 .saturating_sub(low)
                 .clamp(1, EVICT_BATCH);
-            let Some((p, victims)) = pick_victims(&g, want) else {
+            let mut picked: Vec<(Rc<Proc>, Vec<u64>)> =
+                pick_victims(&g, want).into_iter().collect();
+            if picked.is_empty() {
+                picked = pick_shared(&g, want);
+            }
+            if picked.is_empty() {
                 if g.batches_in_flight.get() > 0 {
                     // Pages are on their way out; their completion frees room.
                     g.batch_done.notified().await;
@@ -119,27 +124,11 @@ pub(super) async fn evictor(g: Rc<Group>) {
                 }
                 g.retry_deferred();
                 break;
-            };
+            }
             g.stuck_warned.set(false);
             evicted = true;
-            debug!(batch = victims.len(), pid = p.pid.get(), "evicting");
-            let protected = if p.parking.borrow().is_some() {
-                match park(&p, victims).await {
-                    Ok((parked, fallback)) => {
-                        save_now(&p, parked).await;
-                        fallback
-                    }
-                    Err(e) => {
-                        p.fail(format!("eviction failed: {e:#}"));
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        Vec::new()
-                    }
-                }
-            } else {
-                victims
-            };
-            if !protected.is_empty() {
-                run_protected(&g, &p, protected).await;
+            for (p, victims) in picked {
+                evict_batch(&g, &p, victims).await;
             }
             g.retry_deferred();
         }
@@ -188,35 +177,109 @@ impl Group {
     }
 }
 
-/// Chooses up to `want` victims, from the process with the most resident pages, pages that only
-/// one process maps first: evicting a page a forked relative shares frees nothing until both
-/// have dropped it. A process found forking this round is passed over.
+/// Whether the evictor may take pages from `p` now.
+fn evictable(p: &Proc) -> bool {
+    p.helper_up.get() && !p.removed.get() && !p.forking.get()
+}
+
+/// Chooses up to `want` victims that only one process maps, from the process with the most
+/// resident pages: evicting a page a forked relative shares frees nothing by itself (see
+/// [`pick_shared`]). A process found forking this round is passed over.
 pub(super) fn pick_victims(g: &Group, want: usize) -> Option<(Rc<Proc>, Vec<u64>)> {
     let mut procs: Vec<Rc<Proc>> = g
         .procs
         .borrow()
         .iter()
-        .filter(|p| p.helper_up.get() && !p.removed.get() && !p.forking.get())
+        .filter(|p| evictable(p))
         .cloned()
         .collect();
     procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
-    for only_unshared in [true, false] {
-        for p in &procs {
-            let shared = p.shared_pages.borrow();
-            if !only_unshared && shared.is_empty() {
-                continue;
-            }
-            let victims = if only_unshared {
-                p.table.borrow_mut().start_eviction_except(want, &shared)
-            } else {
-                p.table.borrow_mut().start_eviction(want)
-            };
-            if !victims.is_empty() {
-                return Some((p.clone(), victims));
-            }
+    for p in &procs {
+        let shared = p.shared_pages.borrow();
+        // Every resident page shared: a scan of the whole policy would find nothing.
+        if !shared.is_empty() && p.table.borrow().resident() <= shared.len() {
+            continue;
+        }
+        let victims = p.table.borrow_mut().start_eviction_except(want, &shared);
+        if !victims.is_empty() {
+            return Some((p.clone(), victims));
         }
     }
     None
+}
+
+/// When no process has unshared pages to give: up to `want` pages shared copy-on-write, taken
+/// from the process with the most resident pages *and* from every other process that maps them,
+/// so that the memory is freed (the kernel reclaims such a page from all its mappers at once;
+/// evicting it from one side only frees nothing, and the other side then reads it back).
+/// A page whose other mapper cannot give it up now (forking, starting) is evicted from the
+/// chosen process alone. The pages leave the shared sets at once, so the budget's count stays
+/// right until the next measurement.
+pub(super) fn pick_shared(g: &Group, want: usize) -> Vec<(Rc<Proc>, Vec<u64>)> {
+    let all: Vec<Rc<Proc>> = g.procs.borrow().clone();
+    let mut procs: Vec<&Rc<Proc>> = all
+        .iter()
+        .filter(|p| evictable(p) && !p.shared_pages.borrow().is_empty())
+        .collect();
+    procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
+    for p in procs {
+        let victims = p.table.borrow_mut().start_eviction(want);
+        if victims.is_empty() {
+            continue;
+        }
+        let mut out = vec![(p.clone(), victims.clone())];
+        for q in all.iter().filter(|q| !Rc::ptr_eq(q, p)) {
+            let along: Vec<u64> = {
+                let mut shared = q.shared_pages.borrow_mut();
+                let along = victims
+                    .iter()
+                    .copied()
+                    .filter(|pg| shared.remove(pg))
+                    .collect();
+                along
+            };
+            if along.is_empty() || !evictable(q) {
+                continue;
+            }
+            let along = q.table.borrow_mut().start_eviction_of(along);
+            if !along.is_empty() {
+                out.push((q.clone(), along));
+            }
+        }
+        {
+            let mut shared = p.shared_pages.borrow_mut();
+            for pg in &victims {
+                shared.remove(pg);
+            }
+        }
+        g.update_shared();
+        return out;
+    }
+    Vec::new()
+}
+
+/// Starts one batch of `victims` of `p` on its way out: parked and saved beside the evictor,
+/// or, for pages that cannot move, written out under write protection.
+async fn evict_batch(g: &Rc<Group>, p: &Rc<Proc>, victims: Vec<u64>) {
+    debug!(batch = victims.len(), pid = p.pid.get(), "evicting");
+    let protected = if p.parking.borrow().is_some() {
+        match park(p, victims).await {
+            Ok((parked, fallback)) => {
+                save_now(p, parked).await;
+                fallback
+            }
+            Err(e) => {
+                p.fail(format!("eviction failed: {e:#}"));
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Vec::new()
+            }
+        }
+    } else {
+        victims
+    };
+    if !protected.is_empty() {
+        run_protected(g, p, protected).await;
+    }
 }
 
 /// Reads, hashes and starts saving pages of `p` parked at `parked`, beside the evictor.
@@ -671,6 +734,100 @@ impl Proc {
                     k.freed(a);
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, fs::File, os::fd::OwnedFd};
+
+    use super::*;
+    use crate::{
+        remote::{Policy, Servers},
+        uffd::Uffd,
+    };
+
+    /// A workload whose one (unconnected) server is never asked anything.
+    fn group() -> Rc<Group> {
+        let clients = vec![("10.0.0.1:7070".to_string(), None, None)];
+        let servers = Rc::new(Servers::new(clients, Policy::default()));
+        Group::new("t".into(), servers, 1 << 20)
+    }
+
+    /// A process of `g` whose helper is up, with `pages` resident (zero-filled). Its uffd is a
+    /// stand-in: choosing victims touches no memory.
+    fn process(g: &Rc<Group>, pages: std::ops::Range<u64>) -> Rc<Proc> {
+        let fd: OwnedFd = File::open("/dev/null").unwrap().into();
+        let p = Proc::new(
+            g,
+            Uffd::forked(fd, false),
+            g.new_table(),
+            BTreeMap::new(),
+            BTreeMap::new(),
+        );
+        p.helper_up.set(true);
+        for pg in pages {
+            p.table.borrow_mut().zero_filled(pg * PAGE);
+        }
+        p
+    }
+
+    fn share(p: &Proc, pages: std::ops::Range<u64>) {
+        p.shared_pages
+            .borrow_mut()
+            .extend(pages.map(|pg| pg * PAGE));
+    }
+
+    #[test]
+    fn a_shared_page_is_taken_from_every_process_that_maps_it() {
+        let g = group();
+        // A parent and its child share pages 0..8; the child has 8..10 of its own.
+        let parent = process(&g, 0..8);
+        let child = process(&g, 0..10);
+        share(&parent, 0..8);
+        share(&child, 0..8);
+        g.update_shared();
+        assert_eq!(g.resident(), 10);
+
+        // The child's own pages go first, and alone.
+        let (p, own) = pick_victims(&g, 4).unwrap();
+        assert!(Rc::ptr_eq(&p, &child));
+        assert_eq!(own, vec![8 * PAGE, 9 * PAGE]);
+        assert!(pick_victims(&g, 4).is_none(), "only shared pages are left");
+
+        // Then shared pages, from both sides at once, and they stop counting as shared.
+        let picked = pick_shared(&g, 3);
+        assert_eq!(picked.len(), 2);
+        assert!(!Rc::ptr_eq(&picked[0].0, &picked[1].0));
+        assert_eq!(picked[0].1.len(), 3);
+        assert_eq!(picked[0].1, picked[1].1, "the same pages on both sides");
+        for pg in &picked[0].1 {
+            assert!(!parent.shared_pages.borrow().contains(pg));
+            assert!(!child.shared_pages.borrow().contains(pg));
+        }
+        assert_eq!(g.shared.get(), 5);
+    }
+
+    #[test]
+    fn a_shared_page_whose_other_side_is_forking_leaves_one_side_only() {
+        let g = group();
+        let parent = process(&g, 0..4);
+        let child = process(&g, 0..4);
+        share(&parent, 0..4);
+        share(&child, 0..4);
+        g.update_shared();
+        parent.forking.set(true);
+        let picked = pick_shared(&g, 2);
+        assert_eq!(picked.len(), 1);
+        assert!(Rc::ptr_eq(&picked[0].0, &child));
+        // The parent keeps its copy, resident and no longer counted as shared.
+        for pg in &picked[0].1 {
+            assert!(matches!(
+                parent.table.borrow().state(*pg),
+                Some(crate::pages::State::Resident { .. })
+            ));
+            assert!(!parent.shared_pages.borrow().contains(pg));
         }
     }
 }
