@@ -56,7 +56,7 @@ pub(super) async fn evictor(g: Rc<Group>) {
             g.flush_pending_frees().await;
         }
         let soft = g.soft_limit();
-        let low = soft.saturating_sub((soft / 16).max(EVICT_BATCH / 4));
+        let low = soft.saturating_sub((soft / 32).max(EVICT_BATCH / 4));
         // Whether pages left this round: only then is the grace window refilled, so that a
         // workload within its budget is not probed for nothing.
         let mut evicted = false;

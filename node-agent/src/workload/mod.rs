@@ -76,12 +76,11 @@ pub const DEFAULT_PARKED_SHARE: u32 = 10;
 pub const MAX_PARKED_SHARE: u32 = 50;
 /// Most pages in the grace window: half a parking area, so batches being saved always fit.
 const GRACE_MAX: usize = (crate::shim_proto::PARK_PAGES / 2) as usize;
-/// The slack of a budget of `budget` pages: two eviction batches, at most an eighth of it. A
-/// 32nd gave fewer faults at small budgets (xz at 7 MiB: 79k -> 69k remote faults) but made
-/// Redis's BGSAVE test run over its budget with memory the shim let through unregistered, in 2
-/// runs of 4 (docs/node-agent.md, "Budget and eviction").
+/// The slack of a budget of `budget` pages: two eviction batches, at most a 32nd of it but at
+/// least 16 pages (an eighth of a tiny budget). An eighth, used until session 11, cost small
+/// budgets a tenth of their faults (docs/node-agent.md, "Budget and eviction").
 pub fn slack_for(budget: usize) -> usize {
-    (2 * EVICT_BATCH).min(budget / 8)
+    (2 * EVICT_BATCH).min((budget / 32).max(16.min(budget / 8)))
 }
 
 /// The smallest local-memory budget a workload may have: 64 pages. Below it the program would do
