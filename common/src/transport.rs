@@ -89,17 +89,18 @@ pub fn udp_socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 /// Creates a QUIC endpoint on `addr`; a server endpoint when `server` is given. Must be called
-/// inside a Tokio runtime.
+/// inside a Tokio runtime. Its socket never makes a segmentation-offload send over 64 KiB
+/// ([`crate::gso`]).
 pub fn endpoint(
     addr: SocketAddr,
     server: Option<quinn::ServerConfig>,
 ) -> io::Result<quinn::Endpoint> {
-    quinn::Endpoint::new(
-        endpoint_config(),
-        server,
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let socket = Arc::new(crate::gso::CappedGso::new(quinn::Runtime::wrap_udp_socket(
+        &*runtime,
         udp_socket(addr)?,
-        Arc::new(quinn::TokioRuntime),
-    )
+    )?));
+    quinn::Endpoint::new_with_abstract_socket(endpoint_config(), server, socket, runtime)
 }
 
 /// Why a frame could not be read from a stream.
