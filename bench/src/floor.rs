@@ -8,6 +8,9 @@
 //!   sockets, server on another thread.
 //! - **QUIC 4 KiB**: the same over one reused QUIC stream (quinn + rustls, mutual TLS, the
 //!   transport settings Yonder uses, one page per packet), server on another thread.
+//! - **QUIC DATAGRAM 4 KiB**: the same as unreliable QUIC DATAGRAM frames (RFC 9221) instead of
+//!   a stream: what a read path without streams would cost (issue 13 asks for the comparison;
+//!   docs/fault-path.md has it). A lost reply would be retried by asking again after 50 ms.
 //!
 //! Each is measured twice: with both threads left to the scheduler (how Yonder runs) and with
 //! both pinned to one CPU (no cross-CPU wake-up; see PLATFORM.md).
@@ -59,15 +62,18 @@ pub struct Floors {
     pub udp_4k: Floor,
     /// QUIC round trip on one stream, 32 B request, 4 KiB reply.
     pub quic_4k: Floor,
+    /// QUIC round trip as DATAGRAM frames, 32 B request, 4 KiB reply.
+    pub quic_dgram_4k: Floor,
 }
 
 impl Floors {
     /// (name, floor) pairs in report order.
-    pub fn named(&self) -> [(&'static str, Floor); 3] {
+    pub fn named(&self) -> [(&'static str, Floor); 4] {
         [
             ("uffd fault from a local page", self.uffd_local),
             ("UDP round trip, 4 KiB", self.udp_4k),
             ("QUIC round trip, 4 KiB", self.quic_4k),
+            ("QUIC DATAGRAM round trip, 4 KiB", self.quic_dgram_4k),
         ]
     }
 }
@@ -94,7 +100,9 @@ pub fn measure(samples: usize) -> anyhow::Result<Floors> {
     Ok(Floors {
         uffd_local: both(&|pin| uffd_local(samples, pin)).context("uffd floor")?,
         udp_4k: both(&|pin| udp(samples, pin)).context("UDP floor")?,
-        quic_4k: both(&|pin| quic(samples, pin)).context("QUIC floor")?,
+        quic_4k: both(&|pin| quic(samples, pin, Frames::Stream)).context("QUIC floor")?,
+        quic_dgram_4k: both(&|pin| quic(samples, pin, Frames::Datagram))
+            .context("QUIC DATAGRAM floor")?,
     })
 }
 
@@ -205,14 +213,34 @@ fn udp(samples: usize, pin: bool) -> anyhow::Result<Summary> {
     })
 }
 
-fn quic(samples: usize, pin: bool) -> anyhow::Result<Summary> {
+/// How the QUIC floor carries its requests and replies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Frames {
+    /// One bidirectional stream, reused for every round trip.
+    Stream,
+    /// DATAGRAM frames: no stream state, no retransmission (a lost reply is asked for again).
+    Datagram,
+}
+
+/// How long the DATAGRAM floor waits for a reply before asking again.
+const DATAGRAM_RETRY: std::time::Duration = std::time::Duration::from_millis(50);
+
+fn quic(samples: usize, pin: bool, frames: Frames) -> anyhow::Result<Summary> {
     let dir = tempfile::Builder::new()
         .prefix("yonder-bench-floor-")
         .tempdir()?;
     certs::create(&certs::CertPlan::loopback(dir.path()))?;
     let mtu = Some(crate::cluster::LOOPBACK_MTU);
-    let server_config = tls::server_config(&tls::TlsFiles::in_dir(dir.path(), "server"), mtu)?;
-    let client_config = tls::client_config(&tls::TlsFiles::in_dir(dir.path(), "client"), mtu)?;
+    let mut server_config = tls::server_config(&tls::TlsFiles::in_dir(dir.path(), "server"), mtu)?;
+    let mut client_config = tls::client_config(&tls::TlsFiles::in_dir(dir.path(), "client"), mtu)?;
+    if frames == Frames::Datagram {
+        // Yonder's transport refuses DATAGRAM frames; this floor accepts them on both ends.
+        let mut t = transport::transport_config(mtu);
+        t.datagram_receive_buffer_size(Some(1 << 20));
+        let t = std::sync::Arc::new(t);
+        server_config.transport_config(t.clone());
+        client_config.transport_config(t);
+    }
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
     on_thread(move || {
         std::thread::scope(|s| -> anyhow::Result<Summary> {
@@ -225,8 +253,20 @@ fn quic(samples: usize, pin: bool) -> anyhow::Result<Summary> {
                     let ep = transport::endpoint("127.0.0.1:0".parse()?, Some(server_config))?;
                     addr_tx.send(ep.local_addr()?)?;
                     let conn = ep.accept().await.context("no client")?.await?;
-                    let (mut send, mut recv) = conn.accept_bi().await?;
                     let reply = vec![7u8; PAGE];
+                    if frames == Frames::Datagram {
+                        // Until the client closes: a retried request is answered again. The
+                        // reply starts with the request's number, as a real one names its page.
+                        while let Ok(req) = conn.read_datagram().await {
+                            anyhow::ensure!(req.len() == 32, "short DATAGRAM request");
+                            let mut page = reply.clone();
+                            page[..8].copy_from_slice(&req[..8]);
+                            conn.send_datagram(page.into())?;
+                        }
+                        ep.wait_idle().await;
+                        return anyhow::Ok(());
+                    }
+                    let (mut send, mut recv) = conn.accept_bi().await?;
                     let mut req = [0u8; 32];
                     for _ in 0..samples {
                         recv.read_exact(&mut req).await?;
@@ -248,8 +288,38 @@ fn quic(samples: usize, pin: bool) -> anyhow::Result<Summary> {
                 let mut ep = transport::endpoint("127.0.0.1:0".parse()?, None)?;
                 ep.set_default_client_config(client_config);
                 let conn = ep.connect(server, "localhost")?.await?;
-                let (mut send, mut recv) = conn.open_bi().await?;
                 let mut h = histogram();
+                if frames == Frames::Datagram {
+                    anyhow::ensure!(
+                        conn.max_datagram_size().is_some_and(|m| m >= PAGE),
+                        "a page does not fit one DATAGRAM frame at this datagram size"
+                    );
+                    for n in 0..samples as u64 {
+                        let mut req = vec![1u8; 32];
+                        req[..8].copy_from_slice(&n.to_le_bytes());
+                        let req = bytes::Bytes::from(req);
+                        let t = Instant::now();
+                        'ask: loop {
+                            conn.send_datagram(req.clone())?;
+                            let deadline = tokio::time::Instant::now() + DATAGRAM_RETRY;
+                            // A late reply to an earlier request (after a retry) is skipped.
+                            while let Ok(reply) =
+                                tokio::time::timeout_at(deadline, conn.read_datagram()).await
+                            {
+                                let reply = reply?;
+                                anyhow::ensure!(reply.len() == PAGE, "short DATAGRAM reply");
+                                if reply[..8] == n.to_le_bytes() {
+                                    break 'ask;
+                                }
+                            }
+                        }
+                        h.record(t.elapsed().as_nanos() as u64)?;
+                    }
+                    conn.close(0u32.into(), b"done");
+                    ep.wait_idle().await;
+                    return Ok(Summary::of(&h));
+                }
+                let (mut send, mut recv) = conn.open_bi().await?;
                 let mut page = vec![0u8; PAGE];
                 for _ in 0..samples {
                     let t = Instant::now();

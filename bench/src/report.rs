@@ -377,7 +377,7 @@ fn floors_md(runs: &[floor::Floors]) -> String {
          to CPU 0, which removes the cross-CPU wake-up (PLATFORM.md: ~20–25 µs here).\n\n\
          | floor | unpinned p50 | p99 | one CPU p50 | p99 |\n|---|---:|---:|---:|---:|\n",
     );
-    for i in 0..3 {
+    for i in 0..runs[0].named().len() {
         let name = runs[0].named()[i].0;
         let pick = |f: &dyn Fn(&floor::Floor) -> u64| {
             human_ns(med_u(runs.iter().map(|r| f(&r.named()[i].1))))
