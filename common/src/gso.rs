@@ -47,17 +47,20 @@ impl fmt::Debug for CappedGso {
     }
 }
 
+/// Whether a transmit of `len` bytes in segments of `segment_size` must be cut.
+fn too_big(len: usize, segment_size: Option<usize>) -> Option<usize> {
+    segment_size.filter(|&s| s > 0 && len > MAX_GSO_BYTES)
+}
+
 /// The pieces one transmit is sent as: `(start, end)` byte ranges of its contents, each a whole
 /// number of segments and at most [`MAX_GSO_BYTES`] (a single segment is never split).
-pub fn pieces(len: usize, segment_size: Option<usize>) -> Vec<(usize, usize)> {
-    let Some(seg) = segment_size.filter(|&s| s > 0 && len > MAX_GSO_BYTES) else {
-        return vec![(0, len)];
-    };
-    let step = (MAX_GSO_BYTES / seg).max(1) * seg;
-    (0..len)
+pub fn pieces(len: usize, segment_size: Option<usize>) -> impl Iterator<Item = (usize, usize)> {
+    // One piece, the whole, when nothing needs cutting.
+    let step =
+        too_big(len, segment_size).map_or(len.max(1), |seg| (MAX_GSO_BYTES / seg).max(1) * seg);
+    (0..len.max(1))
         .step_by(step)
-        .map(|start| (start, (start + step).min(len)))
-        .collect()
+        .map(move |start| (start, (start + step).min(len)))
 }
 
 impl AsyncUdpSocket for CappedGso {
@@ -66,13 +69,13 @@ impl AsyncUdpSocket for CappedGso {
     }
 
     fn try_send(&self, transmit: &Transmit) -> io::Result<()> {
-        let parts = pieces(transmit.contents.len(), transmit.segment_size);
-        if parts.len() == 1 {
+        // Every packet goes through here: the common case costs one comparison, no allocation.
+        if too_big(transmit.contents.len(), transmit.segment_size).is_none() {
             return self.inner.try_send(transmit);
         }
         // A piece that would block after earlier ones went out makes quinn send the whole batch
-        // again: the receiver drops the duplicate packets, nothing is lost.
-        for (start, end) in parts {
+        // again (its `buffered_transmit`): the receiver drops the duplicate packets.
+        for (start, end) in pieces(transmit.contents.len(), transmit.segment_size) {
             let contents = &transmit.contents[start..end];
             let segment_size = transmit.segment_size.filter(|&s| contents.len() > s);
             self.inner.try_send(&Transmit {
@@ -118,21 +121,27 @@ mod tests {
 
     #[test]
     fn small_batches_and_single_datagrams_go_whole() {
-        assert_eq!(pieces(10 * 4400, Some(4400)), vec![(0, 44_000)]);
-        assert_eq!(pieces(1200, None), vec![(0, 1200)]);
-        assert_eq!(pieces(MAX_GSO_BYTES, Some(1)), vec![(0, MAX_GSO_BYTES)]);
+        assert_eq!(
+            pieces(10 * 4400, Some(4400)).collect::<Vec<_>>(),
+            vec![(0, 44_000)]
+        );
+        assert_eq!(pieces(1200, None).collect::<Vec<_>>(), vec![(0, 1200)]);
+        assert_eq!(
+            pieces(MAX_GSO_BYTES, Some(1)).collect::<Vec<_>>(),
+            vec![(0, MAX_GSO_BYTES)]
+        );
     }
 
     #[test]
     fn a_batch_over_64_kib_is_cut_at_segment_boundaries() {
         // 10 datagrams of 8,800 bytes: 7 fit (61,600), then 3.
         assert_eq!(
-            pieces(10 * 8800, Some(8800)),
+            pieces(10 * 8800, Some(8800)).collect::<Vec<_>>(),
             vec![(0, 61_600), (61_600, 88_000)]
         );
         // The last datagram of a batch may be short.
         assert_eq!(
-            pieces(9 * 8800 + 100, Some(8800)),
+            pieces(9 * 8800 + 100, Some(8800)).collect::<Vec<_>>(),
             vec![(0, 61_600), (61_600, 79_300)]
         );
         for (start, end) in pieces(10 * 9000, Some(9000)) {
