@@ -12,7 +12,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use yonder_tests::{bin, children, compile_workload, free_tcp_port, poll, rss_anon, KillOnDrop};
+use yonder_tests::{
+    bin, children, compile_workload, free_tcp_port, hang_report, poll, rss_anon, KillOnDrop,
+};
 
 /// Compiles a C workload from tests/workloads once per test run.
 fn workload(name: &str) -> PathBuf {
@@ -95,6 +97,15 @@ fn run_agent_with(
             }
         }
         if started.elapsed() > limit {
+            // Where everything stands, before the kill: each thread's kernel stack, and the
+            // user-space stacks of the agent and of the workload's processes.
+            let mut traced = vec![agent_pid];
+            let mut i = 0;
+            while i < traced.len() {
+                traced.extend(children(traced[i]));
+                i += 1;
+            }
+            let report = hang_report(&[agent_pid], &traced);
             for pid in children(agent_pid) {
                 // SAFETY: kill(2) of a process this test started (the agent's child).
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -102,7 +113,7 @@ fn run_agent_with(
             child.kill().unwrap();
             child.wait().unwrap();
             panic!(
-                "the workload did not finish within {limit:?}; its output:\n{}",
+                "the workload did not finish within {limit:?}; its output:\n{}\n{report}",
                 err.join().unwrap()
             );
         }
