@@ -44,6 +44,12 @@ pub(super) async fn evictor(g: Rc<Group>) {
             () = g.pressure.notified() => {}
             () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
+        // A notification already stored returns at once: let every other task of the agent run
+        // before this round, or a round that can do nothing (faults waiting for room that only
+        // those tasks can make: a batch's write, a free, the reaping of an exited process)
+        // would start again and again without them (seen: a forked child exited with parked
+        // pages being freed, and the parent's fault waited forever with the agent at 100 %).
+        tokio::task::yield_now().await;
         // A process whose helper refused a park because it was forking may be out of fork() by
         // now: try it again (once per round, see `Proc::forking`).
         g.forks_hold_back.set(false);
@@ -700,7 +706,9 @@ impl Proc {
         sorted.sort_unstable();
         let ranges = runs(&sorted);
         let Some(mut shim) = self.take_shim().await else {
-            return; // the process is gone, and its parking area with it
+            // The process is gone, and its parking area with it: nothing is held any more.
+            self.parked_gone(&addrs);
+            return;
         };
         let id = self.g.next_drop_id.get() + 1;
         self.g.next_drop_id.set(id);
@@ -728,11 +736,16 @@ impl Proc {
             }
         }
         *self.shim.borrow_mut() = Some(shim);
-        if ok {
-            if let Some(k) = self.parking.borrow_mut().as_mut() {
-                for &a in &addrs {
-                    k.freed(a);
-                }
+        if ok || !self.uffd.mm_alive(self.unregistered_page()) {
+            self.parked_gone(&addrs);
+        }
+    }
+
+    /// The parked pages at `addrs` are no longer in memory (freed, or their process is gone).
+    fn parked_gone(&self, addrs: &[u64]) {
+        if let Some(k) = self.parking.borrow_mut().as_mut() {
+            for &a in addrs {
+                k.freed(a);
             }
         }
     }
@@ -807,6 +820,70 @@ mod tests {
             assert!(!child.shared_pages.borrow().contains(pg));
         }
         assert_eq!(g.shared.get(), 5);
+    }
+
+    /// A fault deferred at the hard limit, with the pages that are leaving held by a process
+    /// that is gone (an exited child whose parked pages were being freed): the evictor can do
+    /// nothing, and must still let the agent's other tasks run, one of which reaps that
+    /// process. Until it yielded, its rounds woke themselves through the deferred fault, the
+    /// reaping never ran and the fault waited forever (CI, forkstorm).
+    #[test]
+    fn an_evictor_that_can_do_nothing_lets_the_rest_of_the_agent_run() {
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let local = tokio::task::LocalSet::new();
+            let ran = local.block_on(&rt, async {
+                let g = Group::new("t".into(), group().servers.clone(), 64);
+                let parent = process(&g, 0..50);
+                // The child: 16 parked pages being freed (counted resident and leaving).
+                let child = process(&g, 100..100);
+                let mut k = crate::eviction::Parking::new(1 << 30, 16);
+                let (at, n) = k.take_run(16).unwrap();
+                for i in 0..n as u64 {
+                    k.freeing(at + i * PAGE);
+                }
+                *child.parking.borrow_mut() = Some(k);
+                assert_eq!(g.resident(), 66);
+                assert!(g.over_hard_limit());
+                assert!(g.resident() - g.leaving() <= g.soft_limit());
+                parent.handle_fault(200 * PAGE, true, false, std::time::Instant::now());
+                assert_eq!(
+                    parent.deferred.borrow().len(),
+                    1,
+                    "the fault waits for room"
+                );
+                let evictor = tokio::task::spawn_local(evictor(g.clone()));
+                // What the agent's main loop does every 100 ms: reap what is gone.
+                let reaper = tokio::task::spawn_local({
+                    let child = child.clone();
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        child.remove();
+                    }
+                });
+                reaper.await.unwrap();
+                // With the child gone there is room: the fault is tried again and leaves the
+                // deferred list (its install fails on the stand-in uffd; that is not the point).
+                for _ in 0..100 {
+                    if parent.deferred.borrow().is_empty() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                evictor.abort();
+                let served = parent.deferred.borrow().is_empty();
+                served
+            });
+            let _ = done_tx.send(ran);
+        });
+        match done_rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(served) => assert!(served, "the deferred fault was never tried again"),
+            Err(_) => panic!("the evictor kept the agent's thread to itself for 20 s"),
+        }
     }
 
     #[test]

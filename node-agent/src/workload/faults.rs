@@ -13,7 +13,7 @@ use crate::{
 };
 
 impl Proc {
-    fn handle_fault(self: &Rc<Self>, page: u64, write: bool, wp: bool, at: Instant) {
+    pub(super) fn handle_fault(self: &Rc<Self>, page: u64, write: bool, wp: bool, at: Instant) {
         if wp {
             self.g.stats.borrow_mut().wp_fault();
             let action = self.table.borrow_mut().write_fault(page);
@@ -58,7 +58,10 @@ impl Proc {
             MissingFault::ZeroFill if counted => self.zero_fill(page, write),
             MissingFault::ZeroFill | MissingFault::Fetch(_) if self.g.over_hard_limit() => {
                 self.deferred.borrow_mut().push((page, write));
-                self.g.pressure.notify_one();
+                // A fault tried again needs no new round of the evictor: it is one.
+                if !self.g.retrying.get() {
+                    self.g.pressure.notify_one();
+                }
             }
             MissingFault::ZeroFill => self.zero_fill(page, write),
             MissingFault::Fetch(remote) => {
@@ -284,9 +287,11 @@ impl Proc {
 
     pub(super) fn retry_deferred(self: &Rc<Self>) {
         let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
+        let outer = self.g.retrying.replace(true);
         for (page, write) in deferred {
             self.handle_fault(page, write, false, Instant::now());
         }
+        self.g.retrying.set(outer);
     }
 }
 

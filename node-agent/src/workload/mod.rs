@@ -116,6 +116,9 @@ pub struct Group {
     root: Cell<u32>,
     procs: RefCell<Vec<Rc<Proc>>>,
     pressure: Notify,
+    /// Deferred faults are being tried again: one that must wait again does not wake the
+    /// evictor (the evictor itself tries them, and would wake itself forever).
+    retrying: Cell<bool>,
     stuck_warned: Cell<bool>,
     /// This round of the evictor found nothing to evict but pages of a process inside `fork()`:
     /// faults are not held back for room meanwhile (the forking thread may be one of them).
@@ -192,6 +195,7 @@ impl Group {
             root: Cell::new(0),
             procs: RefCell::default(),
             pressure: Notify::new(),
+            retrying: Cell::new(false),
             stuck_warned: Cell::new(false),
             forks_hold_back: Cell::new(false),
             fatal: RefCell::default(),
@@ -574,9 +578,11 @@ impl Group {
 
     fn retry_deferred(&self) {
         let procs: Vec<Rc<Proc>> = self.procs.borrow().clone();
+        let outer = self.retrying.replace(true);
         for p in procs {
             p.retry_deferred();
         }
+        self.retrying.set(outer);
     }
 }
 
