@@ -886,6 +886,56 @@ mod tests {
         }
     }
 
+    /// A fault handled late (deferred at the hard limit, tried again after its page came back by
+    /// a prefetch and was picked for a write-protect eviction) must not be taken for a drop by
+    /// the program: the page is there, and the eviction must keep its content.
+    #[test]
+    fn a_stale_fault_on_a_page_under_eviction_keeps_its_content() {
+        // SAFETY: a plain system call with flags; it returns a new fd or -1.
+        let fd =
+            unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+        assert!(fd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+        // SAFETY: `fd` was just returned to us and nothing else owns it.
+        let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+        let uffd = Uffd::new(fd).expect("handshake");
+        // SAFETY: an anonymous private mapping at an address the kernel picks; checked below.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                PAGE as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(base, libc::MAP_FAILED);
+        let page = base as u64;
+        uffd.register(page, PAGE).expect("register");
+        uffd.copy(page, &[0xab; PAGE as usize], false).unwrap();
+        let g = group();
+        let p = Proc::new(&g, uffd, g.new_table(), BTreeMap::new(), BTreeMap::new());
+        p.table.borrow_mut().zero_filled(page);
+        assert_eq!(
+            p.table.borrow_mut().start_eviction_of(vec![page]),
+            vec![page]
+        );
+        p.handle_fault(page, false, false, std::time::Instant::now());
+        match p.table.borrow().state(page) {
+            Some(crate::pages::State::Evicting(e)) => {
+                assert!(!e.program_dropped, "a present page taken for dropped")
+            }
+            other => panic!("the eviction ended: {other:?}"),
+        }
+        // SAFETY: the page is present (installed above) and mapped until the munmap below.
+        let first = unsafe { *(page as *const u8) };
+        assert_eq!(first, 0xab);
+        // Unregistered first: an unmap event no one reads would make munmap wait for ever.
+        p.uffd.unregister(page, PAGE).unwrap();
+        // SAFETY: unmaps the mapping made above, which nothing uses any more.
+        unsafe { libc::munmap(base, PAGE as usize) };
+    }
+
     #[test]
     fn a_shared_page_whose_other_side_is_forking_leaves_one_side_only() {
         let g = group();

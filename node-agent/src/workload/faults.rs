@@ -88,6 +88,14 @@ impl Proc {
             self.uffd.zeropage(page)
         };
         match r {
+            // The page is there: the fault was stale (deferred, then the page came back by a
+            // prefetch and was picked for eviction meanwhile). Taking that for a drop by the
+            // program would make the eviction discard its content: leave the table alone.
+            Ok(Install::Exists) if evicting => {
+                if let Err(e) = self.uffd.wake(page, PAGE) {
+                    self.fail(format!("waking at {page:#x}: {e}"));
+                }
+            }
             Ok(Install::Done | Install::Exists) => {
                 let garbage = self.table.borrow_mut().zero_filled(page);
                 self.g.free_later(garbage.into_iter().collect());
