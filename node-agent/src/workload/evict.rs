@@ -34,11 +34,15 @@ use crate::{
 
 /// Batches whose writes may be in flight at once (each up to [`EVICT_BATCH`] pages).
 pub(super) const BATCHES_IN_FLIGHT: usize = 4;
+/// How long faults may wait at the limit while nothing is evicted before they are let in.
+const STALL_LIMIT: Duration = Duration::from_secs(5);
 /// Parked pages whose content is read and hashed between two yields of the fault thread.
 const READ_CHUNK: usize = 64;
 
 /// Evicts from the process with the most resident pages while the workload is over budget.
 pub(super) async fn evictor(g: Rc<Group>) {
+    // Since when faults have waited at the limit with nothing on its way out (see below).
+    let mut stalled_since: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = g.pressure.notified() => {}
@@ -142,6 +146,27 @@ pub(super) async fn evictor(g: Rc<Group>) {
             top_up_grace(&g).await;
         }
         g.retry_deferred();
+        // Faults waiting at the limit while nothing is on its way out that could make room: a
+        // leak in the counts (pages counted as leaving that no task will ever take out). Say so
+        // with the counts, and let the faults in rather than stop the workload for good.
+        let waiting = g
+            .procs
+            .borrow()
+            .iter()
+            .any(|p| !p.deferred.borrow().is_empty());
+        if waiting && !evicted && g.batches_in_flight.get() == 0 && g.over_hard_limit() {
+            let since = *stalled_since.get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() >= STALL_LIMIT {
+                g.stuck_warned.set(true);
+                eprintln!(
+                    "yonder: faults waited {STALL_LIMIT:?} at the budget with nothing being evicted ({}); the workload runs over its budget",
+                    g.counts()
+                );
+                g.retry_deferred();
+            }
+        } else {
+            stalled_since = None;
+        }
         if g.over_hard_limit() && g.batches_in_flight.get() > 0 {
             // Faults wait for room that batches on the wire will make: wait for one, rather
             // than wake up for every fault that is deferred again.
@@ -151,6 +176,31 @@ pub(super) async fn evictor(g: Rc<Group>) {
 }
 
 impl Group {
+    /// The counts behind the budget, for a message: resident, leaving, and each process's
+    /// parking slots held and being freed.
+    fn counts(&self) -> String {
+        let mut s = format!(
+            "{} pages resident of {}, {} leaving, {} batches in flight",
+            self.resident(),
+            self.budget,
+            self.leaving(),
+            self.batches_in_flight.get()
+        );
+        for p in self.procs.borrow().iter() {
+            let (held, freeing) = p
+                .parking
+                .borrow()
+                .as_ref()
+                .map_or((0, 0), |k| (k.held(), k.freeing_count()));
+            s.push_str(&format!(
+                "; process {}: {} resident, {held} parked, {freeing} being freed",
+                p.pid.get(),
+                p.table.borrow().resident()
+            ));
+        }
+        s
+    }
+
     /// Frees, in every process, the parking slots waiting for a batch to free them.
     async fn flush_pending_frees(&self) {
         let procs: Vec<Rc<Proc>> = self.procs.borrow().clone();
@@ -786,6 +836,16 @@ mod tests {
         p
     }
 
+    /// Gives `p` a parking area with `n` parked pages being freed.
+    fn being_freed(p: &Proc, n: usize) {
+        let mut k = crate::eviction::Parking::new(1 << 30, n);
+        let (at, got) = k.take_run(n).unwrap();
+        for i in 0..got as u64 {
+            k.freeing(at + i * PAGE);
+        }
+        *p.parking.borrow_mut() = Some(k);
+    }
+
     fn share(p: &Proc, pages: std::ops::Range<u64>) {
         p.shared_pages
             .borrow_mut()
@@ -841,12 +901,7 @@ mod tests {
                 let parent = process(&g, 0..50);
                 // The child: 16 parked pages being freed (counted resident and leaving).
                 let child = process(&g, 100..100);
-                let mut k = crate::eviction::Parking::new(1 << 30, 16);
-                let (at, n) = k.take_run(16).unwrap();
-                for i in 0..n as u64 {
-                    k.freeing(at + i * PAGE);
-                }
-                *child.parking.borrow_mut() = Some(k);
+                being_freed(&child, 16);
                 assert_eq!(g.resident(), 66);
                 assert!(g.over_hard_limit());
                 assert!(g.resident() - g.leaving() <= g.soft_limit());
@@ -889,6 +944,33 @@ mod tests {
     /// A fault handled late (deferred at the hard limit, tried again after its page came back by
     /// a prefetch and was picked for a write-protect eviction) must not be taken for a drop by
     /// the program: the page is there, and the eviction must keep its content.
+    /// The same state with nothing to reap (pages counted as leaving that nothing will take
+    /// out): after [`STALL_LIMIT`] the evictor says so and lets the fault in.
+    #[test]
+    fn faults_stalled_at_the_limit_with_nothing_leaving_are_let_in() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .start_paused(true)
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        local.block_on(&rt, async {
+            let g = Group::new("t".into(), group().servers.clone(), 64);
+            let parent = process(&g, 0..50);
+            let stuck = process(&g, 100..100);
+            being_freed(&stuck, 16);
+            parent.handle_fault(200 * PAGE, true, false, std::time::Instant::now());
+            assert_eq!(parent.deferred.borrow().len(), 1);
+            let evictor = tokio::task::spawn_local(evictor(g.clone()));
+            tokio::time::sleep(STALL_LIMIT / 2).await;
+            assert_eq!(parent.deferred.borrow().len(), 1, "let in too early");
+            tokio::time::sleep(STALL_LIMIT).await;
+            assert!(parent.deferred.borrow().is_empty(), "still waiting");
+            assert!(g.stuck_warned.get());
+            evictor.abort();
+        });
+    }
+
     #[test]
     fn a_stale_fault_on_a_page_under_eviction_keeps_its_content() {
         // SAFETY: a plain system call with flags; it returns a new fd or -1.
