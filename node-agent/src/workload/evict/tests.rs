@@ -1,0 +1,238 @@
+//! Tests of the evictor: choosing victims across processes, and its rounds when it can do
+//! nothing.
+
+use std::{collections::BTreeMap, fs::File, os::fd::OwnedFd};
+
+use super::*;
+use crate::{
+    remote::{Policy, Servers},
+    uffd::Uffd,
+};
+
+/// A workload whose one (unconnected) server is never asked anything.
+fn group() -> Rc<Group> {
+    let clients = vec![("10.0.0.1:7070".to_string(), None, None)];
+    let servers = Rc::new(Servers::new(clients, Policy::default()));
+    Group::new("t".into(), servers, 1 << 20)
+}
+
+/// A process of `g` whose helper is up, with `pages` resident (zero-filled). Its uffd is a
+/// stand-in: choosing victims touches no memory.
+fn process(g: &Rc<Group>, pages: std::ops::Range<u64>) -> Rc<Proc> {
+    let fd: OwnedFd = File::open("/dev/null").unwrap().into();
+    let p = Proc::new(
+        g,
+        Uffd::forked(fd, false),
+        g.new_table(),
+        BTreeMap::new(),
+        BTreeMap::new(),
+    );
+    p.helper_up.set(true);
+    for pg in pages {
+        p.table.borrow_mut().zero_filled(pg * PAGE);
+    }
+    p
+}
+
+/// Gives `p` a parking area with `n` parked pages being freed.
+fn being_freed(p: &Proc, n: usize) {
+    let mut k = crate::eviction::Parking::new(1 << 30, n);
+    let (at, got) = k.take_run(n).unwrap();
+    for i in 0..got as u64 {
+        k.freeing(at + i * PAGE);
+    }
+    *p.parking.borrow_mut() = Some(k);
+}
+
+fn share(p: &Proc, pages: std::ops::Range<u64>) {
+    p.shared_pages
+        .borrow_mut()
+        .extend(pages.map(|pg| pg * PAGE));
+}
+
+#[test]
+fn a_shared_page_is_taken_from_every_process_that_maps_it() {
+    let g = group();
+    // A parent and its child share pages 0..8; the child has 8..10 of its own.
+    let parent = process(&g, 0..8);
+    let child = process(&g, 0..10);
+    share(&parent, 0..8);
+    share(&child, 0..8);
+    g.update_shared();
+    assert_eq!(g.resident(), 10);
+
+    // The child's own pages go first, and alone.
+    let (p, own) = pick_victims(&g, 4).unwrap();
+    assert!(Rc::ptr_eq(&p, &child));
+    assert_eq!(own, vec![8 * PAGE, 9 * PAGE]);
+    assert!(pick_victims(&g, 4).is_none(), "only shared pages are left");
+
+    // Then shared pages, from both sides at once, and they stop counting as shared.
+    let picked = pick_shared(&g, 3);
+    assert_eq!(picked.len(), 2);
+    assert!(!Rc::ptr_eq(&picked[0].0, &picked[1].0));
+    assert_eq!(picked[0].1.len(), 3);
+    assert_eq!(picked[0].1, picked[1].1, "the same pages on both sides");
+    for pg in &picked[0].1 {
+        assert!(!parent.shared_pages.borrow().contains(pg));
+        assert!(!child.shared_pages.borrow().contains(pg));
+    }
+    assert_eq!(g.shared.get(), 5);
+}
+
+/// A fault deferred at the hard limit, with the pages that are leaving held by a process
+/// that is gone (an exited child whose parked pages were being freed): the evictor can do
+/// nothing, and must still let the agent's other tasks run, one of which reaps that
+/// process. Until it yielded, its rounds woke themselves through the deferred fault, the
+/// reaping never ran and the fault waited forever (CI, forkstorm).
+#[test]
+fn an_evictor_that_can_do_nothing_lets_the_rest_of_the_agent_run() {
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let local = tokio::task::LocalSet::new();
+        let ran = local.block_on(&rt, async {
+            let g = Group::new("t".into(), group().servers.clone(), 64);
+            let parent = process(&g, 0..50);
+            // The child: 16 parked pages being freed (counted resident and leaving).
+            let child = process(&g, 100..100);
+            being_freed(&child, 16);
+            assert_eq!(g.resident(), 66);
+            assert!(g.over_hard_limit());
+            assert!(g.resident() - g.leaving() <= g.soft_limit());
+            parent.handle_fault(200 * PAGE, true, false, std::time::Instant::now());
+            assert_eq!(
+                parent.deferred.borrow().len(),
+                1,
+                "the fault waits for room"
+            );
+            let evictor = tokio::task::spawn_local(evictor(g.clone()));
+            // What the agent's main loop does every 100 ms: reap what is gone.
+            let reaper = tokio::task::spawn_local({
+                let child = child.clone();
+                async move {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    child.remove();
+                }
+            });
+            reaper.await.unwrap();
+            // With the child gone there is room: the fault is tried again and leaves the
+            // deferred list (its install fails on the stand-in uffd; that is not the point).
+            for _ in 0..100 {
+                if parent.deferred.borrow().is_empty() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            evictor.abort();
+            let served = parent.deferred.borrow().is_empty();
+            served
+        });
+        let _ = done_tx.send(ran);
+    });
+    match done_rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(served) => assert!(served, "the deferred fault was never tried again"),
+        Err(_) => panic!("the evictor kept the agent's thread to itself for 20 s"),
+    }
+}
+
+/// A fault handled late (deferred at the hard limit, tried again after its page came back by
+/// a prefetch and was picked for a write-protect eviction) must not be taken for a drop by
+/// the program: the page is there, and the eviction must keep its content.
+/// The same state with nothing to reap (pages counted as leaving that nothing will take
+/// out): after [`STALL_LIMIT`] the evictor says so and lets the fault in.
+#[test]
+fn faults_stalled_at_the_limit_with_nothing_leaving_are_let_in() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async {
+        let g = Group::new("t".into(), group().servers.clone(), 64);
+        let parent = process(&g, 0..50);
+        let stuck = process(&g, 100..100);
+        being_freed(&stuck, 16);
+        parent.handle_fault(200 * PAGE, true, false, std::time::Instant::now());
+        assert_eq!(parent.deferred.borrow().len(), 1);
+        let evictor = tokio::task::spawn_local(evictor(g.clone()));
+        tokio::time::sleep(STALL_LIMIT / 2).await;
+        assert_eq!(parent.deferred.borrow().len(), 1, "let in too early");
+        tokio::time::sleep(STALL_LIMIT).await;
+        assert!(parent.deferred.borrow().is_empty(), "still waiting");
+        assert!(g.stuck_warned.get());
+        evictor.abort();
+    });
+}
+
+#[test]
+fn a_stale_fault_on_a_page_under_eviction_keeps_its_content() {
+    // SAFETY: a plain system call with flags; it returns a new fd or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
+    assert!(fd >= 0, "userfaultfd: {}", std::io::Error::last_os_error());
+    // SAFETY: `fd` was just returned to us and nothing else owns it.
+    let fd = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) };
+    let uffd = Uffd::new(fd).expect("handshake");
+    // SAFETY: an anonymous private mapping at an address the kernel picks; checked below.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            PAGE as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let page = base as u64;
+    uffd.register(page, PAGE).expect("register");
+    uffd.copy(page, &[0xab; PAGE as usize], false).unwrap();
+    let g = group();
+    let p = Proc::new(&g, uffd, g.new_table(), BTreeMap::new(), BTreeMap::new());
+    p.table.borrow_mut().zero_filled(page);
+    assert_eq!(
+        p.table.borrow_mut().start_eviction_of(vec![page]),
+        vec![page]
+    );
+    p.handle_fault(page, false, false, std::time::Instant::now());
+    match p.table.borrow().state(page) {
+        Some(crate::pages::State::Evicting(e)) => {
+            assert!(!e.program_dropped, "a present page taken for dropped")
+        }
+        other => panic!("the eviction ended: {other:?}"),
+    }
+    // SAFETY: the page is present (installed above) and mapped until the munmap below.
+    let first = unsafe { *(page as *const u8) };
+    assert_eq!(first, 0xab);
+    // Unregistered first: an unmap event no one reads would make munmap wait for ever.
+    p.uffd.unregister(page, PAGE).unwrap();
+    // SAFETY: unmaps the mapping made above, which nothing uses any more.
+    unsafe { libc::munmap(base, PAGE as usize) };
+}
+
+#[test]
+fn a_shared_page_whose_other_side_is_forking_leaves_one_side_only() {
+    let g = group();
+    let parent = process(&g, 0..4);
+    let child = process(&g, 0..4);
+    share(&parent, 0..4);
+    share(&child, 0..4);
+    g.update_shared();
+    parent.forking.set(true);
+    let picked = pick_shared(&g, 2);
+    assert_eq!(picked.len(), 1);
+    assert!(Rc::ptr_eq(&picked[0].0, &child));
+    // The parent keeps its copy, resident and no longer counted as shared.
+    for pg in &picked[0].1 {
+        assert!(matches!(
+            parent.table.borrow().state(*pg),
+            Some(crate::pages::State::Resident { .. })
+        ));
+        assert!(!parent.shared_pages.borrow().contains(pg));
+    }
+}
