@@ -578,11 +578,9 @@ impl Group {
 
     fn retry_deferred(&self) {
         let procs: Vec<Rc<Proc>> = self.procs.borrow().clone();
-        let outer = self.retrying.replace(true);
         for p in procs {
             p.retry_deferred();
         }
-        self.retrying.set(outer);
     }
 }
 
