@@ -37,6 +37,10 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Highest resident managed page count.
     pub peak_resident: usize,
+    /// Missing faults that waited for room at the hard limit (counted once each).
+    pub deferred: u64,
+    /// How long those faults waited for room, nanoseconds (deferred to served).
+    pub deferral: Histogram<u64>,
     /// Remote-fault service time, nanoseconds (fault read to page installed).
     pub remote_latency: Histogram<u64>,
     /// Remote-fault stages, nanoseconds: fault read to request handed to QUIC, to reply read, to
@@ -84,6 +88,8 @@ impl Default for Stats {
             bytes_in: 0,
             bytes_out: 0,
             peak_resident: 0,
+            deferred: 0,
+            deferral: Histogram::new(3).expect("valid histogram precision"),
             remote_latency: Histogram::new(3).expect("valid histogram precision"),
             stages: std::array::from_fn(|_| Histogram::new(3).expect("valid histogram precision")),
             cpu_at_start: crate::procfs::thread_cpu_time(),
@@ -125,6 +131,19 @@ impl Stats {
             self.labels(None)
         )
         .record(took.as_secs_f64());
+    }
+
+    /// Records a missing fault that has to wait for room at the hard limit.
+    pub fn deferred(&mut self) {
+        self.deferred += 1;
+        counter!("yonder_agent_faults_deferred_total", self.labels(None)).increment(1);
+    }
+
+    /// Records how long a deferred fault waited for room before it was served.
+    pub fn deferral(&mut self, waited: Duration) {
+        let _ = self.deferral.record(waited.as_nanos() as u64);
+        histogram!("yonder_agent_fault_deferral_seconds", self.labels(None))
+            .record(waited.as_secs_f64());
     }
 
     /// Records the stages of one remote fault (each ends where the next begins).
@@ -277,6 +296,16 @@ impl Stats {
                 st(Stage::Install),
                 cpu.as_secs_f64() * 1e6 / self.remote_faults as f64,
                 cpu.as_secs_f64()
+            );
+        }
+        if self.deferred > 0 {
+            let d = |x: f64| self.deferral.value_at_quantile(x) as f64 / 1e3;
+            s += &format!(
+                "yonder: {} faults waited for room at the budget (p50 {:.0} µs, p99 {:.0} µs, {:.2} s in all)\n",
+                self.deferred,
+                d(0.5),
+                d(0.99),
+                self.deferral.mean() * self.deferral.len() as f64 / 1e9
             );
         }
         s += &format!(

@@ -57,9 +57,10 @@ impl Proc {
             MissingFault::Rescue(at) => self.rescue(page, at, write),
             MissingFault::ZeroFill if counted => self.zero_fill(page, write),
             MissingFault::ZeroFill | MissingFault::Fetch(_) if self.g.over_hard_limit() => {
-                self.deferred.borrow_mut().push((page, write));
+                self.deferred.borrow_mut().push((page, write, at));
                 // A fault tried again needs no new round of the evictor: it is one.
                 if !self.g.retrying.get() {
+                    self.g.stats.borrow_mut().deferred();
                     self.g.pressure.notify_one();
                 }
             }
@@ -296,8 +297,18 @@ impl Proc {
     pub(super) fn retry_deferred(self: &Rc<Self>) {
         let deferred = std::mem::take(&mut *self.deferred.borrow_mut());
         let outer = self.g.retrying.replace(true);
-        for (page, write) in deferred {
+        for (page, write, since) in deferred {
+            let before = self.deferred.borrow().len();
             self.handle_fault(page, write, false, Instant::now());
+            let mut d = self.deferred.borrow_mut();
+            if d.len() > before {
+                // Deferred again: it keeps waiting since it first did.
+                if let Some(last) = d.last_mut() {
+                    last.2 = since;
+                }
+            } else {
+                self.g.stats.borrow_mut().deferral(since.elapsed());
+            }
         }
         self.g.retrying.set(outer);
     }

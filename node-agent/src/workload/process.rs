@@ -61,7 +61,7 @@ pub(super) struct Proc {
     /// Per page, how many REMOVE events our own drops still owe us.
     pub(super) our_drops: RefCell<HashMap<u64, u32>>,
     /// Faults that wait for room under the budget.
-    pub(super) deferred: RefCell<Vec<(u64, bool)>>,
+    pub(super) deferred: RefCell<Vec<(u64, bool, std::time::Instant)>>,
     /// Runs of remote faults, most recent first (at most [`STREAMS`](super::prefetch::STREAMS)): the end of the run's
     /// last fetch (the faulting page or the farthest one prefetched with it), how many remote
     /// faults in a row continued it, and whether it runs down. Several, so that threads each
