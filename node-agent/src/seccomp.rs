@@ -41,10 +41,17 @@ pub fn receive(listener: &impl AsFd) -> io::Result<Option<Call>> {
         events: libc::POLLIN,
         revents: 0,
     };
-    // SAFETY: poll(2) on one entry that lives across the call, without waiting.
-    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
+    loop {
+        // SAFETY: poll(2) on one entry that lives across the call, without waiting.
+        let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+        if r >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        // A signal is not the end of the listener: ask again (this poll never waits).
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
     }
     if pfd.revents & libc::POLLIN == 0 {
         if pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0 {

@@ -489,11 +489,21 @@ pub(super) async fn park(
             }
             if moved < n {
                 let failing = src + moved * PAGE;
+                let rest = (moved + 1..n).map(|j| src + j * PAGE);
                 tracing::trace!(page = failing, errno, "cannot move");
                 match errno {
                     // Not exclusive to the process (shared copy-on-write after a fork: EBUSY),
-                    // or a mapping the kernel will not move from (EINVAL): protect instead.
-                    libc::EBUSY | libc::EINVAL | libc::EPERM => fallback.push(failing),
+                    // or a mapping the kernel will not move from (EINVAL): protect instead. The
+                    // rest of the run was not tried; it is most likely the same (a fork shares
+                    // the whole heap, a mapping refuses all its pages), and write protection
+                    // evicts any page, so it goes that way too. Left resident, it would come
+                    // back as the next victims and stop at its first page again: after a fork,
+                    // batches of 256 evicted one page each.
+                    libc::EBUSY | libc::EINVAL | libc::EPERM => {
+                        fallback.push(failing);
+                        fallback.extend(rest);
+                        continue;
+                    }
                     // Not present: the program dropped it (MADV_DONTNEED/FREE keep the table's
                     // entry resident, as the page may stay), so it reads as zeros.
                     libc::ENOENT => vanished.push(failing),
@@ -506,7 +516,7 @@ pub(super) async fn park(
                     _ => aborted.push(failing),
                 }
                 // What follows the failing page was not tried: it stays resident for now.
-                aborted.extend((moved + 1..n).map(|j| src + j * PAGE));
+                aborted.extend(rest);
             }
         }
     }

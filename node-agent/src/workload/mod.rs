@@ -312,12 +312,32 @@ impl Group {
         self.shared.set(total / 2);
     }
 
-    /// Forgets what is shared (a process went: until the next measurement, count every page).
+    /// Forgets what is shared (a process went: until the next measurement, count every page),
+    /// except the estimate made at the fork of a child not paired yet, which [`process::sharing`]
+    /// cannot measure before it has a pid: its inherited pages stay counted once with its parent,
+    /// if the parent is still here. (Wiping it too counted parent and child twice until the child
+    /// said hello, and faults waited for room that was there.)
     fn forget_shared(&self) {
-        for p in self.procs.borrow().iter() {
+        let procs = self.procs.borrow();
+        for p in procs.iter().filter(|p| p.pid.get() != 0) {
             p.shared_pages.borrow_mut().clear();
         }
-        self.shared.set(0);
+        for child in procs.iter().filter(|p| p.pid.get() == 0) {
+            let parent = child.forked_from.get().and_then(|(pid, _)| {
+                procs
+                    .iter()
+                    .find(|p| p.pid.get() == pid && !p.removed.get())
+            });
+            match parent {
+                Some(parent) => parent
+                    .shared_pages
+                    .borrow_mut()
+                    .extend(child.shared_pages.borrow().iter()),
+                None => child.shared_pages.borrow_mut().clear(),
+            }
+        }
+        drop(procs);
+        self.update_shared();
     }
 
     /// Pids of its attached processes.

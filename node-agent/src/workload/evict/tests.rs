@@ -236,3 +236,62 @@ fn a_shared_page_whose_other_side_is_forking_leaves_one_side_only() {
         assert!(!parent.shared_pages.borrow().contains(pg));
     }
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_run_refused_at_its_first_page_goes_to_write_protection_whole() {
+    let g = group();
+    let p = process(&g, 0..8);
+    *p.parking.borrow_mut() = Some(crate::eviction::Parking::new(1 << 30, 64));
+    let victims: Vec<u64> = (0..8).map(|pg| pg * PAGE).collect();
+    assert_eq!(
+        p.table.borrow_mut().start_eviction_of(victims.clone()),
+        victims
+    );
+    // A stand-in for the shim's helper: the run's first page is shared (EBUSY), nothing moves.
+    let (agent_end, mut helper_end) = tokio::net::UnixStream::pair().unwrap();
+    *p.shim.borrow_mut() = Some(agent_end);
+    let local = tokio::task::LocalSet::new();
+    let (parked, fallback) = local
+        .run_until(async {
+            let helper = tokio::task::spawn_local(async move {
+                let req = read_words(&mut helper_end).await.unwrap();
+                assert_eq!(req[0], proto::PARK);
+                assert_eq!(&req[2..], &[1, 0, 1 << 30, 8 * PAGE]);
+                let reply = [proto::PARKED, req[1], 1, 0, libc::EBUSY as u64];
+                write_words(&mut helper_end, &reply).await.unwrap();
+                helper_end
+            });
+            let r = park(&p, victims.clone()).await.unwrap();
+            helper.await.unwrap();
+            r
+        })
+        .await;
+    assert!(parked.is_empty());
+    assert_eq!(fallback, victims, "the rest of the run was left resident");
+    for pg in victims {
+        match p.table.borrow().state(pg) {
+            Some(crate::pages::State::Evicting(e)) => assert!(!e.dropping),
+            other => panic!("not under eviction any more: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn a_child_not_paired_yet_keeps_its_fork_estimate_when_another_process_goes() {
+    let g = group();
+    let parent = process(&g, 0..8);
+    parent.pid.set(100);
+    let child = process(&g, 0..8);
+    child.forked_from.set(Some((100, 1)));
+    share(&parent, 0..8);
+    share(&child, 0..8);
+    let other = process(&g, 100..104);
+    other.pid.set(200);
+    share(&other, 100..104);
+    g.update_shared();
+    assert_eq!(g.shared.get(), 8 + 2);
+    other.remove();
+    assert_eq!(g.shared.get(), 8, "the fork-time estimate was wiped");
+    parent.remove();
+    assert_eq!(g.shared.get(), 0, "shared with a parent that is gone");
+}
