@@ -200,6 +200,9 @@ fn quick_report_writes_every_section() {
         "## Yonder side by side with kernel swap",
         "swap to zram",
         "swap to file",
+        "### Real programs, the kernel held to the anonymous budget alone",
+        "#### xz: anonymous footprint",
+        "#### redis: anonymous footprint",
         "## Memory server throughput",
         "| read | 32 | 16 |",
     ] {
