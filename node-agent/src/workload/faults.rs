@@ -79,6 +79,13 @@ impl Proc {
         }
     }
 
+    /// Wakes whoever faulted on `page`, whose range is gone (unmapped meanwhile, or the address
+    /// space went): the kernel's unmap normally wakes them itself, and a wake-up of no one is
+    /// harmless, but a thread must never stay blocked on a fault nobody will serve.
+    fn wake_gone(&self, page: u64) {
+        let _ = self.uffd.wake(page, PAGE);
+    }
+
     /// Serves a missing fault with zeros (a page never touched, or dropped by the program).
     fn zero_fill(self: &Rc<Self>, page: u64, write: bool) {
         let evicting = matches!(self.table.borrow().state(page), Some(State::Evicting(_)));
@@ -107,7 +114,7 @@ impl Proc {
                 self.g.after_resident_change();
             }
             Ok(Install::Again) => self.retry_fault(page, write),
-            Ok(Install::Gone) => {}
+            Ok(Install::Gone) => self.wake_gone(page),
             Err(e) => self.fail(format!("cannot zero-fill {page:#x}: {e}")),
         }
     }
@@ -141,7 +148,7 @@ impl Proc {
                 self.g.stats.borrow_mut().rescue();
             }
             Ok(Install::Again) => self.retry_fault(page, write),
-            Ok(Install::Gone) => {}
+            Ok(Install::Gone) => self.wake_gone(page),
             Err(e) => self.fail(format!("cannot install the parked page {page:#x}: {e}")),
         }
     }
@@ -491,7 +498,10 @@ async fn install(
                 return Ok(true);
             }
             Ok(Install::Again) => tokio::task::yield_now().await,
-            Ok(Install::Gone) => return Ok(false),
+            Ok(Install::Gone) => {
+                p.wake_gone(page);
+                return Ok(false);
+            }
             Err(e) => {
                 p.fail(format!("cannot install the page at {page:#x}: {e}"));
                 return Err(());
