@@ -74,10 +74,16 @@ fn workload_alone_prints_a_result_line_with_only_hits() {
 }
 
 #[test]
-fn floor_json_has_four_floors_both_ways() {
+fn floor_json_has_five_floors_both_ways() {
     let out = bench(&["floor", "--json", "--samples", "300"]);
     let f: Value = serde_json::from_str(&stdout(&out)).unwrap();
-    for name in ["uffd_local", "udp_4k", "quic_4k", "quic_dgram_4k"] {
+    for name in [
+        "uffd_local",
+        "udp_4k",
+        "quic_4k",
+        "quic_dgram_4k",
+        "quic_proto_4k",
+    ] {
         for way in ["unpinned", "one_cpu"] {
             assert_eq!(ordered(&f[name][way]), 300, "{name} {way}");
         }

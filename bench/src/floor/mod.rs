@@ -11,6 +11,8 @@
 //! - **QUIC DATAGRAM 4 KiB**: the same as unreliable QUIC DATAGRAM frames (RFC 9221) instead of
 //!   a stream: what a read path without streams would cost (issue 13 asks for the comparison;
 //!   docs/fault-path.md has it). A lost reply would be retried by asking again after 50 ms.
+//! - **QUIC 4 KiB, quinn-proto by hand**: the stream floor again, with quinn-proto driven by one
+//!   thread per side that sleeps in `poll(2)`: no Tokio, no quinn tasks ([`proto`]).
 //!
 //! Each is measured twice: with both threads left to the scheduler (how Yonder runs) and with
 //! both pinned to one CPU (no cross-CPU wake-up; see PLATFORM.md).
@@ -26,6 +28,8 @@ use anyhow::Context;
 use serde::{Deserialize, Serialize};
 use yonder_agent::uffd::{Event, Uffd};
 use yonder_common::{certs, tls, transport};
+
+mod proto;
 
 use crate::{
     mem::{Region, PAGE},
@@ -64,16 +68,19 @@ pub struct Floors {
     pub quic_4k: Floor,
     /// QUIC round trip as DATAGRAM frames, 32 B request, 4 KiB reply.
     pub quic_dgram_4k: Floor,
+    /// QUIC round trip on one stream with quinn-proto driven by hand (no Tokio, no quinn tasks).
+    pub quic_proto_4k: Floor,
 }
 
 impl Floors {
     /// (name, floor) pairs in report order.
-    pub fn named(&self) -> [(&'static str, Floor); 4] {
+    pub fn named(&self) -> [(&'static str, Floor); 5] {
         [
             ("uffd fault from a local page", self.uffd_local),
             ("UDP round trip, 4 KiB", self.udp_4k),
             ("QUIC round trip, 4 KiB", self.quic_4k),
             ("QUIC DATAGRAM round trip, 4 KiB", self.quic_dgram_4k),
+            ("QUIC, quinn-proto by hand, 4 KiB", self.quic_proto_4k),
         ]
     }
 }
@@ -103,6 +110,8 @@ pub fn measure(samples: usize) -> anyhow::Result<Floors> {
         quic_4k: both(&|pin| quic(samples, pin, Frames::Stream)).context("QUIC floor")?,
         quic_dgram_4k: both(&|pin| quic(samples, pin, Frames::Datagram))
             .context("QUIC DATAGRAM floor")?,
+        quic_proto_4k: both(&|pin| quic_by_hand(samples, pin))
+            .context("QUIC floor with quinn-proto by hand")?,
     })
 }
 
@@ -211,6 +220,17 @@ fn udp(samples: usize, pin: bool) -> anyhow::Result<Summary> {
             Ok(Summary::of(&h))
         })
     })
+}
+
+fn quic_by_hand(samples: usize, pin: bool) -> anyhow::Result<Summary> {
+    let dir = tempfile::Builder::new()
+        .prefix("yonder-bench-floor-")
+        .tempdir()?;
+    certs::create(&certs::CertPlan::loopback(dir.path()))?;
+    let mtu = Some(crate::cluster::LOOPBACK_MTU);
+    let server_config = tls::server_config(&tls::TlsFiles::in_dir(dir.path(), "server"), mtu)?;
+    let client_config = tls::client_config(&tls::TlsFiles::in_dir(dir.path(), "client"), mtu)?;
+    proto::quic_proto(samples, pin, server_config, client_config)
 }
 
 /// How the QUIC floor carries its requests and replies.
