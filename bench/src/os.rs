@@ -30,20 +30,5 @@ pub fn pin_to_cpu(cpu: usize) -> std::io::Result<()> {
 
 /// Blocks until `fd` is readable (or `timeout_ms` passes); returns whether it is.
 pub fn wait_readable(fd: i32, timeout_ms: i32) -> std::io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd on the stack, count 1.
-    let r = unsafe { libc::poll(&mut pfd, 1, timeout_ms) };
-    if r < 0 {
-        let e = std::io::Error::last_os_error();
-        return if e.kind() == std::io::ErrorKind::Interrupted {
-            Ok(false)
-        } else {
-            Err(e)
-        };
-    }
-    Ok(r > 0)
+    yonder_common::poll::readable(fd, timeout_ms)
 }

@@ -8,6 +8,7 @@ pub mod certs;
 pub mod client;
 pub mod codec;
 pub mod gso;
+pub mod poll;
 pub mod protocol;
 pub mod size;
 pub mod tls;

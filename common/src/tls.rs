@@ -132,7 +132,11 @@ pub fn client_config(files: &TlsFiles, mtu: Option<u16>) -> Result<quinn::Client
 
 /// Returns the common name of the certificate a connected peer presented.
 pub fn peer_common_name(conn: &quinn::Connection) -> Result<String, TlsError> {
-    let identity = conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?;
+    common_name_of_chain(conn.peer_identity().ok_or(TlsError::NoPeerCertificate)?)
+}
+
+/// The common name of the leaf certificate of a peer identity as quinn's TLS session gives it.
+pub fn common_name_of_chain(identity: Box<dyn std::any::Any>) -> Result<String, TlsError> {
     let chain = identity
         .downcast::<Vec<CertificateDer<'static>>>()
         .map_err(|_| TlsError::NoPeerCertificate)?;

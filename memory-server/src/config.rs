@@ -34,6 +34,32 @@ pub struct ServerConfig {
     /// instead of sleeping until the kernel wakes it (bounded; an idle server sleeps). 0 turns it
     /// off. Default [`DEFAULT_SPIN_US`].
     pub spin_us: u64,
+    /// How requests are read and answered: `driven` (one thread driving quinn-proto itself,
+    /// docs/server-path.md) or `quinn` (Tokio tasks on quinn's endpoint, the only one that can
+    /// use several `threads`). Default: `driven` with one thread, `quinn` with more.
+    pub io: Option<Io>,
+}
+
+/// How the server runs its QUIC endpoint.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Io {
+    /// quinn's endpoint, a Tokio task per connection and per stream, on `threads` threads.
+    Quinn,
+    /// One thread drives quinn-proto: reads the socket, runs QUIC, answers, sends.
+    Driven,
+}
+
+impl ServerConfig {
+    /// The request path to use: the one configured, else [`Io::Driven`] for one thread and
+    /// [`Io::Quinn`] for several.
+    pub fn io(&self) -> Io {
+        self.io.unwrap_or(if self.threads <= 1 {
+            Io::Driven
+        } else {
+            Io::Quinn
+        })
+    }
 }
 
 /// Default spin window after a request, µs: with the agent spinning too, a remote fault's p50
@@ -51,6 +77,7 @@ impl Default for ServerConfig {
             threads: 1,
             mtu: None,
             spin_us: DEFAULT_SPIN_US,
+            io: None,
         }
     }
 }
@@ -81,6 +108,17 @@ mod tests {
         assert_eq!(c.listen, "127.0.0.1:9000".parse().unwrap());
         assert_eq!(c.capacity, ByteSize(8 << 30));
         assert_eq!(c.tls_dir, ServerConfig::default().tls_dir);
+    }
+
+    #[test]
+    fn the_request_path_follows_the_threads_unless_given() {
+        let one: ServerConfig = toml::from_str("threads = 1").unwrap();
+        assert_eq!(one.io(), Io::Driven);
+        let four: ServerConfig = toml::from_str("threads = 4").unwrap();
+        assert_eq!(four.io(), Io::Quinn);
+        let given: ServerConfig = toml::from_str("io = \"quinn\"").unwrap();
+        assert_eq!(given.io(), Io::Quinn);
+        assert!(toml::from_str::<ServerConfig>("io = \"tokio\"").is_err());
     }
 
     #[test]

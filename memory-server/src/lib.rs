@@ -2,6 +2,7 @@
 //! QUIC with mutual TLS.
 
 pub mod config;
+pub mod driven;
 pub mod frame_reader;
 pub mod handler;
 pub mod metrics;

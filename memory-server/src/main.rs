@@ -1,12 +1,24 @@
 //! `yonder-server`: serve pages to node agents, or create the cluster's certificates.
 
-use std::{io::Write, net::SocketAddr, path::PathBuf, sync::Arc};
+use std::{
+    io::Write,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use tracing::info;
 use yonder_common::{certs, size::ByteSize, tls, transport};
-use yonder_server::{config::ServerConfig, metrics, server, store::Store};
+use yonder_server::{
+    config::{Io, ServerConfig},
+    driven, metrics, server,
+    store::Store,
+};
 
 mod probe;
 
@@ -61,6 +73,10 @@ struct ServeArgs {
     /// [default: 200].
     #[arg(long)]
     spin_us: Option<u64>,
+    /// How requests are read and answered: driven (one thread driving quinn-proto) or quinn
+    /// (Tokio tasks; the one for --threads above 1) [default: driven, quinn with --threads > 1].
+    #[arg(long, value_enum)]
+    io: Option<yonder_server::config::Io>,
     /// TOML configuration file.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -166,6 +182,9 @@ fn merge(args: ServeArgs) -> anyhow::Result<ServerConfig> {
     if let Some(v) = args.spin_us {
         config.spin_us = v;
     }
+    if let Some(v) = args.io {
+        config.io = Some(v);
+    }
     Ok(config)
 }
 
@@ -185,22 +204,55 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
     }
     let server_config =
         tls::server_config(&files, config.mtu).context("loading the TLS certificates")?;
-    let endpoint = transport::endpoint(config.listen, Some(server_config))
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let local = endpoint.local_addr()?;
+    let driven = config.io() == Io::Driven;
+    if driven && config.threads > 1 {
+        tracing::warn!(
+            threads = config.threads,
+            "the driven request path serves on one thread: `threads` applies to `io = \"quinn\"`"
+        );
+    }
+    let (endpoint, socket) = if driven {
+        let socket = yonder_server::driven::bind(config.listen)
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        (None, Some(socket))
+    } else {
+        let endpoint = transport::endpoint(config.listen, Some(server_config.clone()))
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        (Some(endpoint), None)
+    };
+    let local = match (&endpoint, &socket) {
+        (Some(e), _) => e.local_addr()?,
+        (_, Some(s)) => s.local_addr()?,
+        _ => unreachable!("one of the two is bound"),
+    };
     if let Some(addr) = config.metrics {
         metrics::install(addr).with_context(|| format!("metrics endpoint on {addr}"))?;
         info!("metrics on http://{addr}/metrics");
     }
-    info!(capacity = %config.capacity, "listening on {local}");
+    info!(capacity = %config.capacity, io = ?config.io(), "listening on {local}");
     // A machine-readable line for whoever started us with port 0.
     println!("listening on {local}");
     std::io::stdout().flush()?;
     let store = Arc::new(Store::new(config.capacity.bytes()));
-    let options = server::ServeOptions {
-        spin: Some(std::time::Duration::from_micros(config.spin_us)),
-    };
-    server::serve_with(endpoint, store, options, shutdown_signal()).await;
+    let spin = Some(std::time::Duration::from_micros(config.spin_us));
+    if let Some(socket) = socket {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let mut serving = tokio::task::spawn_blocking(move || {
+            driven::serve(socket, server_config, store, spin, &flag)
+        });
+        tokio::select! {
+            r = &mut serving => r.context("the request thread panicked")?.context("serving")?,
+            () = shutdown_signal() => {
+                // The thread closes the connections and ends within its drain time.
+                stop.store(true, Ordering::Relaxed);
+                serving.await.context("the request thread panicked")?.context("serving")?;
+            }
+        }
+    } else if let Some(endpoint) = endpoint {
+        let options = server::ServeOptions { spin };
+        server::serve_with(endpoint, store, options, shutdown_signal()).await;
+    }
     info!("stopped");
     Ok(())
 }

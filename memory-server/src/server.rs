@@ -47,12 +47,23 @@ pub const MAX_CONNECTIONS_PER_TENANT: usize = 64;
 /// Maps tenant names (certificate common names) to store ids for the server's lifetime, and
 /// counts each tenant's open connections.
 #[derive(Default)]
-struct Tenants(Mutex<HashMap<String, (TenantId, usize)>>);
+pub(crate) struct Tenants(Mutex<HashMap<String, (TenantId, usize)>>);
 
 impl Tenants {
     /// The tenant's id and a slot among its connections, or `None` when it has
     /// [`MAX_CONNECTIONS_PER_TENANT`] open.
     fn admit<'a>(&'a self, name: &str) -> Option<Admitted<'a>> {
+        let id = self.enter(name)?;
+        Some(Admitted {
+            tenants: self,
+            name: name.to_string(),
+            id,
+        })
+    }
+
+    /// Takes a connection slot of tenant `name`: its id, or `None` when it has
+    /// [`MAX_CONNECTIONS_PER_TENANT`] open. Give it back with [`Self::leave`].
+    pub(crate) fn enter(&self, name: &str) -> Option<TenantId> {
         let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
         let next = map.len() as TenantId;
         let (id, open) = map.entry(name.to_string()).or_insert((next, 0));
@@ -60,11 +71,15 @@ impl Tenants {
             return None;
         }
         *open += 1;
-        Some(Admitted {
-            tenants: self,
-            name: name.to_string(),
-            id: *id,
-        })
+        Some(*id)
+    }
+
+    /// Gives back a slot taken with [`Self::enter`].
+    pub(crate) fn leave(&self, name: &str) {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, open)) = map.get_mut(name) {
+            *open = open.saturating_sub(1);
+        }
     }
 }
 
@@ -77,10 +92,7 @@ struct Admitted<'a> {
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
-        let mut map = self.tenants.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, open)) = map.get_mut(&self.name) {
-            *open -= 1;
-        }
+        self.tenants.leave(&self.name);
     }
 }
 
@@ -224,7 +236,7 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: &Shared, ses
                 if let Some(spinner) = &shared.spinner {
                     spinner.touch(received);
                 }
-                match answer(shared, session, payload, &mut out, &mut scratch) {
+                match answer(&shared.store, session, payload, &mut out, &mut scratch) {
                     Ok(op) => (op, received, false),
                     Err(e) => {
                         warn!("cannot encode a reply: {e}");
@@ -271,8 +283,8 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: &Shared, ses
 /// Decodes and serves one request frame's payload, appending the reply frame to `out`; returns
 /// the request's kind (`None` for a payload that is not a request). Writes are decoded in place
 /// ([`wire::decode_write`]).
-fn answer(
-    shared: &Shared,
+pub(crate) fn answer(
+    store: &Store,
     session: &Session,
     payload: &[u8],
     out: &mut BytesMut,
@@ -281,9 +293,9 @@ fn answer(
     let decoded = match wire::decode_write(payload) {
         Some(Ok(pages)) => {
             let started = Instant::now();
-            let resp = handler::handle_write(&shared.store, session, &pages);
+            let resp = handler::handle_write(store, session, &pages);
             metrics::request("write", pages.len(), &resp, started.elapsed());
-            metrics::usage(&shared.store.usage());
+            metrics::usage(&store.usage());
             return encode(session, &resp, false, out, scratch).map(|()| Some("write"));
         }
         Some(Err(e)) => Err(e),
@@ -292,7 +304,7 @@ fn answer(
     match decoded {
         Ok(req) => {
             let op = req.op();
-            serve_request(shared, session, req, out, scratch).map(|()| Some(op))
+            serve_request(store, session, req, out, scratch).map(|()| Some(op))
         }
         Err(e) => {
             let resp = Response::error(ErrorCode::Malformed, e.to_string());
@@ -302,7 +314,7 @@ fn answer(
 }
 
 /// Encodes `resp` as a frame at the end of `out` (through `scratch`), logging an error reply.
-fn encode(
+pub(crate) fn encode(
     session: &Session,
     resp: &Response,
     last: bool,
@@ -327,7 +339,7 @@ fn encode(
 /// valid batch is encoded straight from the store ([`reply::encode_read`]); every other request
 /// goes through [`handle`] and the generic encoder.
 fn serve_request(
-    shared: &Shared,
+    store: &Store,
     session: &Session,
     req: Request,
     out: &mut BytesMut,
@@ -337,7 +349,7 @@ fn serve_request(
     let started = Instant::now();
     if let Request::Read { pages } = &req {
         if session.greeted() && pages.len() <= MAX_BATCH_PAGES {
-            reply::encode_read(&shared.store, session.tenant(), pages, out)?;
+            reply::encode_read(store, session.tenant(), pages, out)?;
             metrics::request_ok(op, pages.len(), started.elapsed());
             return Ok(());
         }
@@ -348,10 +360,10 @@ fn serve_request(
         Request::Free { pages } => pages.len(),
         _ => 0,
     };
-    let resp = handle(&shared.store, session, req);
+    let resp = handle(store, session, req);
     metrics::request(op, pages, &resp, started.elapsed());
     if matches!(op, "write" | "free" | "drop_space") {
-        metrics::usage(&shared.store.usage());
+        metrics::usage(&store.usage());
     }
     encode(session, &resp, false, out, scratch)
 }

@@ -2,12 +2,18 @@
 //! with real QUIC and TLS and certificates it generates, so `yonder-agent run` works on one
 //! machine as is.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::Context;
-use tokio::sync::oneshot;
 use yonder_common::{certs, tls, transport};
-use yonder_server::{server, store::Store};
+use yonder_server::{driven, store::Store};
 
 /// A memory server running on a thread of the agent.
 pub struct Embedded {
@@ -15,63 +21,39 @@ pub struct Embedded {
     pub addr: SocketAddr,
     /// The certificates, until [`Self::remove_certs`].
     dir: Option<tempfile::TempDir>,
-    stop: Option<oneshot::Sender<()>>,
+    stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Embedded {
-    /// Creates certificates in a private temporary directory and starts the server.
+    /// Creates certificates in a private temporary directory and starts the server: the same
+    /// request path as a standalone `yonder-server` (one thread driving quinn-proto, spinning
+    /// after requests like it; docs/server-path.md).
     pub fn start(capacity: u64) -> anyhow::Result<Self> {
         let dir = tempfile::Builder::new().prefix("yonder-agent-").tempdir()?;
         certs::create(&certs::CertPlan::loopback(dir.path())).context("creating certificates")?;
         let files = tls::TlsFiles::in_dir(dir.path(), certs::DEFAULT_SERVER);
         let config = tls::server_config(&files, Some(transport::PAGE_MTU))?;
-        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-        let (stop, stop_rx) = oneshot::channel::<()>();
+        let socket = driven::bind("127.0.0.1:0".parse().expect("literal"))
+            .context("binding the embedded server")?;
+        let addr = socket.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("yonder-embedded-server".into())
             .spawn(move || {
-                let rt = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(rt) => rt,
-                    Err(e) => {
-                        let _ = addr_tx.send(Err(anyhow::anyhow!("runtime: {e}")));
-                        return;
-                    }
-                };
-                rt.block_on(async move {
-                    let endpoint = match transport::endpoint(
-                        "127.0.0.1:0".parse().expect("literal"),
-                        Some(config),
-                    ) {
-                        Ok(e) => e,
-                        Err(e) => {
-                            let _ = addr_tx
-                                .send(Err(anyhow::anyhow!("binding the embedded server: {e}")));
-                            return;
-                        }
-                    };
-                    let _ = addr_tx.send(endpoint.local_addr().map_err(anyhow::Error::from));
-                    let store = Arc::new(Store::new(capacity));
-                    // Spins after requests like a standalone server (docs/fault-path.md).
-                    let options = server::ServeOptions {
-                        spin: Some(std::time::Duration::from_micros(
-                            yonder_server::config::DEFAULT_SPIN_US,
-                        )),
-                    };
-                    server::serve_with(endpoint, store, options, async {
-                        let _ = stop_rx.await;
-                    })
-                    .await;
-                });
+                let store = Arc::new(Store::new(capacity));
+                let spin = Some(std::time::Duration::from_micros(
+                    yonder_server::config::DEFAULT_SPIN_US,
+                ));
+                if let Err(e) = driven::serve(socket, config, store, spin, &flag) {
+                    eprintln!("yonder: the embedded memory server stopped: {e}");
+                }
             })?;
-        let addr = addr_rx.recv().context("embedded server thread died")??;
         Ok(Self {
             addr,
             dir: Some(dir),
-            stop: Some(stop),
+            stop,
             thread: Some(thread),
         })
     }
@@ -90,9 +72,7 @@ impl Embedded {
 
 impl Drop for Embedded {
     fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+        self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -82,7 +82,14 @@ async fn write_pattern(client: &Client, pages: u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_round_trip_with_versions_zero_pages_and_frees() {
-    let server = Server::start("64MiB", &["client"], &[]).unwrap();
+    // Both request paths (the default, `driven`, and `quinn`).
+    for io in ["driven", "quinn"] {
+        pages_round_trip_with_versions_zero_pages_and_frees_with(io).await;
+    }
+}
+
+async fn pages_round_trip_with_versions_zero_pages_and_frees_with(io: &str) {
+    let server = Server::start("64MiB", &["client"], &["--io", io]).unwrap();
     let c = server.connect("client").await.unwrap();
     assert_eq!(c.info().tenant, "client");
     write_pattern(&c, 100).await;
@@ -188,6 +195,41 @@ async fn many_requests_in_flight_on_one_connection_with_a_page_per_packet() {
     assert_eq!(path.current_mtu, PAGE_MTU, "{path:?}");
 }
 
+/// Streams a client abandons in the middle of a request (a hedged read whose answer is no longer
+/// wanted drops its lane: FIN on its side, STOP_SENDING on ours) must be given back to QUIC, or
+/// each one counts against the connection's stream limit for good and the client's next
+/// `open_bi` waits forever. More of them than the limit, then an ordinary request; with either
+/// request path.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_a_client_abandons_are_given_back_beyond_the_stream_limit() {
+    for io in ["driven", "quinn"] {
+        let server = Server::start("64MiB", &["client"], &["--io", io]).unwrap();
+        let c = server.connect("client").await.unwrap();
+        let conn = c.connection();
+        let mut frame = Vec::new();
+        encode_frame(&Request::Stats, &mut frame).unwrap();
+        let limit = yonder_common::transport::MAX_STREAMS as usize;
+        for i in 0..limit + 64 {
+            let (mut send, mut recv) =
+                tokio::time::timeout(Duration::from_secs(10), conn.open_bi())
+                    .await
+                    .unwrap_or_else(|_| panic!("{io}: stream {i} never opened: streams leak"))
+                    .unwrap();
+            send.write_all(&frame).await.unwrap();
+            if i % 2 == 1 {
+                // Half of them read their reply's first byte before going.
+                let mut b = [0u8; 1];
+                recv.read_exact(&mut b).await.unwrap();
+            }
+        }
+        let stats = tokio::time::timeout(Duration::from_secs(10), c.stats())
+            .await
+            .unwrap_or_else(|_| panic!("{io}: no answer after abandoned streams"))
+            .unwrap();
+        assert_eq!(stats.data_pages, 0, "{io}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_exceeded_is_a_clear_reply_and_loses_nothing() {
     let server = Server::start("40KiB", &["client"], &[]).unwrap();
@@ -240,7 +282,14 @@ async fn a_tenant_cannot_read_overwrite_or_free_another_tenants_pages() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_truncated_and_oversize_frames_get_error_replies() {
-    let server = Server::start("64MiB", &["client"], &[]).unwrap();
+    // Both request paths (the default, `driven`, and `quinn`).
+    for io in ["driven", "quinn"] {
+        malformed_truncated_and_oversize_frames_get_error_replies_with(io).await;
+    }
+}
+
+async fn malformed_truncated_and_oversize_frames_get_error_replies_with(io: &str) {
+    let server = Server::start("64MiB", &["client"], &["--io", io]).unwrap();
     let c = server.connect("client").await.unwrap();
     write_pattern(&c, 8).await;
 
