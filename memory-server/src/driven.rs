@@ -55,8 +55,8 @@ const READ_AHEAD: usize = 64 * 1024;
 const SLEEP_CAP: Duration = Duration::from_millis(50);
 /// How long connections may take to close at shutdown.
 const DRAIN: Duration = Duration::from_secs(3);
-/// Largest segmentation-offload send (the kernel's limit for one UDP send).
-const GSO_BYTES: usize = 64 * 1024;
+/// Largest segmentation-offload send: what one UDP send can carry (docs in `yonder_common::gso`).
+const GSO_BYTES: usize = yonder_common::gso::MAX_GSO_BYTES;
 
 /// One request stream: the bytes of its next frames, and the reply not yet taken by QUIC.
 #[derive(Default)]
