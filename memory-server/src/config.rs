@@ -30,9 +30,9 @@ pub struct ServerConfig {
     /// Fixed datagram size (1200..=9000) for a network whose path MTU is known, such as loopback
     /// or jumbo frames; 4400 carries a page per packet. None by default: path-MTU discovery.
     pub mtu: Option<u16>,
-    /// Microseconds the request path keeps polling for the next request after one arrived,
-    /// instead of sleeping until the kernel wakes it (bounded; an idle server sleeps). 0 turns it
-    /// off. Default [`DEFAULT_SPIN_US`].
+    /// Microseconds the request path keeps polling for the next request after a read arrived,
+    /// instead of sleeping until the kernel wakes it (bounded; an idle server sleeps; writes and
+    /// frees open no window). 0 turns it off. Default [`DEFAULT_SPIN_US`].
     pub spin_us: u64,
     /// How requests are read and answered: `driven` (one thread driving quinn-proto itself,
     /// docs/server-path.md) or `quinn` (Tokio tasks on quinn's endpoint, the only one that can

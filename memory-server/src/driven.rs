@@ -46,6 +46,7 @@ use crate::{
         answer, encode, Tenants, CLOSE_BAD_IDENTITY, CLOSE_SHUTDOWN, CLOSE_TOO_MANY_CONNECTIONS,
         MAX_CONNECTIONS_PER_TENANT, STOP_REFUSED,
     },
+    spin::spins_after,
     store::Store,
 };
 
@@ -93,6 +94,7 @@ struct Driven {
     store: Arc<Store>,
     tenants: Tenants,
     spin: Option<Duration>,
+    /// When the last read request came (the spin window runs from it).
     last_request: Instant,
     send_buf: Vec<u8>,
     recv_buf: Vec<u8>,
@@ -446,7 +448,6 @@ impl Driven {
                 }
                 Ok(Some(len)) if st.buf.len() >= len => {
                     let received = Instant::now();
-                    self.last_request = received;
                     let payload = &st.buf[HEADER_BYTES..len];
                     match answer(
                         &self.store,
@@ -456,6 +457,9 @@ impl Driven {
                         &mut self.scratch,
                     ) {
                         Ok(op) => {
+                            if spins_after(op) {
+                                self.last_request = received;
+                            }
                             st.asked = op.map(|op| (op, received));
                             st.pending = self.out.split().freeze();
                             st.buf.advance(len);

@@ -69,7 +69,7 @@ struct ServeArgs {
     /// Fixed datagram size for a known network path (loopback, jumbo frames), e.g. 4400.
     #[arg(long, value_parser = parse_mtu)]
     mtu: Option<u16>,
-    /// Microseconds to keep polling for the next request after one arrived; 0: sleep at once
+    /// Microseconds to keep polling for the next request after a read arrived; 0: sleep at once
     /// [default: 200].
     #[arg(long)]
     spin_us: Option<u64>,

@@ -25,7 +25,7 @@ use crate::{
     frame_reader::FrameReader,
     handler::{self, handle, Session},
     metrics, reply,
-    spin::Spinner,
+    spin::{spins_after, Spinner},
     store::{Store, TenantId},
     wire,
 };
@@ -233,11 +233,13 @@ async fn stream(mut send: SendStream, mut recv: RecvStream, shared: &Shared, ses
             Ok(None) => break,
             Ok(Some(payload)) => {
                 let received = Instant::now();
-                if let Some(spinner) = &shared.spinner {
-                    spinner.touch(received);
-                }
                 match answer(&shared.store, session, payload, &mut out, &mut scratch) {
-                    Ok(op) => (op, received, false),
+                    Ok(op) => {
+                        if let Some(spinner) = shared.spinner.as_ref().filter(|_| spins_after(op)) {
+                            spinner.touch(received);
+                        }
+                        (op, received, false)
+                    }
                     Err(e) => {
                         warn!("cannot encode a reply: {e}");
                         return;

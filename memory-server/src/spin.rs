@@ -73,8 +73,24 @@ impl Spinner {
     }
 }
 
+/// Whether a request of kind `op` opens the spin window: only reads, the requests a faulting
+/// program waits for. Writes and frees come from evictions, in batches whose next request is
+/// milliseconds away; spinning after them took a CPU the program and the agent needed
+/// (docs/server-path.md, "Spin after reads only").
+pub fn spins_after(op: Option<&str>) -> bool {
+    op == Some("read")
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn only_reads_open_the_window() {
+        assert!(super::spins_after(Some("read")));
+        for op in [Some("write"), Some("free"), Some("hello"), None] {
+            assert!(!super::spins_after(op), "{op:?}");
+        }
+    }
+
     use super::*;
 
     #[tokio::test(flavor = "current_thread")]
