@@ -249,6 +249,8 @@ cert_name = "server"
 metrics = "127.0.0.1:9100"
 threads = 2
 mtu = 4400
+io = "quinn"
+spin_us = 200
 "#;
 
 const AGENT_CONFIG: &str = r#"socket = "/run/yonder/agent.sock"
