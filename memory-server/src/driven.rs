@@ -210,7 +210,17 @@ impl Driven {
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     // ICMP errors of an earlier send surface here; they concern a peer, not us.
-                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionRefused
+                                | io::ErrorKind::ConnectionReset
+                                | io::ErrorKind::HostUnreachable
+                                | io::ErrorKind::NetworkUnreachable
+                        ) =>
+                    {
+                        continue
+                    }
                     Err(e) => return Err(e),
                 }
             };
