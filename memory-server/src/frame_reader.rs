@@ -87,10 +87,16 @@ impl FrameReader {
 
     /// Length of the frame at the front of the buffer, header included, once its header is here.
     fn frame_len(&self) -> Result<Option<usize>, CodecError> {
-        let Some(header) = self.buf.get(..HEADER_BYTES) else {
-            return Ok(None);
-        };
-        let header: [u8; HEADER_BYTES] = header.try_into().expect("slice of HEADER_BYTES");
-        Ok(Some(HEADER_BYTES + payload_len(header)?))
+        frame_len(&self.buf)
     }
+}
+
+/// Length (header included) of the frame at the front of `buf`, once its header is there; an
+/// error for a header announcing more than a frame may hold. Shared with the driven path.
+pub(crate) fn frame_len(buf: &[u8]) -> Result<Option<usize>, CodecError> {
+    let Some(header) = buf.get(..HEADER_BYTES) else {
+        return Ok(None);
+    };
+    let header: [u8; HEADER_BYTES] = header.try_into().expect("slice of HEADER_BYTES");
+    Ok(Some(HEADER_BYTES + payload_len(header)?))
 }
