@@ -93,6 +93,9 @@ struct Driven {
     /// Connections that received something, ran a timer or are new since their last turn: only
     /// they can have events to handle or datagrams to send.
     touched: HashSet<ConnectionHandle>,
+    /// This turn's connections, and one connection's busy streams (buffers kept between turns).
+    turn: Vec<ConnectionHandle>,
+    busy: Vec<StreamId>,
     store: Arc<Store>,
     tenants: Tenants,
     spin: Option<Duration>,
@@ -127,6 +130,8 @@ pub fn serve(
         state,
         conns: HashMap::new(),
         touched: HashSet::new(),
+        turn: Vec::new(),
+        busy: Vec::new(),
         store,
         tenants: Tenants::default(),
         spin: spin.filter(|w| !w.is_zero()),
@@ -164,9 +169,14 @@ pub fn serve(
         d.wait()?;
         d.receive(closing.is_some())?;
         d.timers();
-        let turn: Vec<ConnectionHandle> = d.touched.drain().collect();
+        // Reused from turn to turn: no allocation per request.
+        let mut turn = std::mem::take(&mut d.turn);
+        turn.extend(d.touched.drain());
         d.work(&turn);
-        d.transmit(&turn)?;
+        let sent = d.transmit(&turn);
+        turn.clear();
+        d.turn = turn;
+        sent?;
     }
     Ok(())
 }
@@ -231,10 +241,10 @@ impl Driven {
             }
             let m = meta[0];
             let now = Instant::now();
-            let data = &self.recv_buf[..m.len];
-            let datagrams: Vec<BytesMut> =
-                data.chunks(m.stride.max(1)).map(BytesMut::from).collect();
-            for datagram in datagrams {
+            let stride = m.stride.max(1);
+            for start in (0..m.len).step_by(stride) {
+                // One copy, into the buffer quinn-proto keeps (as quinn's endpoint does).
+                let datagram = BytesMut::from(&self.recv_buf[start..(start + stride).min(m.len)]);
                 self.send_buf.clear();
                 let event =
                     self.endpoint
@@ -308,10 +318,13 @@ impl Driven {
             };
             self.events(&mut c);
             if let Some(session) = c.session.clone() {
-                let busy: Vec<StreamId> = c.busy.drain().collect();
-                for id in busy {
+                let mut busy = std::mem::take(&mut self.busy);
+                busy.extend(c.busy.drain());
+                for &id in &busy {
                     self.serve_stream(&mut c, &session, id);
                 }
+                busy.clear();
+                self.busy = busy;
             }
             while let Some(ev) = c.conn.poll_endpoint_events() {
                 if let Some(back) = self.endpoint.handle_event(ch, ev) {
