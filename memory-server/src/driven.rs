@@ -56,8 +56,8 @@ use crate::{
 const READ_AHEAD: usize = 64 * 1024;
 /// Longest sleep between two looks at the shutdown flag.
 const SLEEP_CAP: Duration = Duration::from_millis(50);
-/// How long connections may take to close at shutdown.
-const DRAIN: Duration = Duration::from_secs(3);
+/// How long connections may take to close at a server's shutdown (`serve`'s `drain`).
+pub const DRAIN: Duration = Duration::from_secs(3);
 /// Largest segmentation-offload send: what one UDP send can carry (docs in `yonder_common::gso`).
 const GSO_BYTES: usize = yonder_common::gso::MAX_GSO_BYTES;
 
@@ -108,13 +108,16 @@ struct Driven {
 }
 
 /// Serves `socket` (bound, with the server's buffers) until `stop` is set, then closes every
-/// connection and waits (briefly) for them to drain. Blocks the calling thread.
+/// connection and waits up to `drain` for them to drain; with a zero `drain` it sends the close
+/// frames once and returns (a server inside a process that is exiting: nobody is left to
+/// retransmit them to). Blocks the calling thread; a datagram to the socket wakes it.
 pub fn serve(
     socket: UdpSocket,
     server_config: ServerConfig,
     store: Arc<Store>,
     spin: Option<Duration>,
     stop: &AtomicBool,
+    drain: Duration,
 ) -> io::Result<()> {
     socket.set_nonblocking(true)?;
     let state = UdpSocketState::new((&socket).into())?;
@@ -156,13 +159,17 @@ pub fn serve(
                 );
             }
             closing = Some(now);
+            if drain.is_zero() {
+                let all: Vec<ConnectionHandle> = d.conns.keys().copied().collect();
+                return d.transmit(&all);
+            }
         }
         if let Some(since) = closing {
             if d.conns.is_empty() {
                 break;
             }
-            if since.elapsed() > DRAIN {
-                warn!("connections did not drain within 3 s");
+            if since.elapsed() > drain {
+                warn!("connections did not drain within {drain:?}");
                 break;
             }
         }

@@ -239,7 +239,7 @@ async fn run(config: ServerConfig) -> anyhow::Result<()> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let mut serving = tokio::task::spawn_blocking(move || {
-            driven::serve(socket, server_config, store, spin, &flag)
+            driven::serve(socket, server_config, store, spin, &flag, driven::DRAIN)
         });
         tokio::select! {
             r = &mut serving => r.context("the request thread panicked")?.context("serving")?,
