@@ -13,9 +13,10 @@ use std::{
 };
 
 use quinn::{RecvStream, SendStream};
+use serde::Serialize;
 
 use crate::{
-    codec::{decode_payload, encode_frame, CodecError},
+    codec::{decode_payload, encode_frame, CodecError, HEADER_BYTES},
     protocol::*,
     transport::{read_frame, write_frame, FrameReadError},
 };
@@ -189,13 +190,16 @@ impl Client {
     }
 
     /// Sends one request and waits for its reply; error replies become [`ClientError::Server`].
-    pub async fn call(&self, req: &Request) -> Result<Response, ClientError> {
+    pub async fn call<R: Serialize>(&self, req: &R) -> Result<Response, ClientError> {
         self.call_timed(req).await.map(|(resp, _)| resp)
     }
 
     /// Like [`Client::call`], and says when the request was handed to QUIC and when its reply
     /// was read.
-    pub async fn call_timed(&self, req: &Request) -> Result<(Response, Timing), ClientError> {
+    pub async fn call_timed<R: Serialize>(
+        &self,
+        req: &R,
+    ) -> Result<(Response, Timing), ClientError> {
         let _permit = self
             .in_flight
             .acquire()
@@ -256,6 +260,19 @@ impl Client {
         }
     }
 
+    /// Writes a batch of pages whose content is borrowed (the same request as [`Client::write`],
+    /// without a copy of the pages).
+    pub async fn write_borrowed(
+        &self,
+        pages: &[WriteItemRef<'_>],
+    ) -> Result<Vec<WriteResult>, ClientError> {
+        let want = pages.len();
+        match self.call(&WriteRequest(pages)).await? {
+            Response::Write { pages } => counted("write", pages, want),
+            _ => Err(ClientError::Unexpected("write")),
+        }
+    }
+
     /// Frees a batch of pages; returns how many were freed.
     pub async fn free(&self, pages: Vec<FreeItem>) -> Result<u64, ClientError> {
         match self.call(&Request::Free { pages }).await? {
@@ -307,14 +324,39 @@ pub struct Timing {
     pub replied: Instant,
 }
 
-async fn exchange(lane: &mut Lane, req: &Request) -> Result<(Response, Timing), ClientError> {
-    encode_frame(req, &mut lane.buf)?;
-    write_frame(&mut lane.send, &lane.buf).await?;
+/// Frames larger than this (eviction writes: up to 1 MiB) are encoded into a buffer of their
+/// own that QUIC takes without a copy, instead of into the lane's buffer, which QUIC would copy
+/// and the lane would then keep at that size (docs/scale.md, "Working memory").
+const OWNED_FRAME_BYTES: usize = 64 * 1024;
+
+/// A lane's buffer above this after a reply (a large read) is given back, not kept.
+const LANE_BUF_KEPT_BYTES: usize = 256 * 1024;
+
+async fn exchange<R: Serialize>(
+    lane: &mut Lane,
+    req: &R,
+) -> Result<(Response, Timing), ClientError> {
+    let size = HEADER_BYTES
+        + postcard::experimental::serialized_size(req)
+            .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    if size > OWNED_FRAME_BYTES {
+        let mut frame = Vec::with_capacity(size);
+        encode_frame(req, &mut frame)?;
+        lane.send
+            .write_all_chunks(&mut [bytes::Bytes::from(frame)])
+            .await?;
+    } else {
+        encode_frame(req, &mut lane.buf)?;
+        write_frame(&mut lane.send, &lane.buf).await?;
+    }
     let sent = Instant::now();
     if !read_frame(&mut lane.recv, &mut lane.buf).await? {
         return Err(ClientError::NoReply);
     }
     let replied = Instant::now();
     let resp = decode_payload::<Response>(&lane.buf)?;
+    if lane.buf.capacity() > LANE_BUF_KEPT_BYTES {
+        lane.buf = Vec::new();
+    }
     Ok((resp, Timing { sent, replied }))
 }

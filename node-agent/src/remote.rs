@@ -27,7 +27,9 @@ use std::{
 
 use yonder_common::{
     client::{Client, ClientError, Timing},
-    protocol::{FreeItem, PageData, ReadItem, ReadResult, WriteItem, WriteResult, MAX_BATCH_PAGES},
+    protocol::{
+        FreeItem, PageData, ReadItem, ReadResult, WriteItemRef, WriteResult, MAX_BATCH_PAGES,
+    },
     PageKey, PAGE_SIZE,
 };
 
@@ -440,19 +442,19 @@ impl Servers {
             }
             let pages = &pages;
             let futures = requests.into_iter().map(|(s, idx)| async move {
-                let items: Vec<WriteItem> = idx
+                // Borrowed: each server's request is encoded from `pages` itself.
+                let items: Vec<WriteItemRef> = idx
                     .iter()
-                    .map(|&i| WriteItem {
+                    .map(|&i| WriteItemRef {
                         key: PageKey::new(space, pages[i].0.slot),
                         version: pages[i].0.version,
-                        data: pages[i].1.clone(),
+                        data: &pages[i].1,
                     })
                     .collect();
-                (
-                    s,
-                    idx,
-                    self.call(s, |c| async move { c.write(items).await }).await,
-                )
+                let outcome = self
+                    .call(s, |c| async move { c.write_borrowed(&items).await })
+                    .await;
+                (s, idx, outcome)
             });
             for (s, idx, outcome) in futures_util::future::join_all(futures).await {
                 match outcome {

@@ -655,7 +655,7 @@ async fn decide_parked(
 async fn save_parked(p: Rc<Proc>, batch: ParkedBatch) {
     let g = p.g.clone();
     let ParkedBatch {
-        writes,
+        mut writes,
         mut to_free,
         moved,
         clean,
@@ -666,7 +666,11 @@ async fn save_parked(p: Rc<Proc>, batch: ParkedBatch) {
         to_free = to_free.len(),
         "saving a parked batch"
     );
-    let items: Vec<(Remote, PageData)> = writes.iter().map(|w| (w.1, w.3.clone())).collect();
+    // The contents move to the write (nothing below reads them): no copy of the batch.
+    let items: Vec<(Remote, PageData)> = writes
+        .iter_mut()
+        .map(|w| (w.1, std::mem::replace(&mut w.3, PageData::Zero)))
+        .collect();
     let stored = if items.is_empty() {
         Vec::new()
     } else {
