@@ -43,6 +43,9 @@ pub struct Stats {
     pub deferral: Histogram<u64>,
     /// Remote-fault service time, nanoseconds (fault read to page installed).
     pub remote_latency: Histogram<u64>,
+    /// Park exchanges with a shim's helper, nanoseconds: while one runs, that process's faults
+    /// wait unread (see `evict::park`).
+    pub exchanges: Histogram<u64>,
     /// Remote-fault stages, nanoseconds: fault read to request handed to QUIC, to reply read, to
     /// page installed (see [`Stage`]).
     pub stages: [Histogram<u64>; 3],
@@ -91,6 +94,7 @@ impl Default for Stats {
             deferred: 0,
             deferral: Histogram::new(3).expect("valid histogram precision"),
             remote_latency: Histogram::new(3).expect("valid histogram precision"),
+            exchanges: Histogram::new(3).expect("valid histogram precision"),
             stages: std::array::from_fn(|_| Histogram::new(3).expect("valid histogram precision")),
             cpu_at_start: crate::procfs::thread_cpu_time(),
             share_peak: None,
@@ -144,6 +148,13 @@ impl Stats {
         let _ = self.deferral.record(waited.as_nanos() as u64);
         histogram!("yonder_agent_fault_deferral_seconds", self.labels(None))
             .record(waited.as_secs_f64());
+    }
+
+    /// Records how long a park exchange held its process's faults.
+    pub fn exchange(&mut self, took: Duration) {
+        let _ = self.exchanges.record(took.as_nanos() as u64);
+        histogram!("yonder_agent_park_exchange_seconds", self.labels(None))
+            .record(took.as_secs_f64());
     }
 
     /// Records the stages of one remote fault (each ends where the next begins).
@@ -324,6 +335,16 @@ impl Stats {
                 self.refaults,
                 self.peak_parked,
                 self.peak_graced
+            );
+        }
+        if !self.exchanges.is_empty() {
+            let e = |x: f64| self.exchanges.value_at_quantile(x) as f64 / 1e3;
+            s += &format!(
+                "yonder: {} park exchanges with the shim (p50 {:.0} µs, p99 {:.0} µs, {:.2} s in all; a process's faults wait during its own)\n",
+                self.exchanges.len(),
+                e(0.5),
+                e(0.99),
+                self.exchanges.mean() * self.exchanges.len() as f64 / 1e9
             );
         }
         s += &format!(

@@ -367,6 +367,82 @@ pub(super) struct ParkedBatch {
 /// How long the shim's helper may take to answer a PARK before the workload is stopped.
 const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Most runs of pages (one `UFFDIO_MOVE` each) in one park exchange. A process's faults wait
+/// while its exchange runs, and a move of a page alone costs about 2 µs (PLATFORM.md): a batch
+/// of 256 scattered victims held a fault for 0.35–0.5 ms. In parts, faults are read and served
+/// between two exchanges (docs/eviction.md, "Parking in parts").
+pub(super) const PARK_RUNS_PER_EXCHANGE: usize = 16;
+
+/// Parks the victims of `p` (all marked `Evicting`) as [`park_part`] does, at most
+/// [`PARK_RUNS_PER_EXCHANGE`] runs per exchange; between two exchanges the process's events
+/// are read and applied, so each later part keeps only the pages still waiting to be moved
+/// (an unmap takes a page out of the eviction). A part that finds the process forking ends the
+/// parking: the rest stays resident, as in one exchange.
+pub(super) async fn park(
+    p: &Rc<Proc>,
+    mut victims: Vec<u64>,
+) -> anyhow::Result<(Vec<(u64, u64)>, Vec<u64>)> {
+    victims.sort_unstable();
+    let mut parts: Vec<Vec<u64>> = Vec::new();
+    for (i, (start, len)) in runs(&victims).into_iter().enumerate() {
+        if i % PARK_RUNS_PER_EXCHANGE == 0 {
+            parts.push(Vec::new());
+        }
+        let part = parts.last_mut().expect("pushed above");
+        part.extend((start..start + len).step_by(PAGE as usize));
+    }
+    let mut parked = Vec::new();
+    let mut fallback = Vec::new();
+    let mut parts = parts.into_iter();
+    let mut first = true;
+    while let Some(part) = parts.next() {
+        let part: Vec<u64> = if std::mem::replace(&mut first, false) {
+            part
+        } else {
+            // Let the fault loop read what came meanwhile, then keep what is still to move.
+            tokio::task::yield_now().await;
+            let t = p.table.borrow();
+            part.into_iter()
+                .filter(|&pg| {
+                    matches!(t.state(pg), Some(crate::pages::State::Evicting(e)) if e.parked.is_none())
+                })
+                .collect()
+        };
+        if part.is_empty() {
+            continue;
+        }
+        match park_part(p, part).await {
+            Ok((pk, fb)) => {
+                parked.extend(pk);
+                fallback.extend(fb);
+            }
+            Err(e) => {
+                abort_rest(p, parts.flatten());
+                return Err(e);
+            }
+        }
+        if p.forking.get() || p.removed.get() {
+            abort_rest(p, parts.flatten());
+            break;
+        }
+    }
+    Ok((parked, fallback))
+}
+
+/// Ends the eviction of victims that were not sent to the shim: they stay resident.
+fn abort_rest(p: &Rc<Proc>, rest: impl Iterator<Item = u64>) {
+    let mut garbage = Vec::new();
+    {
+        let mut t = p.table.borrow_mut();
+        for pg in rest {
+            if matches!(t.state(pg), Some(crate::pages::State::Evicting(e)) if e.parked.is_none()) {
+                garbage.extend(t.abort_eviction(pg));
+            }
+        }
+    }
+    p.g.free_later(garbage);
+}
+
 /// Moves the victims of `p` (all marked `Evicting`) into its parking area, one `UFFDIO_MOVE`
 /// per contiguous run: returns the parked pages as `(page, parking address)`, and the pages that
 /// cannot move, for the write-protect path. Pages that must not be evicted now (the address
@@ -380,7 +456,7 @@ const PARK_TIMEOUT: Duration = Duration::from_secs(10);
 /// at the same address. Events read before the request are in the page table already; events
 /// after it wait until the table knows what moved. (Reading them meanwhile would let the program
 /// unmap, map new memory at the same address and write it before the move.)
-pub(super) async fn park(
+async fn park_part(
     p: &Rc<Proc>,
     mut victims: Vec<u64>,
 ) -> anyhow::Result<(Vec<(u64, u64)>, Vec<u64>)> {
@@ -438,6 +514,7 @@ pub(super) async fn park(
     };
     // The process's uffd events wait until the answer (see above); everything else runs on.
     p.exchanging.set(true);
+    let exchange_began = std::time::Instant::now();
     let id = p.g.next_drop_id.get() + 1;
     p.g.next_drop_id.set(id);
     let mut result: anyhow::Result<()> = Ok(());
@@ -535,6 +612,7 @@ pub(super) async fn park(
     }
     p.forking.set(forking);
     p.exchanging.set(false);
+    p.g.stats.borrow_mut().exchange(exchange_began.elapsed());
     p.exchange_done.notify_waiters();
     // Threads that faulted on these pages meanwhile wait: let them fault again.
     for &(page, _, n) in &moves {

@@ -295,3 +295,77 @@ fn a_child_not_paired_yet_keeps_its_fork_estimate_when_another_process_goes() {
     parent.remove();
     assert_eq!(g.shared.get(), 0, "shared with a parent that is gone");
 }
+
+/// Scattered victims park in parts of at most `PARK_RUNS_PER_EXCHANGE` runs, with the
+/// process's events read in between: a page the program unmapped after the first part is not
+/// in the second, and the faults of the process are not held between two parts.
+#[tokio::test(flavor = "current_thread")]
+async fn scattered_victims_park_in_parts_and_a_page_unmapped_between_them_stays_out() {
+    let g = group();
+    let p = process(&g, 0..80);
+    *p.parking.borrow_mut() = Some(crate::eviction::Parking::new(1 << 30, 128));
+    // Every other page: 40 runs of one page, so three parts (16, 16, 8).
+    let victims: Vec<u64> = (0..40).map(|i| 2 * i * PAGE).collect();
+    assert_eq!(
+        p.table.borrow_mut().start_eviction_of(victims.clone()),
+        victims
+    );
+    let unmapped = 34 * PAGE; // the second part's second page
+    let (agent_end, mut helper_end) = tokio::net::UnixStream::pair().unwrap();
+    *p.shim.borrow_mut() = Some(agent_end);
+    let local = tokio::task::LocalSet::new();
+    let q = p.clone();
+    let (parked, fallback) = local
+        .run_until(async {
+            // A stand-in for the shim's helper that moves every run it is asked to.
+            let helper = tokio::task::spawn_local(async move {
+                let mut sizes = Vec::new();
+                for part in 0..3 {
+                    let req =
+                        tokio::time::timeout(Duration::from_secs(5), read_words(&mut helper_end))
+                            .await
+                            .expect("the victims came in parts")
+                            .unwrap();
+                    assert_eq!(req[0], proto::PARK);
+                    assert!(q.exchanging.get(), "faults wait while pages move");
+                    let n = req[2] as usize;
+                    sizes.push(n);
+                    let sources: Vec<u64> = (0..n).map(|i| req[3 + 3 * i]).collect();
+                    if part == 1 {
+                        assert!(!sources.contains(&unmapped), "an unmapped page was moved");
+                    }
+                    let mut reply = vec![proto::PARKED, req[1], n as u64];
+                    for i in 0..n {
+                        reply.extend([req[5 + 3 * i] / PAGE, 0]);
+                    }
+                    write_words(&mut helper_end, &reply).await.unwrap();
+                    if part == 0 {
+                        // The program unmaps a page of the next part; its event can only be
+                        // read once this exchange is over.
+                        while q.exchanging.get() {
+                            tokio::task::yield_now().await;
+                        }
+                        q.handle_event(crate::uffd::Event::Unmap {
+                            start: unmapped,
+                            end: unmapped + PAGE,
+                        });
+                    }
+                }
+                sizes
+            });
+            let r = park(&p, victims.clone()).await.unwrap();
+            assert_eq!(helper.await.unwrap(), vec![16, 15, 8]);
+            r
+        })
+        .await;
+    assert!(fallback.is_empty());
+    assert_eq!(parked.len(), 39);
+    assert!(parked.iter().all(|&(pg, _)| pg != unmapped));
+    assert!(p.table.borrow().state(unmapped).is_none());
+    for (pg, at) in parked {
+        match p.table.borrow().state(pg) {
+            Some(crate::pages::State::Evicting(e)) => assert_eq!(e.parked, Some(at)),
+            other => panic!("{pg:#x} is not parked: {other:?}"),
+        }
+    }
+}
