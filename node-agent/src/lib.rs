@@ -7,6 +7,7 @@ pub mod daemon;
 pub mod embedded;
 pub mod eviction;
 pub mod fdpass;
+pub mod malloc;
 pub mod pages;
 pub mod procfs;
 pub mod remote;

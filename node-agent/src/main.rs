@@ -106,6 +106,7 @@ fn parse_mtu(s: &str) -> Result<u16, String> {
 }
 
 fn main() -> ExitCode {
+    yonder_agent::malloc::one_arena();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

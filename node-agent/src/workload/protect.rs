@@ -92,8 +92,10 @@ pub(super) async fn evict_protected(
         .copied()
         .filter(|pg| present.contains(pg))
         .collect();
+    // The buffer is allocated here, not on the blocking thread: memory that thread allocates
+    // stays in its own malloc arena once freed (3.3 MiB of it in a 2 GiB run, docs/scale.md).
+    let mut buf = vec![0u8; readable.len() * PAGE as usize];
     let (readable, contents) = tokio::task::spawn_blocking(move || {
-        let mut buf = vec![0u8; readable.len() * PAGE as usize];
         procfs::read_pages(pid, &readable, &mut buf).map(|()| (readable, buf))
     })
     .await??;
