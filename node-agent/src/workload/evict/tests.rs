@@ -3,9 +3,12 @@
 
 use std::{collections::BTreeMap, fs::File, os::fd::OwnedFd};
 
+use super::super::shim_link::{read_words, write_words};
 use super::*;
 use crate::{
+    pages::PAGE,
     remote::{Policy, Servers},
+    shim_proto as proto,
     uffd::Uffd,
 };
 
