@@ -200,6 +200,16 @@ impl Client {
         &self,
         req: &R,
     ) -> Result<(Response, Timing), ClientError> {
+        self.exchange_on_a_lane(req, false).await
+    }
+
+    /// [`Client::call_timed`]; with `own_frame`, a request that may be large (a write) is
+    /// measured first and, over [`OWNED_FRAME_BYTES`], encoded into a buffer of its own.
+    async fn exchange_on_a_lane<R: Serialize>(
+        &self,
+        req: &R,
+        own_frame: bool,
+    ) -> Result<(Response, Timing), ClientError> {
         let _permit = self
             .in_flight
             .acquire()
@@ -218,7 +228,7 @@ impl Client {
             }
         };
         // On any error the lane is dropped here: its stream may hold a partial frame.
-        let (resp, timing) = exchange(&mut lane, req).await?;
+        let (resp, timing) = exchange(&mut lane, req, own_frame).await?;
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         if lanes.len() < MAX_IDLE_LANES {
             lanes.push(lane);
@@ -254,7 +264,11 @@ impl Client {
     /// Writes a batch of pages.
     pub async fn write(&self, pages: Vec<WriteItem>) -> Result<Vec<WriteResult>, ClientError> {
         let want = pages.len();
-        match self.call(&Request::Write { pages }).await? {
+        match self
+            .exchange_on_a_lane(&Request::Write { pages }, true)
+            .await?
+            .0
+        {
             Response::Write { pages } => counted("write", pages, want),
             _ => Err(ClientError::Unexpected("write")),
         }
@@ -267,7 +281,7 @@ impl Client {
         pages: &[WriteItemRef<'_>],
     ) -> Result<Vec<WriteResult>, ClientError> {
         let want = pages.len();
-        match self.call(&WriteRequest(pages)).await? {
+        match self.exchange_on_a_lane(&WriteRequest(pages), true).await?.0 {
             Response::Write { pages } => counted("write", pages, want),
             _ => Err(ClientError::Unexpected("write")),
         }
@@ -332,13 +346,20 @@ const OWNED_FRAME_BYTES: usize = 64 * 1024;
 /// A lane's buffer above this after a reply (a large read) is given back, not kept.
 const LANE_BUF_KEPT_BYTES: usize = 256 * 1024;
 
+/// Sends `req` on `lane` and reads the reply. Only a request that may be large (`own_frame`:
+/// writes) is measured before it is encoded; reads, on the fault path, are not serialised twice.
 async fn exchange<R: Serialize>(
     lane: &mut Lane,
     req: &R,
+    own_frame: bool,
 ) -> Result<(Response, Timing), ClientError> {
-    let size = HEADER_BYTES
-        + postcard::experimental::serialized_size(req)
-            .map_err(|e| CodecError::Malformed(e.to_string()))?;
+    let size = if own_frame {
+        HEADER_BYTES
+            + postcard::experimental::serialized_size(req)
+                .map_err(|e| CodecError::Malformed(e.to_string()))?
+    } else {
+        0
+    };
     if size > OWNED_FRAME_BYTES {
         let mut frame = Vec::with_capacity(size);
         encode_frame(req, &mut frame)?;
