@@ -19,6 +19,8 @@ pub struct Stats {
     pub evicted: u64,
     /// Of those, pages dropped without a write because the server copy was current.
     pub clean_drops: u64,
+    /// Of the clean drops, pages of all zeros (no copy kept: a later fault zero-fills).
+    pub zero_evictions: u64,
     /// Of the pages evicted, those moved to the parking area (`UFFDIO_MOVE`).
     pub evicted_moved: u64,
     /// Of the pages evicted, those evicted by write protection (they could not move).
@@ -82,6 +84,7 @@ impl Default for Stats {
             wp_faults: 0,
             evicted: 0,
             clean_drops: 0,
+            zero_evictions: 0,
             evicted_moved: 0,
             evicted_protected: 0,
             rescues: 0,
@@ -193,6 +196,16 @@ impl Stats {
         counter!("yonder_agent_evicted_pages_total", l.clone()).increment(pages);
         counter!("yonder_agent_clean_drops_total", l.clone()).increment(pages - written);
         counter!("yonder_agent_written_bytes_total", l).increment(written * 4096);
+    }
+
+    /// Records evicted pages that were all zeros: they left without a copy (a later fault
+    /// installs a zero page).
+    pub fn evicted_as_zero(&mut self, pages: u64) {
+        if pages == 0 {
+            return;
+        }
+        self.zero_evictions += pages;
+        counter!("yonder_agent_zero_evictions_total", self.labels(None)).increment(pages);
     }
 
     /// Records pages whose eviction went through the parking area.
@@ -320,9 +333,10 @@ impl Stats {
             );
         }
         s += &format!(
-            "yonder: evicted {} pages ({} clean drops without a write); {:.1} MiB out, {:.1} MiB in\n",
+            "yonder: evicted {} pages ({} clean drops without a write, {} of them all zeros, kept as zero pages); {:.1} MiB out, {:.1} MiB in\n",
             self.evicted,
             self.clean_drops,
+            self.zero_evictions,
             self.bytes_out as f64 / (1 << 20) as f64,
             self.bytes_in as f64 / (1 << 20) as f64
         );

@@ -558,6 +558,34 @@ fn pages_read_while_in_the_grace_window_are_rescued() {
     );
 }
 
+/// Pages that are all zeros when evicted leave without a copy (their next fault installs a zero
+/// page, no fetch), beside pages with a single non-zero byte that must come back with it, and
+/// pages that change kind between rounds (zeroed, written again): every byte reads back right.
+#[test]
+fn pages_of_zeros_leave_without_a_copy_and_nearly_zero_pages_keep_their_byte() {
+    let prog = workload("zeros");
+    let run = run_agent(
+        "4MiB",
+        &[prog.to_str().unwrap(), "24", "3"],
+        "",
+        Duration::from_secs(300),
+    );
+    assert!(
+        run.status.success() && run.stdout.contains("zeros: OK"),
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    // 2,048 of the 6,144 pages are zeros in each of the 3 rounds, and the budget holds 1,024.
+    let zeros = summary_number(&run.stderr, "clean drops without a write, ");
+    assert!(
+        zeros > 2048,
+        "only {zeros} pages left as zeros:\n{}",
+        run.stderr
+    );
+}
+
 /// `xz -9` touches its fresh match-finder tables in scattered order, so zero-fill ahead of a
 /// sequential run rarely applies: one fault per page, each a round trip through the agent (5,617
 /// zero-fill faults for its 26 MiB). Far below the budget, a zero-fill fault maps the zero page

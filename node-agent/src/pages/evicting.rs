@@ -140,6 +140,22 @@ impl<P: EvictionPolicy> PageTable<P> {
         Some((at, garbage))
     }
 
+    /// The parked `page` read as all zeros: it leaves without a copy, as a page the program never
+    /// touched (its next fault installs a zero page, with no fetch). Returns the parking address
+    /// to free and the remote copies that are now garbage; `None` when the page is no longer
+    /// parked by this eviction or its content was already decided ([`Self::decide`]).
+    pub fn finish_parked_zero(&mut self, page: u64) -> Option<(u64, Vec<Remote>)> {
+        let e = self.evicting(page)?;
+        let at = e.parked?;
+        if e.new.is_some() || e.program_dropped {
+            return None;
+        }
+        tracing::trace!(target: "yonder_agent::slottrace", page, old = ?e.old, "finished parked as zeros");
+        self.remove(page);
+        self.resident -= 1;
+        Some((at, e.old.into_iter().collect()))
+    }
+
     /// A write of `new` (a [`Decision::Write`]) is about to go to the servers: the write holds a
     /// reference of its own to the slot until it is over. The caller releases it then (as
     /// garbage, [`Slots::release`]), whatever became of the page meanwhile. Until then the slot

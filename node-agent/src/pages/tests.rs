@@ -234,6 +234,42 @@ fn a_parked_page_is_rescued_by_a_fault_and_its_write_is_abandoned() {
 }
 
 #[test]
+fn a_parked_page_of_zeros_leaves_without_a_copy_and_comes_back_as_a_zero_fill() {
+    let mut t = table();
+    t.zero_filled(0);
+    // Page 0 had a remote copy once (non-zero), then the program zeroed it.
+    let r = written(evict_all_with(&mut t, |_| 3)[0].1);
+    t.start_fetch(0);
+    t.fetched(0, r, true);
+    t.zero_filled(PAGE);
+    let victims = t.start_eviction(usize::MAX);
+    assert_eq!(victims.len(), 2);
+    for (i, &page) in victims.iter().enumerate() {
+        t.parked(page, PARK + i as u64 * PAGE);
+    }
+    assert_eq!(t.resident(), 2, "parked pages count against the budget");
+    let (at0, g0) = t.finish_parked_zero(0).expect("page 0 is parked");
+    assert_eq!(at0, PARK);
+    assert_eq!(g0, vec![r], "its old copy is garbage");
+    assert_eq!(release(&t, g0), vec![r]);
+    assert!(t.finish_parked_zero(PAGE).is_some());
+    assert_eq!(t.resident(), 0);
+    for page in [0, PAGE] {
+        assert_eq!(t.state(page), None);
+        assert_eq!(t.missing_fault(page), MissingFault::ZeroFill, "no fetch");
+    }
+    // Only a page parked by this eviction and not yet decided leaves that way.
+    assert_eq!(t.finish_parked_zero(0), None);
+    t.zero_filled(0);
+    t.start_eviction(usize::MAX);
+    assert_eq!(t.finish_parked_zero(0), None, "not parked");
+    t.parked(0, PARK);
+    let d = t.decide(0, digest(&[1; PAGE as usize]));
+    assert!(matches!(d, Decision::Write(_)));
+    assert_eq!(t.finish_parked_zero(0), None, "decided as a write");
+}
+
+#[test]
 fn a_clean_parked_page_is_done_at_once_and_a_rescue_keeps_it_clean() {
     let mut t = table();
     t.zero_filled(0);

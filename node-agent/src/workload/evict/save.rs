@@ -41,6 +41,8 @@ pub(in crate::workload) struct ParkedBatch {
     moved: u64,
     /// Of those, pages that needed no write.
     clean: u64,
+    /// Of the clean ones, pages of all zeros, which left without a copy.
+    zero: u64,
 }
 
 /// Reads and hashes the pages of `p` parked at `parked` (`(page, parking address)`), and
@@ -52,6 +54,7 @@ async fn prepare(p: &Rc<Proc>, parked: Vec<(u64, u64)>) -> anyhow::Result<Parked
         to_free: Vec::new(),
         moved: parked.len() as u64,
         clean: 0,
+        zero: 0,
     };
     let r = decide_parked(p, parked, &mut batch).await;
     if r.is_err() {
@@ -96,6 +99,16 @@ async fn decide_parked(
         let mut freed_garbage = Vec::new();
         for (i, &(page, at)) in still.iter().enumerate() {
             let content = &bytes[i * PAGE as usize..(i + 1) * PAGE as usize];
+            if is_zero(content) {
+                // No copy at all: its next fault installs a zero page, with no fetch.
+                if let Some((at, g)) = t.finish_parked_zero(page) {
+                    batch.to_free.push(at);
+                    freed_garbage.extend(g);
+                    batch.clean += 1;
+                    batch.zero += 1;
+                }
+                continue;
+            }
             match t.decide(page, digest(content)) {
                 Decision::Clean(r) => {
                     if let Some((at, g)) = t.finish_parked(page, r) {
@@ -130,7 +143,7 @@ async fn save_parked(p: Rc<Proc>, batch: ParkedBatch) {
         mut to_free,
         moved,
         clean,
-        ..
+        zero,
     } = batch;
     debug!(
         writes = writes.len(),
@@ -188,6 +201,7 @@ async fn save_parked(p: Rc<Proc>, batch: ParkedBatch) {
     {
         let mut st = g.stats.borrow_mut();
         st.evictions(written + clean, written);
+        st.evicted_as_zero(zero);
         st.evicted_by_move(written + clean);
     }
     g.note_left((written + clean) as usize);
@@ -200,6 +214,16 @@ async fn save_parked(p: Rc<Proc>, batch: ParkedBatch) {
     g.after_resident_change();
     g.retry_deferred();
     debug!(moved, clean, written, failed, "parked batch saved");
+}
+
+/// Whether a page is all zero bytes: 64 bytes at a time (a vector loop), stopping at the first
+/// block that is not.
+fn is_zero(page: &[u8]) -> bool {
+    page.chunks(64).all(|block| {
+        block.chunks_exact(8).fold(0u64, |acc, w| {
+            acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
+        }) == 0
+    })
 }
 
 /// Puts the parked page at `at` back at `page` (a copy: see `Proc::rescue`), retrying while the
@@ -217,4 +241,20 @@ async fn unpark(p: &Proc, page: u64, at: u64, to_free: &mut Vec<u64>) -> io::Res
         }
     }
     Err(io::Error::from_raw_os_error(libc::EAGAIN))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_zero;
+
+    #[test]
+    fn a_page_is_zero_only_when_every_byte_is() {
+        let mut page = vec![0u8; 4096];
+        assert!(is_zero(&page));
+        for at in [0, 7, 63, 64, 2048, 4095] {
+            page[at] = 1;
+            assert!(!is_zero(&page), "byte {at} set");
+            page[at] = 0;
+        }
+    }
 }
