@@ -74,6 +74,12 @@ pub const EVICT_BATCH: usize = 256;
 pub const DEFAULT_PARKED_SHARE: u32 = 10;
 /// Largest parked share, percent.
 pub const MAX_PARKED_SHARE: u32 = 50;
+/// Evictions a page is remembered for (a ghost), as a share of the budget in pages: a fault on
+/// it within that many evictions is a refault, which the policy takes as a mistake (S3-FIFO
+/// puts the page in its main queue). A whole budget's worth promoted too many pages of programs
+/// that sweep their memory (xz: 10-14 % more remote faults than a quarter, docs/eviction.md,
+/// "Session 18").
+const GHOST_PERCENT: usize = 25;
 /// Most pages in the grace window: half a parking area, so batches being saved always fit.
 const GRACE_MAX: usize = (crate::shim_proto::PARK_PAGES / 2) as usize;
 /// The slack of a budget of `budget` pages: two eviction batches, at most a 32nd of it but at
@@ -263,7 +269,7 @@ impl Group {
     /// An empty page table for one of its processes.
     fn new_table(&self) -> PageTable<Box<dyn EvictionPolicy>> {
         let mut t = PageTable::with_slots(self.policy.get().build(), self.slots.clone());
-        t.set_ghost_capacity(self.budget);
+        t.set_ghost_capacity(self.budget * GHOST_PERCENT / 100);
         t
     }
 
