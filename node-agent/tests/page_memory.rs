@@ -1,7 +1,7 @@
 //! Heap bytes the agent keeps per managed page (page table, policy, slots, versions and digests
 //! together), in a steady state like the one of a workload over its budget: a quarter of the
 //! pages resident (some fetched back, so with a remote copy), the rest evicted (each with a slot,
-//! a version and a digest), the ghost list at its cap (the budget).
+//! a version and a digest), the ghost list at its cap (a quarter of the budget, as the agent's).
 //!
 //! `cargo test --release -p yonder-agent --test page_memory -- --ignored --nocapture` prints the
 //! figures at 512k and 4M pages (docs/page-table.md).
@@ -105,7 +105,7 @@ fn bytes_per_page(policy: Policy, n: u64) -> f64 {
     let before = LIVE.load(Ordering::Relaxed);
     let budget = (n / 4) as usize;
     let mut t = PageTable::new(policy.build());
-    t.set_ghost_capacity(budget);
+    t.set_ghost_capacity(budget * yonder_agent::workload::GHOST_PERCENT / 100);
     for i in 0..n {
         t.zero_filled(BASE + i * PAGE);
         evict_to(&mut t, budget, 0);

@@ -79,7 +79,7 @@ pub const MAX_PARKED_SHARE: u32 = 50;
 /// puts the page in its main queue). A whole budget's worth promoted too many pages of programs
 /// that sweep their memory (xz: 10-14 % more remote faults than a quarter, docs/eviction.md,
 /// "Session 18").
-const GHOST_PERCENT: usize = 25;
+pub const GHOST_PERCENT: usize = 25;
 /// Most pages in the grace window: half a parking area, so batches being saved always fit.
 const GRACE_MAX: usize = (crate::shim_proto::PARK_PAGES / 2) as usize;
 /// The slack of a budget of `budget` pages: two eviction batches, at most a 32nd of it but at
