@@ -16,7 +16,7 @@ use quinn::{RecvStream, SendStream};
 use serde::Serialize;
 
 use crate::{
-    codec::{decode_payload, encode_frame, CodecError, HEADER_BYTES},
+    codec::{self, decode_payload, encode_frame, CodecError},
     protocol::*,
     transport::{read_frame, write_frame, FrameReadError},
 };
@@ -200,15 +200,14 @@ impl Client {
         &self,
         req: &R,
     ) -> Result<(Response, Timing), ClientError> {
-        self.exchange_on_a_lane(req, false).await
+        self.exchange_on_a_lane(Outgoing::Message(req)).await
     }
 
-    /// [`Client::call_timed`]; with `own_frame`, a request that may be large (a write) is
-    /// measured first and, over [`OWNED_FRAME_BYTES`], encoded into a buffer of its own.
+    /// [`Client::call_timed`] for a request encoded into the lane's buffer, or for a frame
+    /// already in chunks (writes: [`codec::write_frame_chunks`]).
     async fn exchange_on_a_lane<R: Serialize>(
         &self,
-        req: &R,
-        own_frame: bool,
+        req: Outgoing<'_, R>,
     ) -> Result<(Response, Timing), ClientError> {
         let _permit = self
             .in_flight
@@ -228,7 +227,7 @@ impl Client {
             }
         };
         // On any error the lane is dropped here: its stream may hold a partial frame.
-        let (resp, timing) = exchange(&mut lane, req, own_frame).await?;
+        let (resp, timing) = exchange(&mut lane, req).await?;
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
         if lanes.len() < MAX_IDLE_LANES {
             lanes.push(lane);
@@ -263,25 +262,23 @@ impl Client {
 
     /// Writes a batch of pages.
     pub async fn write(&self, pages: Vec<WriteItem>) -> Result<Vec<WriteResult>, ClientError> {
+        let shared: Vec<SharedWriteItem> = pages.into_iter().map(Into::into).collect();
+        self.write_shared(&shared).await
+    }
+
+    /// Writes a batch of pages whose contents are shared (the same request as
+    /// [`Client::write`]): each content goes to QUIC as it is, without a copy into a frame.
+    pub async fn write_shared(
+        &self,
+        pages: &[SharedWriteItem],
+    ) -> Result<Vec<WriteResult>, ClientError> {
         let want = pages.len();
+        let chunks = codec::write_frame_chunks(pages)?;
         match self
-            .exchange_on_a_lane(&Request::Write { pages }, true)
+            .exchange_on_a_lane::<()>(Outgoing::Chunks(chunks))
             .await?
             .0
         {
-            Response::Write { pages } => counted("write", pages, want),
-            _ => Err(ClientError::Unexpected("write")),
-        }
-    }
-
-    /// Writes a batch of pages whose content is borrowed (the same request as [`Client::write`],
-    /// without a copy of the pages).
-    pub async fn write_borrowed(
-        &self,
-        pages: &[WriteItemRef<'_>],
-    ) -> Result<Vec<WriteResult>, ClientError> {
-        let want = pages.len();
-        match self.exchange_on_a_lane(&WriteRequest(pages), true).await?.0 {
             Response::Write { pages } => counted("write", pages, want),
             _ => Err(ClientError::Unexpected("write")),
         }
@@ -338,37 +335,30 @@ pub struct Timing {
     pub replied: Instant,
 }
 
-/// Frames larger than this (eviction writes: up to 1 MiB) are encoded into a buffer of their
-/// own that QUIC takes without a copy, instead of into the lane's buffer, which QUIC would copy
-/// and the lane would then keep at that size (docs/scale.md, "Working memory").
-const OWNED_FRAME_BYTES: usize = 64 * 1024;
+/// What a lane sends: a request to encode into the lane's buffer, or a frame already in chunks.
+enum Outgoing<'a, R> {
+    /// Encoded into the lane's buffer, which QUIC copies from.
+    Message(&'a R),
+    /// A whole frame whose chunks QUIC takes as they are.
+    Chunks(Vec<bytes::Bytes>),
+}
 
 /// A lane's buffer above this after a reply (a large read) is given back, not kept.
 const LANE_BUF_KEPT_BYTES: usize = 256 * 1024;
 
-/// Sends `req` on `lane` and reads the reply. Only a request that may be large (`own_frame`:
-/// writes) is measured before it is encoded; reads, on the fault path, are not serialised twice.
+/// Sends `req` on `lane` and reads the reply.
 async fn exchange<R: Serialize>(
     lane: &mut Lane,
-    req: &R,
-    own_frame: bool,
+    req: Outgoing<'_, R>,
 ) -> Result<(Response, Timing), ClientError> {
-    let size = if own_frame {
-        HEADER_BYTES
-            + postcard::experimental::serialized_size(req)
-                .map_err(|e| CodecError::Malformed(e.to_string()))?
-    } else {
-        0
-    };
-    if size > OWNED_FRAME_BYTES {
-        let mut frame = Vec::with_capacity(size);
-        encode_frame(req, &mut frame)?;
-        lane.send
-            .write_all_chunks(&mut [bytes::Bytes::from(frame)])
-            .await?;
-    } else {
-        encode_frame(req, &mut lane.buf)?;
-        write_frame(&mut lane.send, &lane.buf).await?;
+    match req {
+        Outgoing::Message(req) => {
+            encode_frame(req, &mut lane.buf)?;
+            write_frame(&mut lane.send, &lane.buf).await?;
+        }
+        Outgoing::Chunks(mut chunks) => {
+            lane.send.write_all_chunks(&mut chunks).await?;
+        }
     }
     let sent = Instant::now();
     if !read_frame(&mut lane.recv, &mut lane.buf).await? {

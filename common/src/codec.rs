@@ -3,9 +3,12 @@
 //! The length is checked against [`MAX_FRAME_BYTES`] before anything is read or allocated, so a
 //! peer cannot make the other side buffer an arbitrary amount. Every failure is an error value.
 
+use bytes::Bytes;
 use serde::{de::DeserializeOwned, Serialize};
 
-use crate::protocol::MAX_FRAME_BYTES;
+use crate::protocol::{
+    SharedPage, SharedWriteItem, BYTES_VARIANT, MAX_FRAME_BYTES, WRITE_VARIANT, ZERO_VARIANT,
+};
 
 /// Size of the frame header.
 pub const HEADER_BYTES: usize = 4;
@@ -52,6 +55,60 @@ pub fn encode_frame<T: Serialize>(msg: &T, buf: &mut Vec<u8>) -> Result<(), Code
     }
     buf[..HEADER_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
     Ok(())
+}
+
+/// Encodes a [`crate::protocol::Request::Write`] of `items` as one frame in chunks: the
+/// chunks, end to end, are exactly the bytes [`encode_frame`] makes of the owned request (a test
+/// says so), but each page's content is a chunk of its own, shared with the caller, not copied.
+/// A batch written to R servers is then never assembled into R frames of a megabyte each; QUIC
+/// takes the chunks as they are (docs/scale.md, "Session 18").
+pub fn write_frame_chunks(items: &[SharedWriteItem]) -> Result<Vec<Bytes>, CodecError> {
+    let malformed = |e: postcard::Error| CodecError::Malformed(e.to_string());
+    // Everything but the contents, in one buffer; `cuts` marks where each content goes.
+    let mut small = Vec::with_capacity(HEADER_BYTES + 16 + items.len() * 32);
+    small.extend_from_slice(&[0; HEADER_BYTES]);
+    // The variant and the length of the page list: postcard's varints.
+    small = postcard::to_extend(&(WRITE_VARIANT, items.len() as u64), small).map_err(malformed)?;
+    let mut cuts: Vec<(usize, &Bytes)> = Vec::with_capacity(items.len());
+    let mut contents = 0usize;
+    for item in items {
+        small = postcard::to_extend(&(item.key, item.version), small).map_err(malformed)?;
+        match &item.data {
+            SharedPage::Zero => {
+                small = postcard::to_extend(&ZERO_VARIANT, small).map_err(malformed)?;
+            }
+            SharedPage::Bytes(b) => {
+                small = postcard::to_extend(&(BYTES_VARIANT, b.len() as u64), small)
+                    .map_err(malformed)?;
+                cuts.push((small.len(), b));
+                contents += b.len();
+            }
+        }
+    }
+    let len = small.len() - HEADER_BYTES + contents;
+    if len > MAX_FRAME_BYTES {
+        return Err(CodecError::TooLarge {
+            len,
+            max: MAX_FRAME_BYTES,
+        });
+    }
+    small[..HEADER_BYTES].copy_from_slice(&(len as u32).to_le_bytes());
+    let small = Bytes::from(small);
+    let mut chunks = Vec::with_capacity(2 * cuts.len() + 1);
+    let mut at = 0;
+    for (cut, content) in cuts {
+        if cut > at {
+            chunks.push(small.slice(at..cut));
+        }
+        if !content.is_empty() {
+            chunks.push(content.clone());
+        }
+        at = cut;
+    }
+    if small.len() > at {
+        chunks.push(small.slice(at..));
+    }
+    Ok(chunks)
 }
 
 /// Reads the payload length from a frame header, rejecting lengths above the limit.
@@ -102,6 +159,105 @@ mod tests {
     use super::*;
     use crate::protocol::*;
     use proptest::prelude::*;
+
+    /// The chunks of [`write_frame_chunks`] for `pages`, end to end.
+    fn chunked(pages: &[WriteItem]) -> Vec<u8> {
+        let shared: Vec<SharedWriteItem> = pages.iter().cloned().map(Into::into).collect();
+        write_frame_chunks(&shared).unwrap().concat()
+    }
+
+    #[test]
+    fn a_write_in_chunks_is_the_same_frame_as_the_owned_request() {
+        let pages = [
+            WriteItem {
+                key: PageKey::new(3, 7),
+                version: 9,
+                data: PageData::Bytes((0..PAGE_SIZE).map(|i| i as u8).collect()),
+            },
+            WriteItem {
+                key: PageKey::new(u32::MAX, 1 << 40),
+                version: u64::MAX,
+                data: PageData::Zero,
+            },
+            WriteItem {
+                key: PageKey::new(0, 0),
+                version: 0,
+                data: PageData::Bytes(vec![]),
+            },
+            WriteItem {
+                key: PageKey::new(1, 300),
+                version: 128,
+                data: PageData::Bytes(vec![7; 500]),
+            },
+        ];
+        for n in 0..=pages.len() {
+            let mut owned = Vec::new();
+            encode_frame(
+                &Request::Write {
+                    pages: pages[..n].to_vec(),
+                },
+                &mut owned,
+            )
+            .unwrap();
+            assert_eq!(chunked(&pages[..n]), owned, "{n} pages");
+        }
+        // A full batch, and the contents are shared, not copied.
+        let full: Vec<SharedWriteItem> = (0..MAX_BATCH_PAGES as u64)
+            .map(|i| SharedWriteItem {
+                key: PageKey::new(1, i),
+                version: i,
+                data: SharedPage::Bytes(Bytes::from(vec![i as u8; PAGE_SIZE])),
+            })
+            .collect();
+        let chunks = write_frame_chunks(&full).unwrap();
+        let SharedPage::Bytes(first) = &full[0].data else {
+            unreachable!()
+        };
+        assert!(chunks
+            .iter()
+            .any(|c| c.as_ptr() == first.as_ptr() && c.len() == PAGE_SIZE));
+        let (msg, _) = decode_frame::<Request>(&chunks.concat()).unwrap();
+        let Request::Write { pages } = msg else {
+            panic!("not a write")
+        };
+        assert_eq!(pages.len(), MAX_BATCH_PAGES);
+        assert_eq!(pages[200].data, PageData::Bytes(vec![200; PAGE_SIZE]));
+    }
+
+    #[test]
+    fn a_write_in_chunks_over_the_limit_is_refused() {
+        let big = vec![SharedWriteItem {
+            key: PageKey::new(1, 1),
+            version: 1,
+            data: SharedPage::Bytes(Bytes::from(vec![1; MAX_FRAME_BYTES + 1])),
+        }];
+        assert!(matches!(
+            write_frame_chunks(&big),
+            Err(CodecError::TooLarge { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn any_write_in_chunks_is_the_owned_frame(
+            pages in proptest::collection::vec(
+                (any::<u32>(), any::<u64>(), any::<u64>(), proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64))),
+                0..20,
+            )
+        ) {
+            let pages: Vec<WriteItem> = pages
+                .into_iter()
+                .map(|(space, slot, version, data)| WriteItem {
+                    key: PageKey::new(space, slot),
+                    version,
+                    data: data.map_or(PageData::Zero, PageData::Bytes),
+                })
+                .collect();
+            let mut owned = Vec::new();
+            encode_frame(&Request::Write { pages: pages.clone() }, &mut owned).unwrap();
+            prop_assert_eq!(chunked(&pages), owned);
+        }
+    }
 
     fn sample_requests() -> Vec<Request> {
         vec![

@@ -106,34 +106,52 @@ pub struct WriteItem {
     pub data: PageData,
 }
 
-/// One page to write, its content borrowed: what [`WriteRequest`] carries.
-#[derive(Serialize, Clone, Copy, Debug)]
-pub struct WriteItemRef<'a> {
+/// A page's content as the requests that carry it hold it: shared (one per replica) and handed
+/// to QUIC without a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SharedPage {
+    /// A page of all zero bytes.
+    Zero,
+    /// The page's bytes.
+    Bytes(bytes::Bytes),
+}
+
+impl From<PageData> for SharedPage {
+    fn from(d: PageData) -> Self {
+        match d {
+            PageData::Zero => SharedPage::Zero,
+            PageData::Bytes(b) => SharedPage::Bytes(bytes::Bytes::from(b)),
+        }
+    }
+}
+
+/// One page to write, its content shared: what [`crate::codec::write_frame_chunks`] encodes as
+/// a [`Request::Write`] frame in chunks.
+#[derive(Clone, Debug)]
+pub struct SharedWriteItem {
     /// Page to write.
     pub key: PageKey,
     /// Monotonic version of this content.
     pub version: u64,
     /// The content.
-    pub data: &'a PageData,
+    pub data: SharedPage,
 }
 
-/// A [`Request::Write`] whose pages are borrowed: it encodes to exactly the same bytes (a test
-/// says so), so a batch written to R servers is encoded from where it lies instead of being
-/// cloned once per server.
-#[derive(Clone, Copy, Debug)]
-pub struct WriteRequest<'a>(pub &'a [WriteItemRef<'a>]);
-
-/// [`Request::Write`]'s position among the variants: serde's (and postcard's) variant index.
-const WRITE_VARIANT: u32 = 2;
-
-impl Serialize for WriteRequest<'_> {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        use serde::ser::SerializeStructVariant;
-        let mut v = s.serialize_struct_variant("Request", WRITE_VARIANT, "Write", 1)?;
-        v.serialize_field("pages", self.0)?;
-        v.end()
+impl From<WriteItem> for SharedWriteItem {
+    fn from(w: WriteItem) -> Self {
+        SharedWriteItem {
+            key: w.key,
+            version: w.version,
+            data: w.data.into(),
+        }
     }
 }
+
+/// [`Request::Write`]'s position among the variants: serde's (and postcard's) variant index.
+pub(crate) const WRITE_VARIANT: u32 = 2;
+/// [`PageData::Zero`]'s and [`PageData::Bytes`]'s variant indexes.
+pub(crate) const ZERO_VARIANT: u32 = 0;
+pub(crate) const BYTES_VARIANT: u32 = 1;
 
 /// One page to free.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
@@ -329,47 +347,5 @@ impl Response {
             code,
             message: message.into(),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_borrowed_write_encodes_as_the_owned_one() {
-        let pages = vec![
-            WriteItem {
-                key: PageKey::new(3, 7),
-                version: 9,
-                data: PageData::Bytes((0..PAGE_SIZE).map(|i| i as u8).collect()),
-            },
-            WriteItem {
-                key: PageKey::new(3, 1 << 40),
-                version: u64::MAX,
-                data: PageData::Zero,
-            },
-        ];
-        let refs: Vec<WriteItemRef> = pages
-            .iter()
-            .map(|w| WriteItemRef {
-                key: w.key,
-                version: w.version,
-                data: &w.data,
-            })
-            .collect();
-        let owned = postcard::to_allocvec(&Request::Write {
-            pages: pages.clone(),
-        })
-        .unwrap();
-        let borrowed = postcard::to_allocvec(&WriteRequest(&refs)).unwrap();
-        assert_eq!(owned, borrowed);
-        let back: Request = postcard::from_bytes(&borrowed).unwrap();
-        assert_eq!(back, Request::Write { pages });
-        let empty = postcard::to_allocvec(&WriteRequest(&[])).unwrap();
-        assert_eq!(
-            empty,
-            postcard::to_allocvec(&Request::Write { pages: vec![] }).unwrap()
-        );
     }
 }

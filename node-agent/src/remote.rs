@@ -28,7 +28,8 @@ use std::{
 use yonder_common::{
     client::{Client, ClientError, Timing},
     protocol::{
-        FreeItem, PageData, ReadItem, ReadResult, WriteItemRef, WriteResult, MAX_BATCH_PAGES,
+        FreeItem, PageData, ReadItem, ReadResult, SharedPage, SharedWriteItem, WriteResult,
+        MAX_BATCH_PAGES,
     },
     PageKey, PAGE_SIZE,
 };
@@ -407,6 +408,9 @@ impl Servers {
     /// the page's ranking.
     pub async fn write(&self, space: u32, pages: Vec<(Remote, PageData)>) -> Vec<bool> {
         let want = self.policy.replicas;
+        // The contents move into buffers every server's request shares (no copy per server).
+        let pages: Vec<(Remote, SharedPage)> =
+            pages.into_iter().map(|(r, d)| (r, d.into())).collect();
         let mut acks = vec![0usize; pages.len()];
         // Per page: the servers that hold the copy now (bit i: server i; servers past 64 are
         // taken as outside the home, which at worst costs a repair copy).
@@ -442,17 +446,17 @@ impl Servers {
             }
             let pages = &pages;
             let futures = requests.into_iter().map(|(s, idx)| async move {
-                // Borrowed: each server's request is encoded from `pages` itself.
-                let items: Vec<WriteItemRef> = idx
+                // Shared: each server's request hands the same contents to QUIC, no copy.
+                let items: Vec<SharedWriteItem> = idx
                     .iter()
-                    .map(|&i| WriteItemRef {
+                    .map(|&i| SharedWriteItem {
                         key: PageKey::new(space, pages[i].0.slot),
                         version: pages[i].0.version,
-                        data: &pages[i].1,
+                        data: pages[i].1.clone(),
                     })
                     .collect();
                 let outcome = self
-                    .call(s, |c| async move { c.write_borrowed(&items).await })
+                    .call(s, |c| async move { c.write_shared(&items).await })
                     .await;
                 (s, idx, outcome)
             });
