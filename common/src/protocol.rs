@@ -51,10 +51,22 @@ pub enum PageData {
     Bytes(#[serde(with = "serde_bytes")] Vec<u8>),
 }
 
+/// Whether `bytes` are all zero: 64 bytes at a time (a vector loop), stopping at the first block
+/// that is not.
+pub fn is_zero_page(bytes: &[u8]) -> bool {
+    bytes.chunks(64).all(|block| {
+        let mut words = block.chunks_exact(8);
+        let acc = words.by_ref().fold(0u64, |acc, w| {
+            acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
+        });
+        acc == 0 && words.remainder().iter().all(|&b| b == 0)
+    })
+}
+
 impl PageData {
     /// Wraps page bytes, turning an all-zero page into [`PageData::Zero`].
     pub fn from_bytes(bytes: &[u8]) -> Self {
-        if bytes.iter().all(|&b| b == 0) {
+        if is_zero_page(bytes) {
             PageData::Zero
         } else {
             PageData::Bytes(bytes.to_vec())
@@ -149,8 +161,9 @@ impl From<WriteItem> for SharedWriteItem {
 
 /// [`Request::Write`]'s position among the variants: serde's (and postcard's) variant index.
 pub(crate) const WRITE_VARIANT: u32 = 2;
-/// [`PageData::Zero`]'s and [`PageData::Bytes`]'s variant indexes.
+/// [`PageData::Zero`]'s variant index.
 pub(crate) const ZERO_VARIANT: u32 = 0;
+/// [`PageData::Bytes`]'s variant index.
 pub(crate) const BYTES_VARIANT: u32 = 1;
 
 /// One page to free.
@@ -347,5 +360,27 @@ impl Response {
             code,
             message: message.into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_page_is_zero_only_when_every_byte_is() {
+        let mut page = vec![0u8; PAGE_SIZE];
+        assert!(is_zero_page(&page));
+        assert_eq!(PageData::from_bytes(&page), PageData::Zero);
+        for at in [0, 7, 63, 64, 2048, PAGE_SIZE - 1] {
+            page[at] = 1;
+            assert!(!is_zero_page(&page), "byte {at} set");
+            assert!(matches!(PageData::from_bytes(&page), PageData::Bytes(_)));
+            page[at] = 0;
+        }
+        // Lengths that are not a multiple of the word or the block.
+        assert!(is_zero_page(&[0; 13]));
+        assert!(!is_zero_page(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
+        assert!(is_zero_page(&[]));
     }
 }

@@ -5,7 +5,7 @@ use std::{io, rc::Rc};
 
 use anyhow::{bail, Context};
 use tracing::{debug, warn};
-use yonder_common::protocol::PageData;
+use yonder_common::protocol::{is_zero_page, PageData};
 
 use super::super::process::Proc;
 use crate::{
@@ -99,7 +99,7 @@ async fn decide_parked(
         let mut freed_garbage = Vec::new();
         for (i, &(page, at)) in still.iter().enumerate() {
             let content = &bytes[i * PAGE as usize..(i + 1) * PAGE as usize];
-            if is_zero(content) {
+            if is_zero_page(content) {
                 // No copy at all: its next fault installs a zero page, with no fetch.
                 if let Some((at, g)) = t.finish_parked_zero(page) {
                     batch.to_free.push(at);
@@ -119,9 +119,10 @@ async fn decide_parked(
                 }
                 Decision::Write(new) => {
                     t.writing(new);
+                    // Not zeros (checked above), so no second scan for them.
                     batch
                         .writes
-                        .push((page, new, at, PageData::from_bytes(content)));
+                        .push((page, new, at, PageData::Bytes(content.to_vec())));
                 }
                 Decision::Gone => {}
             }
@@ -216,16 +217,6 @@ async fn save_parked(p: Rc<Proc>, batch: ParkedBatch) {
     debug!(moved, clean, written, failed, "parked batch saved");
 }
 
-/// Whether a page is all zero bytes: 64 bytes at a time (a vector loop), stopping at the first
-/// block that is not.
-fn is_zero(page: &[u8]) -> bool {
-    page.chunks(64).all(|block| {
-        block.chunks_exact(8).fold(0u64, |acc, w| {
-            acc | u64::from_ne_bytes(w.try_into().expect("8 bytes"))
-        }) == 0
-    })
-}
-
 /// Puts the parked page at `at` back at `page` (a copy: see `Proc::rescue`), retrying while the
 /// address space changes; its slot is freed with the others.
 async fn unpark(p: &Proc, page: u64, at: u64, to_free: &mut Vec<u64>) -> io::Result<()> {
@@ -241,20 +232,4 @@ async fn unpark(p: &Proc, page: u64, at: u64, to_free: &mut Vec<u64>) -> io::Res
         }
     }
     Err(io::Error::from_raw_os_error(libc::EAGAIN))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::is_zero;
-
-    #[test]
-    fn a_page_is_zero_only_when_every_byte_is() {
-        let mut page = vec![0u8; 4096];
-        assert!(is_zero(&page));
-        for at in [0, 7, 63, 64, 2048, 4095] {
-            page[at] = 1;
-            assert!(!is_zero(&page), "byte {at} set");
-            page[at] = 0;
-        }
-    }
 }
