@@ -1,7 +1,7 @@
 //! Heap bytes the agent keeps per managed page (page table, policy, slots, versions and digests
 //! together), in a steady state like the one of a workload over its budget: a quarter of the
-//! pages resident (some fetched back, so with a remote copy), the rest evicted (each with a slot,
-//! a version and a digest), the ghost list at its cap (a quarter of the budget, as the agent's).
+//! pages resident (some fetched back, so with a remote copy and its digest), the rest evicted
+//! (each with a slot and a version), the ghost list at its cap (a quarter of the budget, as the agent's).
 //!
 //! `cargo test --release -p yonder-agent --test page_memory -- --ignored --nocapture` prints the
 //! figures at 512k and 4M pages (docs/page-table.md).
@@ -16,7 +16,7 @@ use std::{
 
 use yonder_agent::{
     eviction::{EvictionPolicy, Policy},
-    pages::{digest, Decision, PageTable, State, PAGE},
+    pages::{digest, Decision, Digest, PageTable, State, PAGE},
 };
 
 /// The system allocator, counting the bytes live on the heap.
@@ -79,6 +79,11 @@ impl Lcg {
     }
 }
 
+/// The digest of `page`'s content in a round.
+fn content_digest(page: u64, content: u64) -> Digest {
+    digest(&[page.to_le_bytes(), content.to_le_bytes()].concat())
+}
+
 /// Evicts (by parking) until the table is within `budget`, as the evictor does in batches.
 fn evict_to(t: &mut PageTable<Box<dyn EvictionPolicy>>, budget: usize, round: u64) {
     while t.resident() > budget {
@@ -87,9 +92,12 @@ fn evict_to(t: &mut PageTable<Box<dyn EvictionPolicy>>, budget: usize, round: u6
         for page in victims {
             t.parked(page, PARK);
             // Content changes every round for half the pages: both clean and written evictions.
-            let content = if page % (2 * PAGE) == 0 { round } else { 0 };
-            let d = digest(&[page.to_le_bytes(), content.to_le_bytes()].concat());
-            match t.decide(page, d) {
+            let content = if page.is_multiple_of(2 * PAGE) {
+                round
+            } else {
+                0
+            };
+            match t.decide(page, content_digest(page, content)) {
                 Decision::Write(r) | Decision::Clean(r) => {
                     t.finish_parked(page, r);
                 }
@@ -116,7 +124,15 @@ fn bytes_per_page(policy: Policy, n: u64) -> f64 {
         let page = BASE + rng.below(n) * PAGE;
         if let Some(State::Evicted { remote }) = t.state(page) {
             assert!(t.start_fetch(page));
-            t.fetched(page, remote, false);
+            // The agent records the digest of what it read back: an odd page's content never
+            // changes; an even page's was that of an earlier round, any of which differs from
+            // this round's, as `u64::MAX`'s does.
+            let content = if page.is_multiple_of(2 * PAGE) {
+                u64::MAX
+            } else {
+                0
+            };
+            t.fetched(page, remote, Some(content_digest(page, content)));
             evict_to(&mut t, budget, round);
         }
     }

@@ -135,6 +135,8 @@ impl<P: EvictionPolicy> PageTable<P> {
         self.resident -= 1;
         tracing::trace!(target: "yonder_agent::slottrace", page, ?new, "finished parked");
         self.put(page, State::Evicted { remote: new });
+        // Of no use until the page is read back, which records it again.
+        self.slots.borrow_mut().forget_digest(new);
         self.remember_ghost(page);
         let garbage = e.old.filter(|o| o.slot != new.slot).into_iter().collect();
         Some((at, garbage))
@@ -251,6 +253,7 @@ impl<P: EvictionPolicy> PageTable<P> {
         } else if let Some(remote) = e.new {
             tracing::trace!(target: "yonder_agent::slottrace", page, ?remote, "finished protected");
             self.put(page, State::Evicted { remote });
+            self.slots.borrow_mut().forget_digest(remote);
             self.remember_ghost(page);
         } else {
             self.remove(page);

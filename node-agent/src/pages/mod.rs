@@ -437,17 +437,21 @@ impl<P: EvictionPolicy> PageTable<P> {
         self.get(page) == Some(State::Fetching { remote })
     }
 
-    /// A fetched page was installed; `dirty` when the faulting access was a write (its content
-    /// may already differ), else it may still equal `remote`.
-    pub fn fetched(&mut self, page: u64, remote: Remote, dirty: bool) {
+    /// A fetched page was installed. `clean` is the digest of the content read back when the
+    /// page may still equal `remote` (its next eviction compares with it); `None` when the
+    /// faulting access was a write (its content may already differ).
+    pub fn fetched(&mut self, page: u64, remote: Remote, clean: Option<Digest>) {
         if self.fetch_wanted(page, remote) {
             self.put(
                 page,
                 State::Resident {
-                    dirty,
+                    dirty: clean.is_none(),
                     remote: Some(remote),
                 },
             );
+            if let Some(d) = clean {
+                self.slots.borrow_mut().note_digest(remote, d);
+            }
             self.policy.inserted(page / PAGE);
         }
     }

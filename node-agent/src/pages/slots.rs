@@ -1,12 +1,16 @@
 //! Remote slots of a workload, their reference counts after forks, and the digests of what was
 //! written to them.
 //!
-//! Slots live in a dense array of 20-byte records indexed by slot number; freed numbers are
+//! Slots live in a dense array of 8-byte records indexed by slot number; freed numbers are
 //! reused (through a free list threaded in the records). Versions count per slot number and go
 //! on across reuses, so a version names one write for good: a free names the last version handed
 //! out and can never remove a later owner's page (the servers free only what is at most that
-//! version), and a digest recorded for one owner never matches another's copy. See
-//! docs/page-table.md.
+//! version), and a digest recorded for one owner never matches another's copy.
+//!
+//! A digest is kept only while it can be of use: from the write or the fetch that produced the
+//! content until the page referring to the slot is evicted again. Digests live in a second dense
+//! array that a record points into, so a slot whose page is away costs its 8-byte record and
+//! nothing more. See docs/page-table.md.
 
 use std::collections::HashMap;
 
@@ -23,8 +27,8 @@ pub fn digest(content: &[u8]) -> Digest {
 /// Records per chunk of the array (chunks keep a growing array from holding twice what it
 /// needs, as a doubling `Vec` would).
 const CHUNK: usize = 1024;
-/// End of the free list.
-const NO_FREE: u32 = u32::MAX;
+/// End of a free list; a record with no digest.
+const NONE: u32 = u32::MAX;
 /// Bits of a record's word that count references.
 const REF_BITS: u32 = 4;
 /// The reference count of a record whose count is in [`Slots::many`].
@@ -33,14 +37,23 @@ const MANY: u32 = (1 << REF_BITS) - 1;
 const LAST_VERSION: u32 = u32::MAX >> REF_BITS;
 
 /// One slot number.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 struct Record {
-    /// Digest of the content of the last version (in a free record, `[0]` is the next free
-    /// number). Four `u32`s: a `u128` would pad the record to 32 bytes.
-    digest: [u32; 4],
     /// The last version handed out (0: none yet) above [`REF_BITS`] bits of reference count
     /// (0: free; [`MANY`]: see [`Slots::many`]).
     word: u32,
+    /// Where the digest of the last version's content is in [`Slots::digests`] ([`NONE`]: not
+    /// known); in a free record, the next free number.
+    digest: u32,
+}
+
+impl Default for Record {
+    fn default() -> Self {
+        Self {
+            word: 0,
+            digest: NONE,
+        }
+    }
 }
 
 impl Record {
@@ -66,6 +79,63 @@ fn split(d: Digest) -> [u32; 4] {
     ]
 }
 
+/// Digests, in a dense array of their own: a [`Record`] points at its digest, and freed places
+/// are reused (through a free list threaded in their first word).
+#[derive(Debug)]
+struct Digests {
+    chunks: Vec<Box<[[u32; 4]]>>,
+    /// Places handed out so far (the next fresh one).
+    len: u32,
+    /// First free place, [`NONE`] if none.
+    free: u32,
+}
+
+impl Default for Digests {
+    fn default() -> Self {
+        Self {
+            chunks: Vec::new(),
+            len: 0,
+            free: NONE,
+        }
+    }
+}
+
+impl Digests {
+    fn get(&self, i: u32) -> &[u32; 4] {
+        &self.chunks[i as usize / CHUNK][i as usize % CHUNK]
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut [u32; 4] {
+        &mut self.chunks[i as usize / CHUNK][i as usize % CHUNK]
+    }
+
+    /// A place holding `d`.
+    fn add(&mut self, d: [u32; 4]) -> u32 {
+        let i = if self.free != NONE {
+            let i = self.free;
+            self.free = self.get(i)[0];
+            i
+        } else {
+            let i = self.len;
+            assert!(i < NONE, "out of digest places");
+            if i as usize == self.chunks.len() * CHUNK {
+                self.chunks.push(vec![[0; 4]; CHUNK].into_boxed_slice());
+            }
+            self.len += 1;
+            i
+        };
+        *self.get_mut(i) = d;
+        i
+    }
+
+    /// Frees place `i` for reuse.
+    fn remove(&mut self, i: u32) {
+        let free = self.free;
+        *self.get_mut(i) = [free, 0, 0, 0];
+        self.free = i;
+    }
+}
+
 /// The remote slots of one workload (all its processes), with how many page-table entries refer
 /// to each. After a fork, parent and child refer to the same slots; a slot referred to by more
 /// than one entry is never written again (copy-on-write at the remote level), and it is freed on
@@ -75,10 +145,12 @@ pub struct Slots {
     chunks: Vec<Box<[Record]>>,
     /// Slot numbers handed out so far (the next fresh one).
     len: u32,
-    /// First free number, [`NO_FREE`] if none.
+    /// First free number, [`NONE`] if none.
     free: u32,
     /// Reference counts too large for a record.
     many: HashMap<u32, u32>,
+    /// The digests records point at.
+    digests: Digests,
 }
 
 impl Default for Slots {
@@ -86,8 +158,9 @@ impl Default for Slots {
         Self {
             chunks: Vec::new(),
             len: 0,
-            free: NO_FREE,
+            free: NONE,
             many: HashMap::new(),
+            digests: Digests::default(),
         }
     }
 }
@@ -110,13 +183,13 @@ impl Slots {
 
     /// A new slot with one reference.
     pub(super) fn alloc(&mut self) -> u64 {
-        let i = if self.free != NO_FREE {
+        let i = if self.free != NONE {
             let i = self.free;
-            self.free = self.rec(i).digest[0];
+            self.free = self.rec(i).digest;
             i
         } else {
             let i = self.len;
-            assert!(i < NO_FREE, "out of slot numbers");
+            assert!(i < NONE, "out of slot numbers");
             if i as usize == self.chunks.len() * CHUNK {
                 self.chunks
                     .push(vec![Record::default(); CHUNK].into_boxed_slice());
@@ -125,9 +198,17 @@ impl Slots {
             i
         };
         let r = self.rec_mut(i);
-        r.digest = [0; 4];
+        r.digest = NONE;
         r.set(r.version(), 1);
         u64::from(i)
+    }
+
+    /// Forgets the digest of live number `i`, if it has one.
+    fn clear_digest(&mut self, i: u32) {
+        let at = std::mem::replace(&mut self.rec_mut(i).digest, NONE);
+        if at != NONE {
+            self.digests.remove(at);
+        }
     }
 
     /// A version of `slot` newer than every one handed out before, or `None` when the slot's
@@ -140,6 +221,8 @@ impl Slots {
             return None;
         }
         r.set(v, r.refs());
+        // The digest was the previous version's.
+        self.clear_digest(i);
         Some(u64::from(v))
     }
 
@@ -193,13 +276,13 @@ impl Slots {
     /// copy to free on the servers: every version up to the last handed out.
     fn free_index(&mut self, i: u32) -> Remote {
         self.many.remove(&i);
+        self.clear_digest(i);
         let free = self.free;
         let r = self.rec_mut(i);
         let version = r.version();
         r.set(version, 0);
-        r.digest = [0; 4];
         if version < LAST_VERSION {
-            r.digest[0] = free;
+            r.digest = free;
             self.free = i;
         }
         Remote {
@@ -211,14 +294,39 @@ impl Slots {
     /// Records the digest of the content written as `remote` (the version last handed out for
     /// its slot).
     pub fn set_digest(&mut self, remote: Remote, d: Digest) {
-        let Some(i) = self.index(remote.slot) else {
-            return;
-        };
-        let r = self.rec_mut(i);
-        if u64::from(r.version()) == remote.version {
-            r.digest = split(d);
-        } else {
+        if !self.note_digest(remote, d) && self.index(remote.slot).is_some() {
             debug_assert!(false, "digest of {remote:?}, not the slot's last version");
+        }
+    }
+
+    /// Records the digest of `remote`'s content (read back from the servers, which answer only
+    /// with that exact version) if `remote` is still its slot's last version; false if it is
+    /// not (nothing recorded).
+    pub fn note_digest(&mut self, remote: Remote, d: Digest) -> bool {
+        let Some(i) = self.index(remote.slot) else {
+            return false;
+        };
+        let r = *self.rec(i);
+        if u64::from(r.version()) != remote.version {
+            return false;
+        }
+        if r.digest == NONE {
+            let at = self.digests.add(split(d));
+            self.rec_mut(i).digest = at;
+        } else {
+            *self.digests.get_mut(r.digest) = split(d);
+        }
+        true
+    }
+
+    /// Forgets the digest of `remote`'s content (its page went away: the digest is of no use
+    /// until the page is fetched again, which records it anew). Only ever makes a page that
+    /// still refers to the slot look changed, never the reverse.
+    pub fn forget_digest(&mut self, remote: Remote) {
+        if let Some(i) = self.index(remote.slot) {
+            if u64::from(self.rec(i).version()) == remote.version {
+                self.clear_digest(i);
+            }
         }
     }
 
@@ -226,8 +334,22 @@ impl Slots {
     pub fn holds(&self, remote: Remote, d: Digest) -> bool {
         self.index(remote.slot).is_some_and(|i| {
             let r = self.rec(i);
-            r.version() != 0 && u64::from(r.version()) == remote.version && r.digest == split(d)
+            r.version() != 0
+                && u64::from(r.version()) == remote.version
+                && r.digest != NONE
+                && *self.digests.get(r.digest) == split(d)
         })
+    }
+
+    /// Digests recorded now (for tests and memory accounting).
+    pub fn digests_kept(&self) -> usize {
+        let mut free = 0;
+        let mut at = self.digests.free;
+        while at != NONE {
+            free += 1;
+            at = self.digests.get(at)[0];
+        }
+        self.digests.len as usize - free
     }
 
     /// Drops one reference per copy in `released`; returns the copies no one refers to any more
@@ -376,7 +498,54 @@ mod tests {
     }
 
     #[test]
-    fn a_record_is_20_bytes() {
-        assert_eq!(std::mem::size_of::<Record>(), 20);
+    fn a_record_is_8_bytes() {
+        assert_eq!(std::mem::size_of::<Record>(), 8);
+    }
+
+    #[test]
+    fn digests_are_kept_only_until_forgotten_and_their_places_reused() {
+        let mut s = Slots::default();
+        let a = s.alloc();
+        let b = s.alloc();
+        let ra = Remote {
+            slot: a,
+            version: s.next_version(a).expect("a version"),
+        };
+        let rb = Remote {
+            slot: b,
+            version: s.next_version(b).expect("a version"),
+        };
+        s.set_digest(ra, 1);
+        s.set_digest(rb, 2);
+        assert_eq!(s.digests_kept(), 2);
+        s.forget_digest(ra);
+        assert!(!s.holds(ra, 1), "a forgotten digest matches nothing");
+        assert!(s.holds(rb, 2));
+        assert_eq!(s.digests_kept(), 1);
+        // Read back: recorded again, in the freed place.
+        assert!(s.note_digest(ra, 1));
+        assert!(s.holds(ra, 1));
+        assert_eq!(s.digests.len, 2, "the freed place was reused");
+        // A read of an older version records nothing.
+        let newer = s.next_version(a).expect("a version");
+        assert!(!s.holds(ra, 1), "a new version drops the old digest");
+        assert!(!s.note_digest(ra, 1));
+        assert!(!s.holds(
+            Remote {
+                slot: a,
+                version: newer
+            },
+            1
+        ));
+        // Freeing a slot frees its digest.
+        assert_eq!(s.release(vec![rb]), vec![rb]);
+        assert_eq!(s.digests_kept(), 0);
+        let c = s.alloc();
+        assert_eq!(c, b);
+        let rc = Remote {
+            slot: c,
+            version: s.next_version(c).expect("a version"),
+        };
+        assert!(!s.holds(rc, 2), "a reused number has no digest");
     }
 }

@@ -60,7 +60,7 @@ fn zero_fill_evict_fetch_and_clean_drop() {
     assert_eq!(t.missing_fault(0), MissingFault::Fetch(remote));
     assert!(t.start_fetch(0));
     assert_eq!(t.missing_fault(0), MissingFault::InFlight);
-    t.fetched(0, remote, false);
+    t.fetched(0, remote, Some(digest(&[7; PAGE as usize])));
     assert_eq!(t.resident(), 1);
     // Same content: evicting again writes nothing and keeps the same copy.
     let v = evict_all_with(&mut t, |_| 7);
@@ -74,14 +74,14 @@ fn a_page_whose_content_changed_gets_a_newer_version_in_the_same_slot() {
     t.zero_filled(0);
     let first = written(evict_all_with(&mut t, |_| 1)[0].1);
     t.start_fetch(0);
-    t.fetched(0, first, false);
+    t.fetched(0, first, Some(digest(&[1; PAGE as usize])));
     // Written without any fault: only the content says so.
     let second = written(evict_all_with(&mut t, |_| 2)[0].1);
     assert_eq!(second.slot, first.slot);
     assert!(second.version > first.version);
     // A fetched page that took a write fault is dirty whatever its digest.
     t.start_fetch(0);
-    t.fetched(0, second, true);
+    t.fetched(0, second, None);
     let third = written(evict_all_with(&mut t, |_| 2)[0].1);
     assert!(third.version > second.version);
 }
@@ -240,7 +240,7 @@ fn a_parked_page_of_zeros_leaves_without_a_copy_and_comes_back_as_a_zero_fill() 
     // Page 0 had a remote copy once (non-zero), then the program zeroed it.
     let r = written(evict_all_with(&mut t, |_| 3)[0].1);
     t.start_fetch(0);
-    t.fetched(0, r, true);
+    t.fetched(0, r, None);
     t.zero_filled(PAGE);
     let victims = t.start_eviction(usize::MAX);
     assert_eq!(victims.len(), 2);
@@ -275,7 +275,7 @@ fn a_clean_parked_page_is_done_at_once_and_a_rescue_keeps_it_clean() {
     t.zero_filled(0);
     let r = written(evict_all_with(&mut t, |_| 9)[0].1);
     t.start_fetch(0);
-    t.fetched(0, r, false);
+    t.fetched(0, r, Some(digest(&[9; PAGE as usize])));
     let parked = park_all(&mut t, 9);
     assert_eq!(parked[0].2, Decision::Clean(r));
     // Rescued before it was finished: still equal to its copy.
@@ -362,7 +362,7 @@ fn fork_shares_slots_and_each_side_writes_to_its_own() {
     let v = evict_pages(&mut parent, victims, |p| p as u8);
     let r1 = written(v[1].1);
     parent.start_fetch(PAGE);
-    parent.fetched(PAGE, r1, false);
+    parent.fetched(PAGE, r1, Some(digest(&[PAGE as u8; PAGE as usize])));
     let (mut child, copies) = parent.fork_clone(Clock::default(), &[]);
     assert!(copies.is_empty());
     assert_eq!(child.resident(), parent.resident());
@@ -482,7 +482,7 @@ fn a_write_completing_after_its_page_let_go_of_the_slot_frees_only_that_slot() {
     let v = t.start_eviction_of(vec![0]);
     let first = written(evict_pages(&mut t, v, |_| 1)[0].1);
     assert!(t.start_fetch(0));
-    t.fetched(0, first, false);
+    t.fetched(0, first, Some(digest(&[1; PAGE as usize])));
     // Rewritten without a fault, parked: a new version of the same slot.
     assert_eq!(t.start_eviction_of(vec![0]), vec![0]);
     t.parked(0, PARK);
@@ -518,7 +518,7 @@ fn a_write_completing_after_a_fork_leaves_the_childs_slot() {
     let v = t.start_eviction_of(vec![0]);
     let first = written(evict_pages(&mut t, v, |_| 1)[0].1);
     assert!(t.start_fetch(0));
-    t.fetched(0, first, false);
+    t.fetched(0, first, Some(digest(&[1; PAGE as usize])));
     t.start_eviction_of(vec![0]);
     t.parked(0, PARK);
     let second = written(t.decide(0, digest(&[2; PAGE as usize])));
@@ -558,7 +558,7 @@ fn a_batch_finishing_after_its_process_exited_releases_nothing_twice() {
     let v = parent.start_eviction_of(vec![0]);
     let first = written(evict_pages(&mut parent, v, |_| 1)[0].1);
     assert!(parent.start_fetch(0));
-    parent.fetched(0, first, false);
+    parent.fetched(0, first, Some(digest(&[1; PAGE as usize])));
     let (mut child, _) = parent.fork_clone(Clock::default(), &[]);
     assert_eq!(child.slots().borrow().refs(first.slot), 2);
     // The child rewrites the page and evicts it: a new slot, the old one being shared.

@@ -7,7 +7,7 @@ use super::{
     prefetch::track_stream, process::Proc, PREFETCH_MAX, ZEROS, ZERO_AHEAD_MAX, ZERO_AROUND,
 };
 use crate::{
-    pages::{MissingFault, Remote, State, WriteFault, PAGE},
+    pages::{digest, MissingFault, Remote, State, WriteFault, PAGE},
     procfs,
     uffd::{Event, Install},
 };
@@ -452,8 +452,8 @@ pub(super) async fn fetch(p: Rc<Proc>, batch: Vec<(u64, Remote)>, write: bool, a
                 Ok((n, _)) => {
                     let mut t = p.table.borrow_mut();
                     let mut stats = p.g.stats.borrow_mut();
-                    for (page, remote, _) in &rest[i..i + n] {
-                        t.fetched(*page, *remote, false);
+                    for (page, remote, data) in &rest[i..i + n] {
+                        t.fetched(*page, *remote, Some(digest(data)));
                         stats.prefetched();
                     }
                     k = i + n;
@@ -494,7 +494,9 @@ async fn install(
         // eviction, from its content's digest, so a write costs no fault.
         match p.uffd.copy(page, data, false) {
             Ok(Install::Done | Install::Exists) => {
-                p.table.borrow_mut().fetched(page, remote, dirty);
+                // The digest of what the servers hold (after the copy, which woke the thread).
+                let clean = (!dirty).then(|| digest(data));
+                p.table.borrow_mut().fetched(page, remote, clean);
                 return Ok(true);
             }
             Ok(Install::Again) => tokio::task::yield_now().await,

@@ -136,7 +136,8 @@ impl World {
                     let p = &mut self.procs[i];
                     let want = p.mem.get(&page).copied().unwrap_or(0);
                     assert_eq!(b, want, "{page:#x} read back wrong");
-                    p.table.fetched(page, r, write.is_some());
+                    p.table
+                        .fetched(page, r, write.is_none().then(|| content(b)));
                 }
                 MissingFault::Rescue(at) => {
                     // The parked content is the program's: the model's memory stands.
