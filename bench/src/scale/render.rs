@@ -7,7 +7,7 @@ use super::{size_name, ScaleReport, SizeRow};
 use crate::{run_info, stats::human_ns};
 
 /// Column headers of the table (text and Markdown).
-const HEADERS: [&str; 14] = [
+const HEADERS: [&str; 15] = [
     "size",
     "pages",
     "agent RSS",
@@ -16,6 +16,7 @@ const HEADERS: [&str; 14] = [
     "server B/stored page",
     "remote faults",
     "remote p50",
+    "p50 of each run",
     "remote p99",
     "p50 vs smallest",
     "remote faults/s",
@@ -26,7 +27,7 @@ const HEADERS: [&str; 14] = [
 
 /// One table row: `r`, with the row of the next smaller size (`previous`) for the agent's
 /// marginal cost per page, and the smallest size's p50 for the flatness.
-fn cells(r: &SizeRow, previous: Option<&SizeRow>, smallest_p50: u64) -> [String; 14] {
+fn cells(r: &SizeRow, previous: Option<&SizeRow>, smallest_p50: u64) -> [String; 15] {
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
     let marginal = previous
         .filter(|p| p.pages < r.pages)
@@ -43,6 +44,16 @@ fn cells(r: &SizeRow, previous: Option<&SizeRow>, smallest_p50: u64) -> [String;
         format!("{:.0}", r.server_bytes_per_page),
         r.remote.count.to_string(),
         human_ns(r.remote.p50_ns as f64),
+        if r.remote_p50_runs_ns.len() > 1 {
+            r.remote_p50_runs_ns
+                .iter()
+                .map(|&p| format!("{:.1}", p as f64 / 1e3))
+                .collect::<Vec<_>>()
+                .join(" / ")
+                + " µs"
+        } else {
+            "—".into()
+        },
         human_ns(r.remote.p99_ns as f64),
         format!(
             "{:+.0} %",
@@ -57,7 +68,7 @@ fn cells(r: &SizeRow, previous: Option<&SizeRow>, smallest_p50: u64) -> [String;
 }
 
 /// The table's rows for `rows` (smallest first).
-fn table_rows<'a>(rows: impl IntoIterator<Item = &'a SizeRow>) -> Vec<[String; 14]> {
+fn table_rows<'a>(rows: impl IntoIterator<Item = &'a SizeRow>) -> Vec<[String; 15]> {
     let rows: Vec<&SizeRow> = rows.into_iter().collect();
     let first = rows.first().map_or(0, |r| r.remote.p50_ns);
     rows.iter()
@@ -86,10 +97,12 @@ fn notes(r: &ScaleReport) -> Vec<String> {
 /// The human table.
 pub fn text(r: &ScaleReport) -> String {
     let mut s = format!(
-        "Scale: one memory server on loopback (R = 1), {} % local, {} random touches per size; \
-         agent baseline {:.1} MiB with a {} workload\n\n",
+        "Scale: one memory server on loopback (R = 1), {} % local, {} random touches per size, \
+         each size the median of {} runs by remote p50; agent baseline {:.1} MiB with a {} \
+         workload\n\n",
         r.local_share_pct,
         r.touches,
+        r.runs,
         r.baseline.agent_rss_bytes as f64 / (1 << 20) as f64,
         size_name(r.baseline.size_bytes),
     );
@@ -148,16 +161,18 @@ pub fn markdown(paths: &[PathBuf]) -> String {
          RSS at the end of the touches minus its RSS with a tiny workload in the same run, \
          divided by the difference in managed pages; vs previous size: the same against the \
          row above. Server bytes per stored page: its RSS growth since it started, divided by \
-         the pages it stored (4096 of them are the page). p50 vs smallest: the remote-fault p50 \
-         against the first row's. Agent CPU per fault: all its threads during the touches \
+         the pages it stored (4096 of them are the page). A size that ran several times is the run \
+         with the median remote-fault p50, whose figures the row gives; p50 of each run lists \
+         them all in the order they ran. p50 vs smallest: the remote-fault p50 against the \
+         first row's. Agent CPU per fault: all its threads during the touches \
          (evictions included), divided by the remote faults. First GiB evicted: seconds from the \
          start of the fill.\n\n",
         runs[0].1.local_share_pct,
     );
     for (i, (path, r)) in runs.iter().enumerate() {
         s += &format!(
-            "- run {}: {}, `{}`, on {}, commit {}, {}; {} touches per size; agent baseline \
-             {:.1} MiB with a {} workload\n",
+            "- run {}: {}, `{}`, on {}, commit {}, {}; {} touches per size, {} run(s) of each; \
+             agent baseline {:.1} MiB with a {} workload\n",
             i + 1,
             path.display(),
             r.command,
@@ -165,6 +180,7 @@ pub fn markdown(paths: &[PathBuf]) -> String {
             r.commit,
             r.machine,
             r.touches,
+            r.runs,
             r.baseline.agent_rss_bytes as f64 / (1 << 20) as f64,
             size_name(r.baseline.size_bytes),
         );
@@ -209,6 +225,7 @@ mod tests {
             servers: 1,
             replicas: 1,
             touches: 1000,
+            runs: 1,
             baseline: row(4 << 20, 90_000),
             rows: vec![row(64 << 20, 100_000), row(8 * GIB, 110_000)],
             skipped: vec![Skipped {
@@ -221,8 +238,10 @@ mod tests {
         };
         let mut big = r.clone();
         big.command = "yonder-bench scale --sizes 16GiB".into();
+        big.runs = 3;
         let mut row16 = row(16 * GIB, 120_000);
         row16.agent_rss_bytes = 240 << 20;
+        row16.remote_p50_runs_ns = vec![130_000, 120_000, 119_500];
         big.rows = vec![row16];
         big.skipped.clear();
         let dir = tempfile::tempdir().unwrap();
@@ -243,12 +262,14 @@ mod tests {
             "`yonder-bench scale --sizes 16GiB`",
             "- No scale result: ",
             "| run | size | pages | agent RSS |",
-            "| 1 | 64 MiB | 16384 | 40.0 MiB | 100.0 | — | 4200 | 700 | 100 µs | 300 µs | +0 % |",
+            "| 1 | 64 MiB | 16384 | 40.0 MiB | 100.0 | — | 4200 | 700 | 100 µs | — | 300 µs | +0 % |",
             "| 1 | 8 GiB | 2097152 | 40.0 MiB | 100.0 | 0.0 |",
             "| +10 % |",
             "| 3.5 s |",
             // 16 GiB against 8 GiB: 200 MiB more over 2M more pages.
             "| 2 | 16 GiB | 4194304 | 240.0 MiB | 100.0 | 100.0 |",
+            "| 120 µs | 130.0 / 120.0 / 119.5 µs | 360 µs |",
+            "3 run(s) of each",
         ] {
             assert!(md.contains(want), "{want:?} missing:\n{md}");
         }

@@ -144,6 +144,7 @@ pub(super) fn measure_size(
         fill_s: report.fill_s,
         first_gib_evicted_s,
         evicted_pages: end.evicted_pages,
+        remote_p50_runs_ns: vec![report.remote.p50_ns],
     })
 }
 
