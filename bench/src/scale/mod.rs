@@ -114,6 +114,12 @@ pub struct SizeRow {
     pub first_gib_evicted_s: Option<f64>,
     /// Pages the agent evicted by the end of the timed touches.
     pub evicted_pages: u64,
+    /// Of the pages evicted during the timed touches, the share written to the server (the
+    /// rest were dropped clean: fetched pages unchanged), percent. Near 100 % while the touches
+    /// still push out pages resident since the fill, which have no remote copy; much lower once
+    /// they evict pages they fetched. `None` in results written before it was measured.
+    #[serde(default)]
+    pub touch_evictions_written_pct: Option<f64>,
     /// The remote-fault p50 of every run of this size, in the order they ran (this row is the
     /// median one), ns; empty in results written before runs were repeated.
     #[serde(default)]
@@ -417,6 +423,7 @@ mod tests {
             fill_s: 2.0,
             first_gib_evicted_s: (size >= 2 * GIB).then_some(3.5),
             evicted_pages: size / 4096,
+            touch_evictions_written_pct: Some(100.0),
             remote_p50_runs_ns: Vec::new(),
         }
     }

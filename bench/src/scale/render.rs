@@ -7,7 +7,7 @@ use super::{size_name, ScaleReport, SizeRow};
 use crate::{run_info, stats::human_ns};
 
 /// Column headers of the table (text and Markdown).
-const HEADERS: [&str; 15] = [
+const HEADERS: [&str; 16] = [
     "size",
     "pages",
     "agent RSS",
@@ -21,13 +21,14 @@ const HEADERS: [&str; 15] = [
     "p50 vs smallest",
     "remote faults/s",
     "agent CPU/fault",
+    "evictions written (touches)",
     "first GiB evicted",
     "fill",
 ];
 
 /// One table row: `r`, with the row of the next smaller size (`previous`) for the agent's
 /// marginal cost per page, and the smallest size's p50 for the flatness.
-fn cells(r: &SizeRow, previous: Option<&SizeRow>, smallest_p50: u64) -> [String; 15] {
+fn cells(r: &SizeRow, previous: Option<&SizeRow>, smallest_p50: u64) -> [String; 16] {
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1 << 20) as f64);
     let marginal = previous
         .filter(|p| p.pages < r.pages)
@@ -61,6 +62,8 @@ fn cells(r: &SizeRow, previous: Option<&SizeRow>, smallest_p50: u64) -> [String;
         ),
         format!("{:.0}", r.remote_faults_per_s),
         format!("{:.1} µs", r.agent_cpu_us_per_fault),
+        r.touch_evictions_written_pct
+            .map_or("—".into(), |p| format!("{p:.0} %")),
         r.first_gib_evicted_s
             .map_or("—".into(), |s| format!("{s:.1} s")),
         format!("{:.1} s", r.fill_s),
@@ -68,7 +71,7 @@ fn cells(r: &SizeRow, previous: Option<&SizeRow>, smallest_p50: u64) -> [String;
 }
 
 /// The table's rows for `rows` (smallest first).
-fn table_rows<'a>(rows: impl IntoIterator<Item = &'a SizeRow>) -> Vec<[String; 15]> {
+fn table_rows<'a>(rows: impl IntoIterator<Item = &'a SizeRow>) -> Vec<[String; 16]> {
     let rows: Vec<&SizeRow> = rows.into_iter().collect();
     let first = rows.first().map_or(0, |r| r.remote.p50_ns);
     rows.iter()
@@ -165,7 +168,10 @@ pub fn markdown(paths: &[PathBuf]) -> String {
          with the median remote-fault p50, whose figures the row gives; p50 of each run lists \
          them all in the order they ran. p50 vs smallest: the remote-fault p50 against the \
          first row's. Agent CPU per fault: all its threads during the touches \
-         (evictions included), divided by the remote faults. First GiB evicted: seconds from the \
+         (evictions included), divided by the remote faults. Evictions written: the share of the \
+         pages evicted during the touches that went to the server rather than being dropped \
+         clean; near 100 % while the touches still push out pages resident since the fill \
+         (no remote copy), which is a dearer fault than one that evicts a fetched page. First GiB evicted: seconds from the \
          start of the fill.\n\n",
         runs[0].1.local_share_pct,
     );
@@ -265,6 +271,7 @@ mod tests {
             "| 1 | 64 MiB | 16384 | 40.0 MiB | 100.0 | — | 4200 | 700 | 100 µs | — | 300 µs | +0 % |",
             "| 1 | 8 GiB | 2097152 | 40.0 MiB | 100.0 | 0.0 |",
             "| +10 % |",
+            "| 40.0 µs | 100 % |",
             "| 3.5 s |",
             // 16 GiB against 8 GiB: 200 MiB more over 2M more pages.
             "| 2 | 16 GiB | 4194304 | 240.0 MiB | 100.0 | 100.0 |",

@@ -35,6 +35,7 @@ pub(super) struct Sample {
     pub(super) agent_hwm: u64,
     pub(super) agent_cpu_s: f64,
     pub(super) evicted_pages: u64,
+    pub(super) clean_drops: u64,
     pub(super) server_rss: u64,
     pub(super) server_stored: u64,
     pub(super) workload_hwm: u64,
@@ -57,6 +58,7 @@ impl Watched {
             agent_hwm: procfs::status_bytes(self.agent, "VmHWM").unwrap_or(0),
             agent_cpu_s: procfs::cpu_seconds(self.agent).unwrap_or(0.0),
             evicted_pages: metric(self.agent_port, &["yonder_agent_evicted_pages_total"]),
+            clean_drops: metric(self.agent_port, &["yonder_agent_clean_drops_total"]),
             server_rss: procfs::status_bytes(self.server, "VmRSS").unwrap_or(0),
             server_stored: metric(
                 self.server_port,

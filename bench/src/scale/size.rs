@@ -144,8 +144,17 @@ pub(super) fn measure_size(
         fill_s: report.fill_s,
         first_gib_evicted_s,
         evicted_pages: end.evicted_pages,
+        touch_evictions_written_pct: written_share(&touch_start, &end),
         remote_p50_runs_ns: vec![report.remote.p50_ns],
     })
+}
+
+/// Of the pages evicted between two samples, the share that had to be written (not dropped
+/// clean), percent; `None` when none was evicted.
+fn written_share(from: &Sample, to: &Sample) -> Option<f64> {
+    let evicted = to.evicted_pages.saturating_sub(from.evicted_pages);
+    let clean = to.clean_drops.saturating_sub(from.clean_drops).min(evicted);
+    (evicted > 0).then(|| (evicted - clean) as f64 * 100.0 / evicted as f64)
 }
 
 #[cfg(test)]
