@@ -41,6 +41,11 @@ impl Region {
         Ok(Self { base, pages })
     }
 
+    /// Pages mapped.
+    pub fn pages(&self) -> usize {
+        self.pages
+    }
+
     /// Start address.
     pub fn base(&self) -> *mut u8 {
         self.base.as_ptr()

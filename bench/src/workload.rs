@@ -125,6 +125,30 @@ fn word(p: usize, w: usize) -> u64 {
 }
 
 /// The value of word `w` of page `p` under `fill`.
+/// Says on stderr what a wrong word looks like: where it is, what it read, and what the rest of
+/// its page holds now (right words, zero words, and whether it reads as another page's
+/// content), so that a lost write or a page swapped with another can be told apart.
+fn describe_wrong_word(region: &Region, fill: Fill, p: usize, w: usize, got: u64) {
+    let words = PAGE / 8;
+    let now: Vec<u64> = (0..words).map(|i| region.read(p, i)).collect();
+    let right = (0..words)
+        .filter(|&i| now[i] == expected(fill, p, i))
+        .count();
+    let zeros = now.iter().filter(|&&v| v == 0).count();
+    // A neighbour's content (a page moved or installed at the wrong address)?
+    let other = (p.saturating_sub(64)..(p + 64).min(region.pages()))
+        .find(|&q| q != p && now[0] == expected(fill, q, 0) && now[1] == expected(fill, q, 1));
+    eprintln!(
+        "workload: wrong word: page {p} ({:#x}) word {w}: read {got:#018x}, expected {:#018x}; \
+         the page now has {right} of {words} words right, {zeros} zero{}",
+        region.base() as usize + p * PAGE,
+        expected(fill, p, w),
+        other.map_or(String::new(), |q| format!(
+            ", and starts with page {q}'s content"
+        )),
+    );
+}
+
 fn expected(fill: Fill, p: usize, w: usize) -> u64 {
     match fill {
         Fill::Compressible if w >= PAGE / 16 => mix(p as u64 ^ 0xc0ffee),
@@ -235,6 +259,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             };
             if v != expected(shared.args.fill, p, w) {
                 part.bad += 1;
+                if part.bad <= 4 {
+                    describe_wrong_word(&shared.region, shared.args.fill, p, w, v);
+                }
             }
             if k % 64 == 0 {
                 shared.done.fetch_add(64, Ordering::Relaxed);
