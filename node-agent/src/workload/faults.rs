@@ -136,7 +136,13 @@ impl Proc {
             return;
         }
         match self.uffd.copy(page, &buf, false) {
-            Ok(Install::Done | Install::Exists) => {
+            Ok(r @ (Install::Done | Install::Exists)) => {
+                if matches!(r, Install::Exists) {
+                    tracing::warn!(
+                        "a rescued page found its address {page:#x} already filled; the parked \
+                         content was not installed"
+                    );
+                }
                 let rescued = self.table.borrow_mut().rescued(page);
                 if let Some((at, garbage)) = rescued {
                     self.g.free_later(garbage.into_iter().collect());
@@ -493,7 +499,16 @@ async fn install(
         // Installed writable: whether it stays equal to its remote copy is decided at its
         // eviction, from its content's digest, so a write costs no fault.
         match p.uffd.copy(page, data, false) {
-            Ok(Install::Done | Install::Exists) => {
+            Ok(r @ (Install::Done | Install::Exists)) => {
+                if matches!(r, Install::Exists) {
+                    // Nothing should be there: the page is being fetched, so what is there is
+                    // not what the servers hold. Said loudly while a rare wrong word at 8 GiB is
+                    // unexplained (docs/scale.md, session 19).
+                    tracing::warn!(
+                        "a fetched page found its address {page:#x} already filled; the fetched \
+                         content was not installed"
+                    );
+                }
                 // The digest of what the servers hold (after the copy, which woke the thread).
                 let clean = (!dirty).then(|| digest(data));
                 p.table.borrow_mut().fetched(page, remote, clean);

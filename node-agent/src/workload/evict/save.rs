@@ -225,7 +225,13 @@ async fn unpark(p: &Proc, page: u64, at: u64, to_free: &mut Vec<u64>) -> io::Res
     for _ in 0..1000 {
         match p.uffd.copy(page, &buf, false)? {
             Install::Again => tokio::task::yield_now().await,
-            Install::Done | Install::Exists | Install::Gone => {
+            r @ (Install::Done | Install::Exists | Install::Gone) => {
+                if matches!(r, Install::Exists) {
+                    warn!(
+                        "a page moved back from parking found its address {page:#x} already \
+                         filled; the parked content was not installed"
+                    );
+                }
                 to_free.push(at);
                 return Ok(());
             }
