@@ -162,6 +162,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_written_share_counts_what_was_not_dropped_clean() {
+        let at = |evicted_pages, clean_drops| Sample {
+            at: Instant::now(),
+            agent_rss: 0,
+            agent_hwm: 0,
+            agent_cpu_s: 0.0,
+            evicted_pages,
+            clean_drops,
+            server_rss: 0,
+            server_stored: 0,
+            workload_hwm: 0,
+        };
+        assert_eq!(written_share(&at(100, 40), &at(300, 90)), Some(75.0));
+        assert_eq!(written_share(&at(100, 40), &at(100, 40)), None);
+        // A counter read as 0 (the agent gone) is no negative share.
+        assert_eq!(written_share(&at(100, 40), &at(200, 0)), Some(100.0));
+    }
+
+    #[test]
     fn time_to_reach_interpolates() {
         let p = [(0.0, 0.0), (1.0, 100.0), (2.0, 300.0)];
         assert_eq!(time_to_reach(&p, 200.0), Some(1.5));
