@@ -49,6 +49,9 @@ pub struct RunConfig {
     pub spin_us: u64,
     /// Share of the budget kept parked in the grace window, percent (docs/eviction.md).
     pub parked_share: u32,
+    /// Evict by write protection only, as on a kernel without `UFFDIO_MOVE` (`--evict-by
+    /// protect`); false moves pages to the parking area where the kernel can.
+    pub protect_only: bool,
     /// Whether the shim intercepts the C library's mmap and brk: `auto`, `always` or `off`
     /// (docs/node-agent.md, "New memory").
     pub intercept: String,
@@ -110,6 +113,9 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
     let group = Group::new(name, servers, config.budget_pages());
     group.set_policy(config.eviction);
     group.set_parked_share(config.parked_share);
+    if config.protect_only {
+        group.forbid_moves();
+    }
     group.set_root(child_pid);
 
     let accepted = tokio::select! {

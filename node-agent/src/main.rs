@@ -90,6 +90,11 @@ struct RunArgs {
     #[arg(long, default_value_t = yonder_agent::workload::DEFAULT_PARKED_SHARE,
           value_parser = clap::value_parser!(u32).range(0..=yonder_agent::workload::MAX_PARKED_SHARE as i64))]
     parked_share: u32,
+    /// How pages leave: `auto` moves them to a parking area where the kernel has `UFFDIO_MOVE`
+    /// (Linux 6.8) and write-protects those that cannot move; `protect` write-protects every
+    /// page, as on an older kernel (to test or compare that path; docs/eviction.md).
+    #[arg(long, default_value = "auto", value_parser = ["auto", "protect"])]
+    evict_by: String,
     /// Hand the C library's own mmap and brk to the shim's helper, which registers the new
     /// memory before the program gets it (docs/node-agent.md, "New memory"): auto (when the
     /// workload has CAP_SYS_ADMIN), always (otherwise by setting no_new_privs, which keeps
@@ -166,6 +171,7 @@ fn main() -> ExitCode {
         eviction: args.eviction_policy,
         spin_us: args.spin_us,
         parked_share: args.parked_share,
+        protect_only: args.evict_by == "protect",
         intercept: args.intercept,
         policy: yonder_agent::remote::Policy {
             replicas: args.replicas,

@@ -140,8 +140,14 @@ fn parse_anonymous(line: &str) -> Option<(u64, u64)> {
     ))
 }
 
-/// Pages of `[start, end)` present in memory (from /proc/PID/pagemap; reading it faults nothing).
-pub fn present_pages(pid: u32, start: u64, end: u64) -> io::Result<Vec<u64>> {
+/// Pages of `[start, end)` that hold the process's data: present in memory or swapped out by
+/// the kernel (from /proc/PID/pagemap; reading it faults nothing).
+///
+/// A swapped-out page is not "present" but is no less the program's: a node with swap may page
+/// out managed memory, and taking such a page for an empty one loses it (session 20).
+pub fn populated_pages(pid: u32, start: u64, end: u64) -> io::Result<Vec<u64>> {
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
     let f = File::open(format!("/proc/{pid}/pagemap"))?;
     let mut out = Vec::new();
     let mut page = start;
@@ -152,7 +158,7 @@ pub fn present_pages(pid: u32, start: u64, end: u64) -> io::Result<Vec<u64>> {
         f.read_exact_at(bytes, page / PAGE * 8)?;
         for (i, e) in bytes.chunks_exact(8).enumerate() {
             let entry = u64::from_le_bytes(e.try_into().expect("8-byte chunk"));
-            if entry & (1 << 63) != 0 {
+            if entry & (PRESENT | SWAPPED) != 0 {
                 out.push(page + i as u64 * PAGE);
             }
         }
@@ -489,7 +495,7 @@ VmFlags: rd wr mr mw me ac sd
         let base = (data.as_ptr() as u64 + PAGE - 1) & !(PAGE - 1);
         let off = (base - data.as_ptr() as u64) as usize;
         data[off..off + PAGE as usize].fill(7);
-        let present = present_pages(pid, base, base + PAGE).unwrap();
+        let present = populated_pages(pid, base, base + PAGE).unwrap();
         assert_eq!(present, vec![base]);
         let mut out = vec![0u8; PAGE as usize];
         read_pages(pid, &[base], &mut out).unwrap();

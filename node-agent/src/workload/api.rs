@@ -113,7 +113,7 @@ impl Proc {
         cut(&mut self.refused.borrow_mut(), start, end);
         cut(&mut self.registered.borrow_mut(), start, end);
         self.registered.borrow_mut().insert(start, end);
-        if let Ok(present) = procfs::present_pages(self.pid.get(), start, end) {
+        if let Ok(present) = procfs::populated_pages(self.pid.get(), start, end) {
             let mut t = self.table.borrow_mut();
             for p in present {
                 t.found_present(p);

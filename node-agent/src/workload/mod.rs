@@ -148,6 +148,9 @@ pub struct Group {
     policy: Cell<Policy>,
     /// Share of the budget, in percent, kept parked in the grace window (an access probe).
     parked_share: Cell<u32>,
+    /// Whether evictions may move pages to a parking area (`UFFDIO_MOVE`); false evicts every
+    /// page by write protection, as on a kernel without it (`--evict-by protect`).
+    moves_allowed: Cell<bool>,
     /// Batches parked in the grace window, oldest first: they are saved in this order.
     grace: RefCell<std::collections::VecDeque<grace::GraceBatch>>,
     /// Pages that left memory (saved or dropped clean) per finished batch, over the last
@@ -214,6 +217,7 @@ impl Group {
             batch_done: Notify::new(),
             policy: Cell::new(Policy::default()),
             parked_share: Cell::new(DEFAULT_PARKED_SHARE),
+            moves_allowed: Cell::new(true),
             grace: RefCell::default(),
             left_log: RefCell::default(),
         })
@@ -229,6 +233,12 @@ impl Group {
     /// are saved as soon as they are parked).
     pub fn set_parked_share(&self, percent: u32) {
         self.parked_share.set(percent.min(MAX_PARKED_SHARE));
+    }
+
+    /// Evicts by write protection only, never by moving pages, as on a kernel without
+    /// `UFFDIO_MOVE` (for tests and comparisons); takes effect for processes attached later.
+    pub fn forbid_moves(&self) {
+        self.moves_allowed.set(false);
     }
 
     /// Pages the evictor keeps parked in the grace window: the parked share of the budget,

@@ -126,10 +126,12 @@ impl Proc {
     /// `UFFDIO_MOVE` target must be) and keeps the scanner off it. Without `UFFDIO_MOVE`, or if
     /// it cannot be registered, evictions write-protect instead.
     pub(super) fn set_up_parking(&self, (start, len): (u64, u64)) {
-        if len == 0 || !self.uffd.can_move() {
+        if len == 0 || !self.uffd.can_move() || !self.g.moves_allowed.get() {
             debug!(
                 can_move = self.uffd.can_move(),
-                len, "no parking area: evictions write-protect"
+                allowed = self.g.moves_allowed.get(),
+                len,
+                "no parking area: evictions write-protect"
             );
             return;
         }
@@ -270,7 +272,7 @@ impl Proc {
                 if !present {
                     return;
                 }
-                if let Ok(present) = procfs::present_pages(self.pid.get(), s, e) {
+                if let Ok(present) = procfs::populated_pages(self.pid.get(), s, e) {
                     let mut t = self.table.borrow_mut();
                     for p in present {
                         t.found_present(p);

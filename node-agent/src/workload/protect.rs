@@ -80,12 +80,13 @@ pub(super) async fn evict_protected(
             .with_context(|| format!("write-protecting {start:#x}+{len:#x}"))?;
     }
 
-    // Copy out every victim (its digest says whether its remote copy is current); a page no
-    // longer present was dropped by the program and reads as zeros. The read runs on a blocking
-    // thread: it could fault on the process's memory, which this thread must stay free to serve.
+    // Copy out every victim (its digest says whether its remote copy is current); a page neither
+    // in memory nor in swap was dropped by the program and reads as zeros (a swapped-out page is
+    // read back in by the copy). The read runs on a blocking thread: it could fault on the
+    // process's memory, which this thread must stay free to serve.
     let mut present = HashSet::new();
     for &(start, len) in &all_runs {
-        present.extend(procfs::present_pages(pid, start, start + len)?);
+        present.extend(procfs::populated_pages(pid, start, start + len)?);
     }
     let readable: Vec<u64> = pages
         .iter()
@@ -175,11 +176,11 @@ pub(super) async fn evict_protected(
             ours.remove(pg);
         }
     }
-    // Pages the shim did not drop (no longer ours, or madvise failed) are still present: those
-    // still being evicted stay resident.
+    // Pages the shim did not drop (no longer ours, or madvise failed) are still present (or in
+    // swap): those still being evicted stay resident.
     let mut still_present = HashSet::new();
     for &(start, len) in &drop_runs {
-        still_present.extend(procfs::present_pages(pid, start, start + len)?);
+        still_present.extend(procfs::populated_pages(pid, start, start + len)?);
     }
     let mut done = 0u64;
     for &pg in &drop_pages {

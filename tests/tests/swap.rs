@@ -1,0 +1,110 @@
+//! Managed pages the kernel swapped out: on a node that also has swap, the kernel may page out a
+//! workload's memory (pressure, or `MADV_PAGEOUT`), and /proc/PID/pagemap then shows the page as
+//! "swapped", not "present". Such a page is still the program's data; an eviction that took it
+//! for a page the program had dropped wrote zeros in its place (session 20). Each case runs
+//! `tests/workloads/swapped.c`, which pages out every other page of 8 MiB and checks every page
+//! after a 4 MiB budget pushed them out, with and without a fork, on both eviction paths.
+//!
+//! The test adds a swap file of its own (root needed) and removes it afterwards, also when it
+//! fails; swap and cgroups are a shared resource, so the cases run one after the other.
+
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use yonder_tests::{bin, compile_workload, number_after};
+
+/// A swap file in use while this lives: `swapoff` and removal on drop.
+struct SwapFile(PathBuf);
+
+impl SwapFile {
+    fn on(path: &Path, mib: u64) -> Self {
+        let _ = std::fs::remove_file(path);
+        let run = |program: &str, args: &[&str]| {
+            let out = Command::new(program).args(args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{program} {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let p = path.to_str().unwrap();
+        // Written out, not fallocated: swapon refuses files with holes on some filesystems.
+        run(
+            "dd",
+            &[
+                "if=/dev/zero",
+                &format!("of={p}"),
+                "bs=1M",
+                &format!("count={mib}"),
+                "status=none",
+            ],
+        );
+        let guard = Self(path.to_path_buf());
+        run("chmod", &["600", p]);
+        run("mkswap", &[p]);
+        run("swapon", &[p]);
+        guard
+    }
+}
+
+impl Drop for SwapFile {
+    fn drop(&mut self) {
+        let _ = Command::new("swapoff").arg(&self.0).status();
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn pages_the_kernel_swapped_out_are_evicted_and_read_back_whole() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let prog = compile_workload("swapped", dir, &[]);
+    // On the disk, as the bench's swap files are (a tmpfs cannot hold swap).
+    let swap_dir = tempfile::Builder::new()
+        .prefix("yonder-test-swap-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let swap = SwapFile::on(&swap_dir.path().join("swapfile"), 64);
+    for (evict_by, fork) in [
+        ("protect", false),
+        ("protect", true),
+        ("auto", false),
+        ("auto", true),
+    ] {
+        let mut cmd = Command::new(bin("yonder-agent"));
+        cmd.args(["run", "--local-mem", "4MiB", "--evict-by", evict_by, "--"])
+            .arg(&prog)
+            .args(["8", "4"]);
+        if fork {
+            cmd.arg("fork");
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        let case = format!("--evict-by {evict_by}, fork: {fork}");
+        // The test means nothing unless the kernel really paged some of them out.
+        let swapped = number_after(&err, "swapped: ").unwrap_or(0);
+        assert!(
+            swapped > 0,
+            "{case}: no page was swapped out (is the swap file on?):\n{err}"
+        );
+        assert!(out.status.success(), "{case}: {:?}\n{err}", out.status);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "OK\n",
+            "{case}: {err}"
+        );
+        // The path asked for was taken.
+        let moved = number_after(&err, "eviction paths: ").unwrap();
+        let protected = number_after(&err, "pages moved to parking, ").unwrap();
+        if evict_by == "protect" {
+            assert_eq!(moved, 0, "{case}:\n{err}");
+            assert!(protected > 1024, "{case}:\n{err}");
+        } else {
+            assert!(moved > 1024, "{case}:\n{err}");
+        }
+    }
+    drop(swap);
+}
