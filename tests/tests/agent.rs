@@ -488,6 +488,48 @@ fn memory_unmapped_and_mapped_again_during_evictions_keeps_its_contents() {
     assert_few_write_protect_faults(&run.stderr);
 }
 
+/// A kernel without `UFFDIO_MOVE` (before 6.8) evicts every page by write protection, copy and
+/// drop (`--evict-by protect` takes that path here): memory unmapped, mapped again, dropped and
+/// moved with mremap during those evictions reads back as it should, as do forks.
+#[test]
+fn every_page_evicted_by_write_protection_as_on_older_kernels_keeps_its_contents() {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let remap = compile_workload("remap", dir, &["-pthread"]);
+    let storm = compile_workload("forkstorm", dir, &["-pthread"]);
+    let semantics = workload("semantics");
+    let cases: [(&str, Vec<&str>); 4] = [
+        ("8MiB", vec![remap.to_str().unwrap(), "4"]),
+        ("6MiB", vec![storm.to_str().unwrap(), "6", "4"]),
+        ("4MiB", vec![semantics.to_str().unwrap(), "drop", "8", "16"]),
+        (
+            "4MiB",
+            vec![semantics.to_str().unwrap(), "remap", "8", "16"],
+        ),
+    ];
+    for (budget, args) in cases {
+        let run = run_agent_with(
+            budget,
+            &["--evict-by", "protect"],
+            &args,
+            "",
+            Duration::from_secs(600),
+        );
+        assert!(
+            run.status.success() && !run.stdout.contains("FAIL") && !run.stdout.is_empty(),
+            "{args:?} failed: {}\n{}",
+            run.stdout,
+            run.stderr
+        );
+        let moved = summary_number(&run.stderr, "eviction paths: ");
+        let protected = summary_number(&run.stderr, "pages moved to parking, ");
+        assert!(
+            moved == 0 && protected > 1000,
+            "{args:?}: not every eviction was by write protection:\n{}",
+            run.stderr
+        );
+    }
+}
+
 /// Write-protect faults are at most 5 % of remote faults: clean pages are found by their digest,
 /// and only pages that cannot move are write-protected for their eviction.
 fn assert_few_write_protect_faults(stderr: &str) {
