@@ -1,12 +1,15 @@
-//! Managed pages the kernel swapped out: on a node that also has swap, the kernel may page out a
-//! workload's memory (pressure, or `MADV_PAGEOUT`), and /proc/PID/pagemap then shows the page as
-//! "swapped", not "present". Such a page is still the program's data; an eviction that took it
-//! for a page the program had dropped wrote zeros in its place (session 20). Each case runs
-//! `tests/workloads/swapped.c`, which pages out every other page of 8 MiB and checks every page
-//! after a 4 MiB budget pushed them out, with and without a fork, on both eviction paths.
+//! Memory the kernel manages its own way, inside a workload's managed ranges.
 //!
-//! The test adds a swap file of its own (root needed) and removes it afterwards, also when it
-//! fails; swap and cgroups are a shared resource, so the cases run one after the other.
+//! - **Pages the kernel swapped out**: on a node that also has swap, the kernel may page out a
+//!   workload's memory (pressure, or `MADV_PAGEOUT`), and /proc/PID/pagemap then shows the page
+//!   as "swapped", not "present". Such a page is still the program's data; an eviction that took
+//!   it for a page the program had dropped wrote zeros in its place (session 20).
+//!   `tests/workloads/swapped.c` pages out every other page of 8 MiB and checks every page after
+//!   a 4 MiB budget pushed them out, with and without a fork, on both eviction paths. The test
+//!   adds a swap file of its own (root needed) and removes it afterwards, also when it fails.
+//! - **Transparent huge pages**: a program may ask for them and the kernel may collapse a fully
+//!   populated range into one (khugepaged, `MADV_COLLAPSE`), also in a registered range; evicting
+//!   and fetching 4 KiB pages of it must split it without losing a byte.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -107,4 +110,34 @@ fn pages_the_kernel_swapped_out_are_evicted_and_read_back_whole() {
         }
     }
     drop(swap);
+}
+
+#[test]
+fn huge_pages_the_kernel_collapsed_are_evicted_and_read_back_whole() {
+    let prog = compile_workload("hugepages", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    for evict_by in ["auto", "protect"] {
+        let out = Command::new(bin("yonder-agent"))
+            .args(["run", "--local-mem", "24MiB", "--evict-by", evict_by, "--"])
+            .arg(&prog)
+            .args(["16", "32"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        // The test means nothing unless the region really was in huge pages.
+        let huge = number_after(&err, "huge: ").unwrap_or(0);
+        assert!(
+            huge >= 2048,
+            "--evict-by {evict_by}: no huge page was made (transparent_hugepage \"never\"?):\n{err}"
+        );
+        assert!(
+            out.status.success(),
+            "--evict-by {evict_by}: {:?}\n{err}",
+            out.status
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n", "{err}");
+        assert!(
+            number_after(&err, "evicted ").unwrap_or(0) > 4096,
+            "--evict-by {evict_by}: the huge pages were not pushed out:\n{err}"
+        );
+    }
 }
