@@ -177,11 +177,60 @@ pub fn not_inherited_ranges(pid: u32) -> io::Result<Vec<(u64, u64)>> {
 
 /// The ranges of an smaps text whose `VmFlags` hold `wf` or `dc`.
 fn parse_not_inherited(smaps: &str) -> Vec<(u64, u64)> {
+    ranges_flagged(smaps, &["wf", "dc"])
+}
+
+/// Mappings of `pid` locked in memory (`mlock`, `mlockall`, `MAP_LOCKED`: `VmFlags` `lo`), as
+/// `(start, end)`. Reads /proc/PID/smaps, which walks the page tables: ask only when
+/// [`LockProbe`] says the locked amount changed.
+pub fn locked_ranges(pid: u32) -> io::Result<Vec<(u64, u64)>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    Ok(ranges_flagged(&text, &["lo"]))
+}
+
+/// Reads how much memory a process has locked (`VmLck` of /proc/PID/status, which is cheap: no
+/// page-table walk), to notice `mlock` and `munlock` without reading smaps.
+pub struct LockProbe {
+    file: File,
+}
+
+impl LockProbe {
+    /// Opens the probe of process `pid`.
+    pub fn open(pid: u32) -> io::Result<Self> {
+        Ok(Self {
+            file: File::open(format!("/proc/{pid}/status"))?,
+        })
+    }
+
+    /// Locked memory now, bytes.
+    pub fn read(&self) -> io::Result<u64> {
+        let mut buf = [0u8; 4096];
+        let n = self.file.read_at(&mut buf, 0)?;
+        let text = String::from_utf8_lossy(&buf[..n]);
+        parse_locked(&text)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no VmLck in status"))
+    }
+}
+
+/// `VmLck` of a /proc/PID/status text, bytes.
+fn parse_locked(status: &str) -> Option<u64> {
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+/// The ranges of an smaps text whose `VmFlags` hold any of `wanted`.
+fn ranges_flagged(smaps: &str, wanted: &[&str]) -> Vec<(u64, u64)> {
     let mut out = Vec::new();
     let mut current = None;
     for line in smaps.lines() {
         if let Some(flags) = line.strip_prefix("VmFlags:") {
-            if flags.split_whitespace().any(|f| f == "wf" || f == "dc") {
+            if flags.split_whitespace().any(|f| wanted.contains(&f)) {
                 out.extend(current.take());
             }
             continue;
@@ -384,6 +433,54 @@ VmFlags: rd wr mr mw me ac sd
         };
         assert_ne!(addr, libc::MAP_FAILED);
         addr
+    }
+
+    #[test]
+    fn locked_memory_is_seen_in_status_and_its_range_in_smaps() {
+        let len = 4 * PAGE as usize;
+        let addr = map_anonymous(len);
+        let start = addr as u64;
+        let me = std::process::id();
+        let probe = LockProbe::open(me).unwrap();
+        let before = probe.read().unwrap();
+        // SAFETY: locks two pages of the mapping made above (root, or a memlock limit above 8 KiB).
+        let rc = unsafe {
+            libc::mlock(
+                addr.cast::<u8>().add(PAGE as usize).cast(),
+                2 * PAGE as usize,
+            )
+        };
+        if rc != 0 {
+            // SAFETY: the mapping made above, not used after.
+            unsafe { libc::munmap(addr, len) };
+            panic!(
+                "mlock: {} (the test needs RLIMIT_MEMLOCK of a few pages)",
+                io::Error::last_os_error()
+            );
+        }
+        let locked = probe.read().unwrap();
+        let ranges = locked_ranges(me).unwrap();
+        // SAFETY: unlocks and unmaps the mapping made above, not used after.
+        unsafe {
+            libc::munlock(
+                addr.cast::<u8>().add(PAGE as usize).cast(),
+                2 * PAGE as usize,
+            );
+            libc::munmap(addr, len);
+        }
+        // Other tests of this binary may lock memory of their own meanwhile: at least ours.
+        assert!(locked >= before + 2 * PAGE, "{before} -> {locked}");
+        assert!(
+            ranges.contains(&(start + PAGE, start + 3 * PAGE)),
+            "{ranges:x?} should hold {:#x}-{:#x}",
+            start + PAGE,
+            start + 3 * PAGE
+        );
+        assert_eq!(
+            parse_locked("Name:\tx\nVmLck:\t   12 kB\nVmPin:\t0 kB\n"),
+            Some(12 * 1024)
+        );
+        assert_eq!(parse_locked("Name:\tx\n"), None);
     }
 
     #[test]

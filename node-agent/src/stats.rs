@@ -39,6 +39,8 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Highest resident managed page count.
     pub peak_resident: usize,
+    /// Most managed mappings the workload's processes had locked (`mlock`) at once, pages.
+    pub peak_locked: usize,
     /// Missing faults that waited for room at the hard limit (counted once each).
     pub deferred: u64,
     /// How long those faults waited for room, nanoseconds (deferred to served).
@@ -94,6 +96,7 @@ impl Default for Stats {
             bytes_in: 0,
             bytes_out: 0,
             peak_resident: 0,
+            peak_locked: 0,
             deferred: 0,
             deferral: Histogram::new(3).expect("valid histogram precision"),
             remote_latency: Histogram::new(3).expect("valid histogram precision"),
@@ -266,6 +269,12 @@ impl Stats {
         }
     }
 
+    /// Records how many managed pages the workload has locked in memory now.
+    pub fn locked(&mut self, pages: usize) {
+        self.peak_locked = self.peak_locked.max(pages);
+        gauge!("yonder_agent_locked_pages", self.labels(None)).set(pages as f64);
+    }
+
     /// Records the resident page count.
     pub fn resident(&mut self, pages: usize) {
         self.peak_resident = self.peak_resident.max(pages);
@@ -367,6 +376,12 @@ impl Stats {
             mib(budget_pages as u64),
             mib(slack_pages as u64)
         );
+        if self.peak_locked > 0 {
+            s += &format!(
+                "yonder: locked by the program (mlock): at most {:.1} MiB of managed mappings, never evicted and on top of the budget\n",
+                mib(self.peak_locked as u64)
+            );
+        }
         if self.repaired > 0 || self.repair_deficit > 0 {
             s += &format!(
                 "yonder: re-replicated {} pages after memory-server failures ({} still short of copies)\n",

@@ -530,6 +530,50 @@ fn every_page_evicted_by_write_protection_as_on_older_kernels_keeps_its_contents
     }
 }
 
+/// A program that locks more memory (`mlock`, `mlockall`) than its budget: the locked pages stay
+/// (the kernel would refuse to drop them anyway), the rest is still paged within the budget,
+/// and the program runs to the end. Until session 20 the agent tried to evict locked pages
+/// again and again, writing them out and putting them back, and the program hung.
+#[test]
+fn memory_the_program_locks_stays_and_the_rest_is_still_paged() {
+    let prog = compile_workload("locked", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    for mode in ["part", "all"] {
+        let run = run_agent(
+            "16MiB",
+            &[prog.to_str().unwrap(), "64", mode],
+            "",
+            Duration::from_secs(120),
+        );
+        assert!(
+            run.status.success() && run.stdout == "OK\n",
+            "{mode}: {:?} {}\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        let locked = summary_number(&run.stderr, "locked by the program (mlock): at most ");
+        assert!(
+            locked >= 32,
+            "{mode}: locked memory not reported:\n{}",
+            run.stderr
+        );
+        if mode == "part" {
+            // The unlocked half, 32 MiB, went through a 16 MiB budget.
+            assert!(
+                summary_number(&run.stderr, "yonder: evicted ") > 4096,
+                "{mode}: the unlocked half was not paged:\n{}",
+                run.stderr
+            );
+            let peak = summary_number(&run.stderr, "resident managed memory peaked at ");
+            assert!(
+                peak <= 17,
+                "{mode}: {peak} MiB resident beside the locked memory:\n{}",
+                run.stderr
+            );
+        }
+    }
+}
+
 /// Write-protect faults are at most 5 % of remote faults: clean pages are found by their digest,
 /// and only pages that cannot move are write-protected for their eviction.
 fn assert_few_write_protect_faults(stderr: &str) {

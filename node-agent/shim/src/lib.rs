@@ -139,6 +139,36 @@ pub unsafe extern "C" fn mmap64(
     unsafe { mmap(addr, len, prot, flags, fd, off) }
 }
 
+/// Interposed `mlockall`: under the agent, memory is locked as it is faulted in
+/// (`MCL_ONFAULT`) rather than populated at once, and the shim's parking area is unlocked
+/// again. Populating it would fill the whole area through the agent, and the kernel neither
+/// drops locked pages nor moves unlocked ones into a locked area. Locked memory of the program
+/// is never evicted (the agent reads which ranges are locked), so the program's pages stay in
+/// memory once touched, as it asked.
+///
+/// # Safety
+///
+/// Same contract as mlockall(2).
+#[no_mangle]
+pub unsafe extern "C" fn mlockall(flags: i32) -> i32 {
+    let (park, park_len) = (
+        PARK_START.load(Ordering::Acquire),
+        PARK_LEN.load(Ordering::Acquire),
+    );
+    let managed = park != 0 && flags & libc::MCL_CURRENT != 0;
+    let flags = if managed {
+        flags | libc::MCL_ONFAULT
+    } else {
+        flags
+    };
+    // SAFETY: the raw mlockall(2) system call with the caller's flags (plus MCL_ONFAULT).
+    let rc = unsafe { libc::syscall(libc::SYS_mlockall, flags as libc::c_long) } as i32;
+    if rc == 0 && managed {
+        unlock_parking(park, park_len);
+    }
+    rc
+}
+
 /// Registers a range for missing and write-protect faults; failure leaves it to the scanner.
 fn register(uffd: i32, start: u64, len: u64) {
     #[repr(C)]
@@ -581,17 +611,32 @@ fn free_parked(start: u64, len: u64) -> u64 {
     }
     // SAFETY: the range lies inside the parking area, which the program never uses; the agent
     // asks for it once the pages there are saved and no longer wanted.
-    let rc = unsafe {
+    let drop = || unsafe {
         libc::madvise(
             start as *mut libc::c_void,
             len as usize,
             libc::MADV_DONTNEED,
         )
     };
+    let mut rc = drop();
+    if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // The program locked all its memory (mlockall), the parking area with it, and the
+        // kernel drops no locked page: unlock the area, which holds none of the program's data.
+        unlock_parking(park, park_len);
+        rc = drop();
+    }
     if rc != 0 {
         return io::Error::last_os_error().raw_os_error().unwrap_or(-1) as u64;
     }
     0
+}
+
+/// Unlocks the parking area (`mlockall` locks it with the rest of the process, and the kernel
+/// then neither drops its pages nor moves unlocked pages into it).
+fn unlock_parking(park: u64, park_len: u64) {
+    // SAFETY: munlock(2) of the parking area, which this shim mapped and the program never uses;
+    // unlocking keeps its contents.
+    unsafe { libc::munlock(park as *const libc::c_void, park_len as usize) };
 }
 
 /// Runs a PARK request (see `proto::PARK`): each run moved with `UFFDIO_MOVE` into the parking
@@ -649,7 +694,20 @@ fn park(sock: i32, uffd: i32, word: &dyn Fn(usize) -> u64) {
             // SAFETY: UFFDIO_MOVE takes a uffdio_move, whose layout UffdioMove repeats; the kernel
             // checks both ranges (private anonymous, registered with this uffd), and the
             // destination is our parking area, which the program never uses.
-            let rc = unsafe { libc::ioctl(uffd, UFFDIO_MOVE, &mut mv) };
+            let mut rc = unsafe { libc::ioctl(uffd, UFFDIO_MOVE, &mut mv) };
+            if rc != 0
+                && mv.moved <= 0
+                && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+            {
+                // The kernel moves only between ranges locked alike: after mlockall the parking
+                // area is locked and the program's memory mapped before it may not be. Unlock
+                // the area and try once more (a locked source page stays refused: the agent
+                // does not evict locked memory).
+                unlock_parking(park, park_len);
+                mv.moved = 0;
+                // SAFETY: as above.
+                rc = unsafe { libc::ioctl(uffd, UFFDIO_MOVE, &mut mv) };
+            }
             if rc == 0 {
                 (len / 4096, 0)
             } else {

@@ -7,15 +7,20 @@ impl<P: EvictionPolicy> PageTable<P> {
     /// Picks up to `n` resident pages to evict and marks them `Evicting` (see
     /// [`Self::start_eviction_of`]).
     pub fn start_eviction(&mut self, n: usize) -> Vec<u64> {
-        self.start_eviction_except(n, &HashSet::new())
+        self.start_eviction_where(n, &mut |_| true)
     }
 
-    /// As [`Self::start_eviction`], passing over the pages in `except` (pages another process
-    /// maps too, whose eviction here would free no memory).
-    pub fn start_eviction_except(&mut self, n: usize, except: &HashSet<u64>) -> Vec<u64> {
+    /// As [`Self::start_eviction`], passing over the pages for which `allowed` (given a page's
+    /// address) is false: pages another process maps too, whose eviction here would free no
+    /// memory, or pages the program locked in memory.
+    pub fn start_eviction_where(
+        &mut self,
+        n: usize,
+        allowed: &mut dyn FnMut(u64) -> bool,
+    ) -> Vec<u64> {
         let entries = &self.entries;
         let victims = self.policy.pick(n, &mut |pn| {
-            entries.is_resident(pn * PAGE) && !except.contains(&(pn * PAGE))
+            entries.is_resident(pn * PAGE) && allowed(pn * PAGE)
         });
         self.start_eviction_of(victims.into_iter().map(|pn| pn * PAGE).collect())
     }

@@ -17,11 +17,7 @@
 //! The table also keeps ghosts: pages evicted recently. A fetch of a ghost is a refault (the
 //! eviction was a mistake), which the policy hears about.
 
-use std::{
-    cell::RefCell,
-    collections::{HashSet, VecDeque},
-    rc::Rc,
-};
+use std::{cell::RefCell, collections::VecDeque, rc::Rc};
 
 use crate::eviction::EvictionPolicy;
 

@@ -118,8 +118,14 @@ pub(super) async fn evictor(g: Rc<Group>) {
                     continue;
                 }
                 if !g.stuck_warned.replace(true) {
+                    let locked = g.procs.borrow().iter().any(|p| !p.locked.is_empty());
                     eprintln!(
-                        "yonder: nothing can be evicted right now (every resident page is in flight); the workload runs over its budget"
+                        "yonder: nothing can be evicted right now (every resident page is {}); the workload runs over its budget",
+                        if locked {
+                            "locked in memory by the program, or in flight"
+                        } else {
+                            "in flight"
+                        }
                     );
                 }
                 g.retry_deferred();
@@ -242,11 +248,15 @@ pub(super) fn pick_victims(g: &Group, want: usize) -> Option<(Rc<Proc>, Vec<u64>
     procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
     for p in &procs {
         let shared = p.shared_pages.borrow();
-        // Every resident page shared: a scan of the whole policy would find nothing.
-        if !shared.is_empty() && p.table.borrow().resident() <= shared.len() {
+        // Every resident page shared or locked: a scan of the whole policy would find nothing.
+        let held = shared.len() + p.locked.pages();
+        if held > 0 && p.table.borrow().resident() <= held {
             continue;
         }
-        let victims = p.table.borrow_mut().start_eviction_except(want, &shared);
+        let locked = &p.locked;
+        let victims = p.table.borrow_mut().start_eviction_where(want, &mut |pg| {
+            !shared.contains(&pg) && (locked.is_empty() || !locked.contains(pg))
+        });
         if !victims.is_empty() {
             return Some((p.clone(), victims));
         }
@@ -269,7 +279,14 @@ pub(super) fn pick_shared(g: &Group, want: usize) -> Vec<(Rc<Proc>, Vec<u64>)> {
         .collect();
     procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
     for p in procs {
-        let victims = p.table.borrow_mut().start_eviction(want);
+        if p.locked.pages() > 0 && p.table.borrow().resident() <= p.locked.pages() {
+            continue;
+        }
+        let locked = &p.locked;
+        let victims = p
+            .table
+            .borrow_mut()
+            .start_eviction_where(want, &mut |pg| locked.is_empty() || !locked.contains(pg));
         if victims.is_empty() {
             continue;
         }

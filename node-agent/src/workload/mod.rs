@@ -28,6 +28,7 @@ mod evict;
 mod faults;
 mod grace;
 mod intercept;
+mod locked;
 mod prefetch;
 mod process;
 mod protect;
@@ -289,13 +290,16 @@ impl Group {
     }
 
     /// Pages resident (or about to be) in all its processes, a page shared copy-on-write by two
-    /// of them counted once.
+    /// of them counted once, and pages the program locked in memory not at all.
     pub fn resident(&self) -> usize {
         let sum: usize = self
             .procs
             .borrow()
             .iter()
-            .map(|p| p.table.borrow().resident() + p.parking_freeing())
+            .map(|p| {
+                // Locked pages come on top of the budget (`locked.rs`).
+                (p.table.borrow().resident() + p.parking_freeing()).saturating_sub(p.locked.pages())
+            })
             .sum();
         sum.saturating_sub(self.shared.get())
     }

@@ -81,6 +81,8 @@ pub(super) struct Proc {
     /// Its resident pages that another process of the workload maps too (copy-on-write since a
     /// fork): evicting one would free nothing. Refreshed by [`sharing`].
     pub(super) shared_pages: RefCell<HashSet<u64>>,
+    /// Memory it locked (`mlock`): never evicted (see `locked.rs`).
+    pub(super) locked: super::locked::Locked,
 }
 
 impl Proc {
@@ -117,6 +119,7 @@ impl Proc {
             removed: Cell::new(false),
             helper_up: Cell::new(false),
             shared_pages: RefCell::default(),
+            locked: Default::default(),
         });
         g.procs.borrow_mut().push(p.clone());
         p
@@ -546,6 +549,7 @@ const FULL_SCAN_INTERVAL: Duration = Duration::from_millis(250);
 /// of the same size leaves the fingerprint as it was).
 async fn scanner(p: Rc<Proc>) {
     let probe = procfs::LayoutProbe::open(p.pid.get()).ok();
+    let lock_probe = procfs::LockProbe::open(p.pid.get()).ok();
     let mut seen = None;
     let mut last_full: Option<std::time::Instant> = None;
     loop {
@@ -555,6 +559,9 @@ async fn scanner(p: Rc<Proc>) {
             p.scan_maps();
             seen = now;
             last_full = Some(std::time::Instant::now());
+        }
+        if let Some(lp) = &lock_probe {
+            p.refresh_locked(lp);
         }
         let intercepted = !p.g.listeners.borrow().is_empty();
         tokio::time::sleep(if intercepted {

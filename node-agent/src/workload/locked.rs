@@ -1,0 +1,113 @@
+//! Memory the program locked (`mlock`, `mlockall`, `MAP_LOCKED`): it must stay in memory, so the
+//! evictor never picks it. The kernel refuses to move a locked page to the unlocked parking area
+//! and to drop it, so an eviction of one wrote it to the servers for nothing and put it back,
+//! again and again, while faults waited for room that never came (session 20: a program that
+//! locked 32 MiB under a 16 MiB budget hung).
+//!
+//! Locked managed memory comes on top of the budget: the budget bounds what Yonder can evict.
+//! Counting it in would leave the rest of the program no room at all once it locked as much as
+//! its budget (each new page evicted at once, a batch per page), and the kernel's own answer, a
+//! memory cgroup's OOM killer, is not one Yonder gives. The user is told how much was locked.
+//!
+//! The scanner reads `VmLck` of /proc/PID/status (cheap) on each round and the locked ranges
+//! from smaps (a page-table walk) only when that amount changed. `mlockall(MCL_CURRENT)` locks
+//! the shim's parking area too; the shim unlocks it when the kernel refuses a move or a free
+//! for that reason.
+
+use std::cell::{Cell, RefCell};
+
+use tracing::debug;
+
+use super::process::Proc;
+use crate::{pages::PAGE, procfs};
+
+/// What is known of a process's locked memory.
+#[derive(Default)]
+pub(super) struct Locked {
+    /// `VmLck` at the last look, bytes.
+    bytes: Cell<u64>,
+    /// Locked ranges `(start, end)`, sorted, as smaps listed them then.
+    ranges: RefCell<Vec<(u64, u64)>>,
+    /// Pages of those ranges that are managed (registered with the uffd).
+    pages: Cell<usize>,
+    /// The most locked memory reported to the user so far, bytes.
+    reported: Cell<u64>,
+}
+
+impl Locked {
+    /// Whether `page` lies in a locked range.
+    pub(super) fn contains(&self, page: u64) -> bool {
+        let ranges = self.ranges.borrow();
+        let i = ranges.partition_point(|&(_, end)| end <= page);
+        ranges.get(i).is_some_and(|&(start, _)| start <= page)
+    }
+
+    /// Managed pages in locked ranges (resident or not: `mlock` populates what it locks).
+    pub(super) fn pages(&self) -> usize {
+        self.pages.get()
+    }
+
+    /// Whether nothing is locked.
+    pub(super) fn is_empty(&self) -> bool {
+        self.pages.get() == 0
+    }
+}
+
+impl Proc {
+    /// Re-reads the locked ranges if `VmLck` (from `probe`) changed since the last look.
+    pub(super) fn refresh_locked(&self, probe: &procfs::LockProbe) {
+        let Ok(bytes) = probe.read() else {
+            return;
+        };
+        let l = &self.locked;
+        if bytes == l.bytes.get() {
+            return;
+        }
+        let ranges = if bytes == 0 {
+            Vec::new()
+        } else {
+            match procfs::locked_ranges(self.pid.get()) {
+                Ok(r) => r,
+                Err(e) => {
+                    debug!("cannot read the locked ranges: {e}");
+                    return;
+                }
+            }
+        };
+        let pages = {
+            let registered = self.registered.borrow();
+            ranges
+                .iter()
+                .map(|&(s, e)| {
+                    registered
+                        .range(..e)
+                        .map(|(&rs, &re)| re.min(e).saturating_sub(rs.max(s)) / PAGE)
+                        .sum::<u64>() as usize
+                })
+                .sum()
+        };
+        debug!(
+            pid = self.pid.get(),
+            bytes,
+            ranges = ranges.len(),
+            pages,
+            "locked memory"
+        );
+        l.bytes.set(bytes);
+        *l.ranges.borrow_mut() = ranges;
+        l.pages.set(pages);
+        let managed = pages as u64 * PAGE;
+        if managed > l.reported.get() {
+            l.reported.set(managed);
+            eprintln!(
+                "yonder: process {} locked {:.1} MiB of its managed mappings (mlock): locked pages are never evicted, and come on top of the budget",
+                self.pid.get(),
+                managed as f64 / (1 << 20) as f64,
+            );
+        }
+        let total: usize = self.g.procs.borrow().iter().map(|p| p.locked.pages()).sum();
+        self.g.stats.borrow_mut().locked(total);
+        // Locked pages leave the count of what can be evicted: let waiting faults see it.
+        self.g.after_resident_change();
+    }
+}
