@@ -345,12 +345,43 @@ pub fn thread_cpu_time() -> std::time::Duration {
 /// Copies the given pages of `pid` into `out` (one page each, in order). The pages must be
 /// present: reading a missing page of a registered range would wait on the agent's own fault
 /// service, so callers run this off the fault loop's thread.
+///
+/// `process_vm_readv` reads with the program's own access rights, so it fails on a page the
+/// program made inaccessible (`mprotect(PROT_NONE)`: a heap or GC region it decommitted, say); such
+/// pages are read through /proc/PID/mem, which reads them as a debugger would. A page neither
+/// can read (unmapped meanwhile) is an error.
 pub fn read_pages(pid: u32, pages: &[u64], out: &mut [u8]) -> io::Result<()> {
     assert_eq!(out.len(), pages.len() * PAGE as usize);
+    let mut mem: Option<File> = None;
+    let mut done = 0;
+    while done < pages.len() {
+        let n = read_run(pid, &pages[done..], &mut out[done * PAGE as usize..])?;
+        done += n;
+        if done == pages.len() {
+            break;
+        }
+        // The page at `done` could not be read with the program's rights.
+        let page = pages[done];
+        if mem.is_none() {
+            mem = Some(File::open(format!("/proc/{pid}/mem"))?);
+        }
+        let buf = &mut out[done * PAGE as usize..][..PAGE as usize];
+        mem.as_ref()
+            .expect("opened above")
+            .read_exact_at(buf, page)
+            .map_err(|e| io::Error::new(e.kind(), format!("reading page {page:#x}: {e}")))?;
+        done += 1;
+    }
+    Ok(())
+}
+
+/// Reads as many of `pages` as `process_vm_readv` will, in order, into `out`; returns how many
+/// (fewer than all when one cannot be read: the next one is the first it refused).
+fn read_run(pid: u32, pages: &[u64], out: &mut [u8]) -> io::Result<usize> {
     const IOV_MAX: usize = 1024;
-    for (chunk_no, chunk) in pages.chunks(IOV_MAX).enumerate() {
-        let local_buf =
-            &mut out[chunk_no * IOV_MAX * PAGE as usize..][..chunk.len() * PAGE as usize];
+    let mut done = 0;
+    for chunk in pages.chunks(IOV_MAX) {
+        let local_buf = &mut out[done * PAGE as usize..][..chunk.len() * PAGE as usize];
         let local = libc::iovec {
             iov_base: local_buf.as_mut_ptr() as *mut libc::c_void,
             iov_len: local_buf.len(),
@@ -374,20 +405,23 @@ pub fn read_pages(pid: u32, pages: &[u64], out: &mut [u8]) -> io::Result<()> {
                 0,
             )
         };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        if n as usize != local_buf.len() {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                format!(
-                    "read {n} of {} bytes of the workload's memory",
-                    local_buf.len()
-                ),
-            ));
+        let n = if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EFAULT) {
+                return Err(e);
+            }
+            0
+        } else {
+            n as usize
+        };
+        // Whole pages only: a page read in part is read again by the caller.
+        let whole = n / PAGE as usize;
+        done += whole;
+        if whole < chunk.len() {
+            return Ok(done);
         }
     }
-    Ok(())
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -433,6 +467,49 @@ VmFlags: rd wr mr mw me ac sd
         };
         assert_ne!(addr, libc::MAP_FAILED);
         addr
+    }
+
+    #[test]
+    fn pages_the_program_made_inaccessible_are_read_all_the_same() {
+        let len = 3 * PAGE as usize;
+        let addr = map_anonymous(len);
+        let start = addr as u64;
+        for i in 0..3 {
+            // SAFETY: page i of the mapping made above, writable.
+            unsafe {
+                std::ptr::write_bytes(
+                    addr.cast::<u8>().add(i * PAGE as usize),
+                    i as u8 + 1,
+                    PAGE as usize,
+                )
+            };
+        }
+        // SAFETY: the middle page of the mapping made above, which nothing here touches again.
+        let rc = unsafe {
+            libc::mprotect(
+                addr.cast::<u8>().add(PAGE as usize).cast(),
+                PAGE as usize,
+                libc::PROT_NONE,
+            )
+        };
+        assert_eq!(rc, 0);
+        let pages: Vec<u64> = (0..3).map(|i| start + i * PAGE).collect();
+        let mut out = vec![0u8; len];
+        let r = read_pages(std::process::id(), &pages, &mut out);
+        // SAFETY: the mapping made above, not used after.
+        unsafe { libc::munmap(addr, len) };
+        r.unwrap();
+        for i in 0..3 {
+            assert!(
+                out[i * PAGE as usize..][..PAGE as usize]
+                    .iter()
+                    .all(|&b| b == i as u8 + 1),
+                "page {i}"
+            );
+        }
+        // A page that is not mapped at all is an error (the first page above zero: below
+        // vm.mmap_min_addr, never mapped).
+        assert!(read_pages(std::process::id(), &[PAGE], &mut out[..PAGE as usize]).is_err());
     }
 
     #[test]

@@ -574,6 +574,38 @@ fn memory_the_program_locks_stays_and_the_rest_is_still_paged() {
     }
 }
 
+/// Memory the program made read-only or inaccessible (`mprotect`) while it is pushed out, by
+/// either eviction path: the write-protect path copies pages out with `process_vm_readv`, which
+/// has the program's access rights and refuses a `PROT_NONE` page; until session 20 that ended
+/// the workload ("eviction failed: Bad address").
+#[test]
+fn memory_the_program_protects_is_evicted_and_reads_back_whole() {
+    let prog = compile_workload("mprotected", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    for evict_by in ["auto", "protect"] {
+        for prot in ["none", "ro"] {
+            let run = run_agent_with(
+                "8MiB",
+                &["--evict-by", evict_by],
+                &[prog.to_str().unwrap(), "16", prot],
+                "",
+                Duration::from_secs(120),
+            );
+            assert!(
+                run.status.success() && run.stdout == "OK\n",
+                "{evict_by} {prot}: {:?} {}\n{}",
+                run.status,
+                run.stdout,
+                run.stderr
+            );
+            assert!(
+                summary_number(&run.stderr, "yonder: evicted ") > 8192,
+                "{evict_by} {prot}: too little was evicted:\n{}",
+                run.stderr
+            );
+        }
+    }
+}
+
 /// Write-protect faults are at most 5 % of remote faults: clean pages are found by their digest,
 /// and only pages that cannot move are write-protected for their eviction.
 fn assert_few_write_protect_faults(stderr: &str) {

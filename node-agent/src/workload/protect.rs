@@ -96,10 +96,31 @@ pub(super) async fn evict_protected(
     // The buffer is allocated here, not on the blocking thread: memory that thread allocates
     // stays in its own malloc arena once freed (3.3 MiB of it in a 2 GiB run, docs/scale.md).
     let mut buf = vec![0u8; readable.len() * PAGE as usize];
-    let (readable, contents) = tokio::task::spawn_blocking(move || {
+    let read = tokio::task::spawn_blocking(move || {
         procfs::read_pages(pid, &readable, &mut buf).map(|()| (readable, buf))
     })
-    .await??;
+    .await?;
+    let (readable, contents) = match read {
+        Ok(r) => r,
+        Err(e) => {
+            // A page that cannot be read (unmapped meanwhile): give the batch up, as it is.
+            // The program's unmap event, if that is what it was, forgets its pages next.
+            debug!("cannot read a batch to evict ({e}): it stays resident");
+            let mut garbage = Vec::new();
+            for &pg in &pages {
+                garbage.extend(p.table.borrow_mut().abort_eviction(pg));
+            }
+            for &(start, len) in &all_runs {
+                write_protect(p, start, len, false).await?;
+                p.uffd.wake(start, len)?;
+            }
+            p.g.free_later(garbage);
+            return Ok(Saved {
+                written: 0,
+                failed: 0,
+            });
+        }
+    };
     let mut content_of: HashMap<u64, &[u8]> = HashMap::new();
     for (i, pg) in readable.iter().enumerate() {
         content_of.insert(*pg, &contents[i * PAGE as usize..(i + 1) * PAGE as usize]);
