@@ -41,6 +41,8 @@ pub struct Stats {
     pub peak_resident: usize,
     /// Most managed mappings the workload's processes had locked (`mlock`) at once, pages.
     pub peak_locked: usize,
+    /// Times the workload went over its budget because nothing could be evicted.
+    pub stuck: u64,
     /// Missing faults that waited for room at the hard limit (counted once each).
     pub deferred: u64,
     /// How long those faults waited for room, nanoseconds (deferred to served).
@@ -97,6 +99,7 @@ impl Default for Stats {
             bytes_out: 0,
             peak_resident: 0,
             peak_locked: 0,
+            stuck: 0,
             deferred: 0,
             deferral: Histogram::new(3).expect("valid histogram precision"),
             remote_latency: Histogram::new(3).expect("valid histogram precision"),
@@ -269,6 +272,12 @@ impl Stats {
         }
     }
 
+    /// Counts a time the workload went over its budget because nothing could be evicted.
+    pub fn over_budget_stuck(&mut self) {
+        self.stuck += 1;
+        counter!("yonder_agent_over_budget_stuck_total", self.labels(None)).increment(1);
+    }
+
     /// Records how many managed pages the workload has locked in memory now.
     pub fn locked(&mut self, pages: usize) {
         self.peak_locked = self.peak_locked.max(pages);
@@ -376,6 +385,12 @@ impl Stats {
             mib(budget_pages as u64),
             mib(slack_pages as u64)
         );
+        if self.stuck > 0 {
+            s += &format!(
+                "yonder: {} times nothing could be evicted (pages in flight, locked or pinned) and the workload went over its budget\n",
+                self.stuck
+            );
+        }
         if self.peak_locked > 0 {
             s += &format!(
                 "yonder: locked by the program (mlock): at most {:.1} MiB of managed mappings, never evicted and on top of the budget\n",

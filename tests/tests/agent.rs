@@ -606,6 +606,46 @@ fn memory_the_program_protects_is_evicted_and_reads_back_whole() {
     }
 }
 
+/// Reads with O_DIRECT into buffers larger than the budget: the kernel pins each buffer page
+/// for the read, and a pinned page must not be evicted (the device would write into a page the
+/// program no longer maps). Until session 20 `UFFDIO_MOVE`'s refusal of a pinned page sent it to
+/// write protection, which dropped it: 36,789 pages of 300 reads came back as the buffer's old
+/// content.
+#[test]
+fn buffers_pinned_for_direct_io_are_not_evicted_under_the_read() {
+    let prog = compile_workload("odirect", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    // On the disk: a tmpfs takes no O_DIRECT.
+    let dir = tempfile::Builder::new()
+        .prefix("yonder-test-odirect-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let file = dir.path().join("data");
+    let run = run_agent(
+        "2MiB",
+        &[
+            prog.to_str().unwrap(),
+            file.to_str().unwrap(),
+            "16",
+            "1024",
+            "100",
+        ],
+        "",
+        Duration::from_secs(300),
+    );
+    assert!(
+        run.status.success() && run.stdout == "OK\n",
+        "{:?} {}\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        summary_number(&run.stderr, "yonder: evicted ") > 4096,
+        "the buffers were not paged:\n{}",
+        run.stderr
+    );
+}
+
 /// Write-protect faults are at most 5 % of remote faults: clean pages are found by their digest,
 /// and only pages that cannot move are write-protected for their eviction.
 fn assert_few_write_protect_faults(stderr: &str) {

@@ -708,6 +708,33 @@ fn park(sock: i32, uffd: i32, word: &dyn Fn(usize) -> u64) {
                 // SAFETY: as above.
                 rc = unsafe { libc::ioctl(uffd, UFFDIO_MOVE, &mut mv) };
             }
+            if rc != 0
+                && mv.moved <= 0
+                && len > 4096
+                && io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL)
+            {
+                // A move stays within one mapping: a run that crosses from one into the next
+                // (two mappings side by side, or one the program split with mprotect) is
+                // refused whole. Move it page by page, up to the first page refused alone.
+                let mut k = 0;
+                rc = 0;
+                while k < len / 4096 {
+                    let mut one = UffdioMove {
+                        dst: dst + k * 4096,
+                        src: src + k * 4096,
+                        len: 4096,
+                        mode: 0,
+                        moved: 0,
+                    };
+                    // SAFETY: as above, for one page of the same ranges.
+                    if unsafe { libc::ioctl(uffd, UFFDIO_MOVE, &mut one) } != 0 {
+                        rc = -1;
+                        break;
+                    }
+                    k += 1;
+                }
+                mv.moved = (k * 4096) as i64;
+            }
             if rc == 0 {
                 (len / 4096, 0)
             } else {

@@ -118,15 +118,13 @@ pub(super) async fn evictor(g: Rc<Group>) {
                     continue;
                 }
                 if !g.stuck_warned.replace(true) {
-                    let locked = g.procs.borrow().iter().any(|p| !p.locked.is_empty());
-                    eprintln!(
-                        "yonder: nothing can be evicted right now (every resident page is {}); the workload runs over its budget",
-                        if locked {
-                            "locked in memory by the program, or in flight"
-                        } else {
-                            "in flight"
-                        }
-                    );
+                    g.stats.borrow_mut().over_budget_stuck();
+                    // Said once: a workload that pins or locks pages meets this again and again.
+                    if !g.stuck_told.replace(true) {
+                        eprintln!(
+                            "yonder: nothing can be evicted right now (every resident page is in flight, locked in memory by the program, or pinned for I/O); the workload runs over its budget until some can (said once; the summary counts the times)"
+                        );
+                    }
                 }
                 g.retry_deferred();
                 break;
@@ -249,13 +247,17 @@ pub(super) fn pick_victims(g: &Group, want: usize) -> Option<(Rc<Proc>, Vec<u64>
     for p in &procs {
         let shared = p.shared_pages.borrow();
         // Every resident page shared or locked: a scan of the whole policy would find nothing.
-        let held = shared.len() + p.locked.pages();
+        let pinned = &p.pinned;
+        let held = shared.len() + p.locked.pages() + pinned.len();
         if held > 0 && p.table.borrow().resident() <= held {
             continue;
         }
         let locked = &p.locked;
+        let any_pinned = pinned.len() > 0;
         let victims = p.table.borrow_mut().start_eviction_where(want, &mut |pg| {
-            !shared.contains(&pg) && (locked.is_empty() || !locked.contains(pg))
+            !shared.contains(&pg)
+                && (locked.is_empty() || !locked.contains(pg))
+                && (!any_pinned || !pinned.contains(pg))
         });
         if !victims.is_empty() {
             return Some((p.clone(), victims));

@@ -14,7 +14,11 @@
 //! the shim's parking area too; the shim unlocks it when the kernel refuses a move or a free
 //! for that reason.
 
-use std::cell::{Cell, RefCell};
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashSet,
+    time::{Duration, Instant},
+};
 
 use tracing::debug;
 
@@ -50,6 +54,53 @@ impl Locked {
     /// Whether nothing is locked.
     pub(super) fn is_empty(&self) -> bool {
         self.pages.get() == 0
+    }
+}
+
+/// How long a page found pinned is left out of the evictor's choices before it is tried again.
+const PINNED_HOLD: Duration = Duration::from_millis(250);
+
+/// Pages found pinned (`UFFDIO_MOVE` refused one mapped once: the kernel holds it for I/O, as
+/// O_DIRECT and io_uring do). Such a page must not be evicted by write protection either: the
+/// I/O would write into a page the program no longer maps, and the program would read the old
+/// content back from the servers (session 20: O_DIRECT reads into evicted buffers came back as
+/// what the buffer held before). They are left out of the evictor's choices for
+/// [`PINNED_HOLD`], then tried again: a pin for one I/O is short, and nothing says when a long
+/// one (io_uring's registered buffers) ends.
+#[derive(Default)]
+pub(super) struct Pinned {
+    pages: RefCell<HashSet<u64>>,
+    since: Cell<Option<Instant>>,
+}
+
+impl Pinned {
+    /// Holds `pages` back from eviction.
+    pub(super) fn hold(&self, pages: &[u64]) {
+        self.expire();
+        self.pages.borrow_mut().extend(pages);
+        if self.since.get().is_none() {
+            self.since.set(Some(Instant::now()));
+        }
+    }
+
+    /// Whether `page` is held back.
+    pub(super) fn contains(&self, page: u64) -> bool {
+        self.expire();
+        self.pages.borrow().contains(&page)
+    }
+
+    /// Pages held back now.
+    pub(super) fn len(&self) -> usize {
+        self.expire();
+        self.pages.borrow().len()
+    }
+
+    /// Lets every held page be tried again once [`PINNED_HOLD`] has passed.
+    fn expire(&self) {
+        if self.since.get().is_some_and(|t| t.elapsed() >= PINNED_HOLD) {
+            self.pages.borrow_mut().clear();
+            self.since.set(None);
+        }
     }
 }
 

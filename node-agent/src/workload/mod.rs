@@ -127,6 +127,8 @@ pub struct Group {
     /// evictor (the evictor itself tries them, and would wake itself forever).
     retrying: Cell<bool>,
     stuck_warned: Cell<bool>,
+    /// The user was told once that nothing could be evicted (see `evict.rs`).
+    stuck_told: Cell<bool>,
     /// This round of the evictor found nothing to evict but pages of a process inside `fork()`:
     /// faults are not held back for room meanwhile (the forking thread may be one of them).
     forks_hold_back: Cell<bool>,
@@ -207,6 +209,7 @@ impl Group {
             pressure: Notify::new(),
             retrying: Cell::new(false),
             stuck_warned: Cell::new(false),
+            stuck_told: Cell::new(false),
             forks_hold_back: Cell::new(false),
             fatal: RefCell::default(),
             tasks: RefCell::default(),

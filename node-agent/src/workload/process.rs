@@ -83,6 +83,8 @@ pub(super) struct Proc {
     pub(super) shared_pages: RefCell<HashSet<u64>>,
     /// Memory it locked (`mlock`): never evicted (see `locked.rs`).
     pub(super) locked: super::locked::Locked,
+    /// Pages found pinned for I/O: held back from eviction for a while (see `locked.rs`).
+    pub(super) pinned: super::locked::Pinned,
 }
 
 impl Proc {
@@ -120,6 +122,7 @@ impl Proc {
             helper_up: Cell::new(false),
             shared_pages: RefCell::default(),
             locked: Default::default(),
+            pinned: Default::default(),
         });
         g.procs.borrow_mut().push(p.clone());
         p

@@ -10,7 +10,7 @@ use super::super::{
     process::Proc,
     shim_link::{read_words, runs, write_words},
 };
-use crate::{pages::PAGE, shim_proto as proto};
+use crate::{pages::PAGE, procfs, shim_proto as proto};
 
 /// How long the shim's helper may take to answer a PARK before the workload is stopped.
 const PARK_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,6 +132,7 @@ async fn park_part(
     let mut parked: Vec<(u64, u64)> = Vec::with_capacity(victims.len());
     let mut fallback = Vec::new();
     let mut vanished = Vec::new();
+    let mut pinned = Vec::new();
     let mut forking = false;
     // From now until the answer, any of these pages may be gone from its address at any moment:
     // a fault on one waits (and is woken below).
@@ -217,14 +218,39 @@ async fn park_part(
                 let rest = (moved + 1..n).map(|j| src + j * PAGE);
                 tracing::trace!(page = failing, errno, "cannot move");
                 match errno {
-                    // Not exclusive to the process (shared copy-on-write after a fork: EBUSY),
-                    // or a mapping the kernel will not move from (EINVAL): protect instead. The
-                    // rest of the run was not tried; it is most likely the same (a fork shares
-                    // the whole heap, a mapping refuses all its pages), and write protection
-                    // evicts any page, so it goes that way too. Left resident, it would come
-                    // back as the next victims and stop at its first page again: after a fork,
-                    // batches of 256 evicted one page each.
-                    libc::EBUSY | libc::EINVAL | libc::EPERM => {
+                    // Not exclusive to the process: shared copy-on-write after a fork, or pinned
+                    // for I/O (O_DIRECT, io_uring: the kernel writes into the very page, and a
+                    // page dropped meanwhile would never see the data). pagemap tells them apart
+                    // (a pinned page is mapped once; the kernel copies pinned pages at a fork).
+                    // Shared pages take write protection, the rest of the run with them: it was
+                    // not tried, and after a fork it is most likely shared too (left resident,
+                    // it would come back as the next victims and stop at its first page again:
+                    // batches of 256 evicted one page each). Pages mapped once stay resident;
+                    // the one refused is held back from eviction for a while.
+                    libc::EBUSY => {
+                        let tried: Vec<u64> = std::iter::once(failing).chain(rest).collect();
+                        // If pagemap cannot be read, none is known shared: all stay.
+                        let shared: std::collections::HashSet<u64> =
+                            procfs::shared_pages(p.pid.get(), &tried)
+                                .unwrap_or_default()
+                                .into_iter()
+                                .collect();
+                        for pg in tried {
+                            if shared.contains(&pg) {
+                                fallback.push(pg);
+                            } else {
+                                aborted.push(pg);
+                            }
+                        }
+                        if !shared.contains(&failing) {
+                            pinned.push(failing);
+                        }
+                        continue;
+                    }
+                    // A mapping the kernel will not move from (read-only, inaccessible; the
+                    // shim moved a run that crosses two mappings page by page already): protect
+                    // instead, the rest of the run too (a mapping refuses all its pages).
+                    libc::EINVAL | libc::EPERM => {
                         fallback.push(failing);
                         fallback.extend(rest);
                         continue;
@@ -257,6 +283,10 @@ async fn park_part(
         }
         drop(t);
         p.g.free_later(garbage);
+    }
+    if !pinned.is_empty() {
+        debug!(pages = pinned.len(), "pinned pages held back from eviction");
+        p.pinned.hold(&pinned);
     }
     p.forking.set(forking);
     p.exchanging.set(false);
