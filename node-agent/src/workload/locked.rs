@@ -105,29 +105,40 @@ impl Pinned {
 }
 
 impl Proc {
-    /// Re-reads the locked ranges if `VmLck` (from `probe`) changed since the last look.
+    /// Re-reads the locked ranges if `VmLck` (from `probe`) changed since the last look, and
+    /// counts their managed pages again (ranges registered since count too).
     pub(super) fn refresh_locked(&self, probe: &procfs::LockProbe) {
         let Ok(bytes) = probe.read() else {
             return;
         };
         let l = &self.locked;
-        if bytes == l.bytes.get() {
+        if bytes != l.bytes.get() {
+            let ranges = if bytes == 0 {
+                Vec::new()
+            } else {
+                match procfs::locked_ranges(self.pid.get()) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        debug!("cannot read the locked ranges: {e}");
+                        return;
+                    }
+                }
+            };
+            debug!(
+                pid = self.pid.get(),
+                bytes,
+                ranges = ranges.len(),
+                "locked memory"
+            );
+            l.bytes.set(bytes);
+            *l.ranges.borrow_mut() = ranges;
+        } else if l.ranges.borrow().is_empty() {
             return;
         }
-        let ranges = if bytes == 0 {
-            Vec::new()
-        } else {
-            match procfs::locked_ranges(self.pid.get()) {
-                Ok(r) => r,
-                Err(e) => {
-                    debug!("cannot read the locked ranges: {e}");
-                    return;
-                }
-            }
-        };
         let pages = {
             let registered = self.registered.borrow();
-            ranges
+            l.ranges
+                .borrow()
                 .iter()
                 .map(|&(s, e)| {
                     registered
@@ -137,15 +148,9 @@ impl Proc {
                 })
                 .sum()
         };
-        debug!(
-            pid = self.pid.get(),
-            bytes,
-            ranges = ranges.len(),
-            pages,
-            "locked memory"
-        );
-        l.bytes.set(bytes);
-        *l.ranges.borrow_mut() = ranges;
+        if pages == l.pages.get() {
+            return;
+        }
         l.pages.set(pages);
         let managed = pages as u64 * PAGE;
         if managed > l.reported.get() {
