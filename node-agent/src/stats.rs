@@ -39,7 +39,7 @@ pub struct Stats {
     pub bytes_out: u64,
     /// Highest resident managed page count.
     pub peak_resident: usize,
-    /// Most managed mappings the workload's processes had locked (`mlock`) at once, pages.
+    /// Most managed pages the workload's processes had locked (`mlock`) in memory at once.
     pub peak_locked: usize,
     /// Times the workload went over its budget because nothing could be evicted.
     pub stuck: u64,
@@ -393,7 +393,7 @@ impl Stats {
         }
         if self.peak_locked > 0 {
             s += &format!(
-                "yonder: locked by the program (mlock): at most {:.1} MiB of managed mappings, never evicted and on top of the budget\n",
+                "yonder: locked by the program (mlock): at most {:.1} MiB of managed memory, never evicted and on top of the budget\n",
                 mib(self.peak_locked as u64)
             );
         }

@@ -140,6 +140,14 @@ impl Entries {
             .collect()
     }
 
+    /// How many pages of `[start, end)` are resident.
+    pub(super) fn resident_in(&self, start: u64, end: u64) -> usize {
+        self.words
+            .range(start.div_ceil(PAGE), end.div_ceil(PAGE))
+            .filter(|&(pn, _)| self.is_resident(pn * PAGE))
+            .count()
+    }
+
     /// Up to `max` pages from `from` on that have a state, in order, with their states.
     pub(super) fn states_from(&self, slots: &Slots, from: u64, max: usize) -> Vec<(u64, State)> {
         self.words

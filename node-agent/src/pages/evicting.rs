@@ -36,6 +36,11 @@ impl<P: EvictionPolicy> PageTable<P> {
         out
     }
 
+    /// How many pages of `[start, end)` are resident (state `Resident`).
+    pub fn resident_in(&self, start: u64, end: u64) -> usize {
+        self.entries.resident_in(start, end)
+    }
+
     /// The states of the pages in `[start, end)` that have one.
     pub fn states_in(&self, start: u64, end: u64) -> Vec<(u64, State)> {
         self.entries.range(&self.slots.borrow(), start, end)

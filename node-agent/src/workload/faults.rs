@@ -106,6 +106,9 @@ impl Proc {
             }
             Ok(Install::Done | Install::Exists) => {
                 let garbage = self.table.borrow_mut().zero_filled(page);
+                if self.locked.arrived(page) {
+                    self.g.note_locked();
+                }
                 self.g.free_later(garbage.into_iter().collect());
                 self.g.stats.borrow_mut().zero_fault();
                 if !evicting {
@@ -144,6 +147,9 @@ impl Proc {
                     );
                 }
                 let rescued = self.table.borrow_mut().rescued(page);
+                if self.locked.arrived(page) {
+                    self.g.note_locked();
+                }
                 if let Some((at, garbage)) = rescued {
                     self.g.free_later(garbage.into_iter().collect());
                     if let Some(k) = self.parking.borrow_mut().as_mut() {
@@ -197,6 +203,9 @@ impl Proc {
                 }
                 let garbage = t.zero_filled(next);
                 debug_assert!(garbage.is_none(), "a never-touched page had a remote copy");
+                if self.locked.arrived(next) {
+                    self.g.note_locked();
+                }
                 room -= 1;
                 next += PAGE;
             }
@@ -249,6 +258,9 @@ impl Proc {
             for i in 0..done as u64 {
                 let garbage = t.zero_filled(p + i * PAGE);
                 debug_assert!(garbage.is_none(), "a never-touched page had a remote copy");
+                if self.locked.arrived(p + i * PAGE) {
+                    self.g.note_locked();
+                }
             }
             p = q;
         }
@@ -456,11 +468,18 @@ pub(super) async fn fetch(p: Rc<Proc>, batch: Vec<(u64, Remote)>, write: bool, a
                 .collect();
             match p.uffd.copy_run(rest[i].0, &buf) {
                 Ok((n, _)) => {
-                    let mut t = p.table.borrow_mut();
-                    let mut stats = p.g.stats.borrow_mut();
-                    for (page, remote, data) in &rest[i..i + n] {
-                        t.fetched(*page, *remote, Some(digest(data)));
-                        stats.prefetched();
+                    let mut locked = false;
+                    {
+                        let mut t = p.table.borrow_mut();
+                        let mut stats = p.g.stats.borrow_mut();
+                        for (page, remote, data) in &rest[i..i + n] {
+                            t.fetched(*page, *remote, Some(digest(data)));
+                            locked |= p.locked.arrived(*page);
+                            stats.prefetched();
+                        }
+                    }
+                    if locked {
+                        p.g.note_locked();
                     }
                     k = i + n;
                 }
@@ -512,6 +531,9 @@ async fn install(
                 // The digest of what the servers hold (after the copy, which woke the thread).
                 let clean = (!dirty).then(|| digest(data));
                 p.table.borrow_mut().fetched(page, remote, clean);
+                if p.locked.arrived(page) {
+                    p.g.note_locked();
+                }
                 return Ok(true);
             }
             Ok(Install::Again) => tokio::task::yield_now().await,

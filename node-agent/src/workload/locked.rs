@@ -22,7 +22,7 @@ use std::{
 
 use tracing::debug;
 
-use super::process::Proc;
+use super::{process::Proc, Group};
 use crate::{pages::PAGE, procfs};
 
 /// What is known of a process's locked memory.
@@ -32,9 +32,11 @@ pub(super) struct Locked {
     bytes: Cell<u64>,
     /// Locked ranges `(start, end)`, sorted, as smaps listed them then.
     ranges: RefCell<Vec<(u64, u64)>>,
-    /// Pages of those ranges that are managed (registered with the uffd).
+    /// Resident pages of the process in those ranges, at the last count.
     pages: Cell<usize>,
-    /// The most locked memory reported to the user so far, bytes.
+    /// When they were last counted.
+    counted: Cell<Option<Instant>>,
+    /// The most locked memory seen so far, bytes (0: the user was not told yet).
     reported: Cell<u64>,
 }
 
@@ -46,7 +48,8 @@ impl Locked {
         ranges.get(i).is_some_and(|&(start, _)| start <= page)
     }
 
-    /// Managed pages in locked ranges (resident or not: `mlock` populates what it locks).
+    /// Resident pages in locked ranges, as last counted (at most [`RECOUNT`] ago, or when the
+    /// locked amount changed).
     pub(super) fn pages(&self) -> usize {
         self.pages.get()
     }
@@ -55,7 +58,22 @@ impl Locked {
     pub(super) fn is_empty(&self) -> bool {
         self.pages.get() == 0
     }
+
+    /// `page` was just installed: if it is in a locked range, it counts as locked from now on
+    /// (the recount would see it only up to [`RECOUNT`] later, and meanwhile it weighed on the
+    /// budget, which the evictor cannot relieve from locked pages).
+    pub(super) fn arrived(&self, page: u64) -> bool {
+        let locked = !self.ranges.borrow().is_empty() && self.contains(page);
+        if locked {
+            self.pages.set(self.pages.get() + 1);
+        }
+        locked
+    }
 }
+
+/// How often the resident pages of locked ranges are counted again (pages faulted into a
+/// locked range count in the budget until then; they are never evicted all the same).
+const RECOUNT: Duration = Duration::from_millis(250);
 
 /// How long a page found pinned is left out of the evictor's choices before it is tried again.
 const PINNED_HOLD: Duration = Duration::from_millis(250);
@@ -78,9 +96,9 @@ impl Pinned {
     pub(super) fn hold(&self, pages: &[u64]) {
         self.expire();
         self.pages.borrow_mut().extend(pages);
-        if self.since.get().is_none() {
-            self.since.set(Some(Instant::now()));
-        }
+        // From the latest refusal: a page added late gets its whole hold (the others a little
+        // more).
+        self.since.set(Some(Instant::now()));
     }
 
     /// Whether `page` is held back.
@@ -132,38 +150,47 @@ impl Proc {
             );
             l.bytes.set(bytes);
             *l.ranges.borrow_mut() = ranges;
-        } else if l.ranges.borrow().is_empty() {
+        } else if l.ranges.borrow().is_empty()
+            || l.counted.get().is_some_and(|t| t.elapsed() < RECOUNT)
+        {
             return;
         }
+        // Resident pages, not the ranges' size: a range locked on fault (`MCL_ONFAULT`, which
+        // the shim adds to `mlockall`) is mostly not in memory, and counting it whole would
+        // hide as much of the program's other memory from the budget.
         let pages = {
-            let registered = self.registered.borrow();
+            let t = self.table.borrow();
             l.ranges
                 .borrow()
                 .iter()
-                .map(|&(s, e)| {
-                    registered
-                        .range(..e)
-                        .map(|(&rs, &re)| re.min(e).saturating_sub(rs.max(s)) / PAGE)
-                        .sum::<u64>() as usize
-                })
+                .map(|&(s, e)| t.resident_in(s, e))
                 .sum()
         };
-        if pages == l.pages.get() {
-            return;
-        }
+        l.counted.set(Some(Instant::now()));
+        let changed = pages != l.pages.get();
         l.pages.set(pages);
         let managed = pages as u64 * PAGE;
-        if managed > l.reported.get() {
-            l.reported.set(managed);
+        // Said once per process (the summary gives the peak).
+        if managed > 0 && l.reported.replace(managed.max(l.reported.get())) == 0 {
             eprintln!(
-                "yonder: process {} locked {:.1} MiB of its managed mappings (mlock): locked pages are never evicted, and come on top of the budget",
+                "yonder: process {} has {:.1} MiB of managed memory locked (mlock): locked pages are never evicted, and come on top of the budget",
                 self.pid.get(),
                 managed as f64 / (1 << 20) as f64,
             );
         }
-        let total: usize = self.g.procs.borrow().iter().map(|p| p.locked.pages()).sum();
-        self.g.stats.borrow_mut().locked(total);
-        // Locked pages leave the count of what can be evicted: let waiting faults see it.
-        self.g.after_resident_change();
+        self.g.note_locked();
+        if changed {
+            // Locked pages leave the count of what can be evicted: let waiting faults see it.
+            self.g.after_resident_change();
+        }
+    }
+}
+
+impl Group {
+    /// Records how much managed memory the workload's processes have locked now (for the
+    /// summary's peak and the metric).
+    pub(super) fn note_locked(&self) {
+        let total: usize = self.procs.borrow().iter().map(|p| p.locked.pages()).sum();
+        self.stats.borrow_mut().locked(total);
     }
 }

@@ -133,6 +133,8 @@ async fn park_part(
     let mut fallback = Vec::new();
     let mut vanished = Vec::new();
     let mut pinned = Vec::new();
+    // Whether this process ever shared pages with another through a fork (see EBUSY below).
+    let forked = p.forks.get() > 0 || p.forked_from.get().is_some();
     let mut forking = false;
     // From now until the answer, any of these pages may be gone from its address at any moment:
     // a fault on one waits (and is woken below).
@@ -227,6 +229,18 @@ async fn park_part(
                     // it would come back as the next victims and stop at its first page again:
                     // batches of 256 evicted one page each). Pages mapped once stay resident;
                     // the one refused is held back from eviction for a while.
+                    //
+                    // That test only holds in a process that never shared memory through a fork:
+                    // after a fork, a page keeps being refused when the other side has exited
+                    // (the kernel marks it exclusive again only at the next write), although
+                    // pagemap shows it mapped once. There every refused page takes write
+                    // protection, as before; a pinned page of such a process is the gap
+                    // (docs/node-agent.md).
+                    libc::EBUSY if forked => {
+                        fallback.push(failing);
+                        fallback.extend(rest);
+                        continue;
+                    }
                     libc::EBUSY => {
                         let tried: Vec<u64> = std::iter::once(failing).chain(rest).collect();
                         // If pagemap cannot be read, none is known shared: all stay.

@@ -244,6 +244,8 @@ fn a_shared_page_whose_other_side_is_forking_leaves_one_side_only() {
 async fn a_run_refused_at_its_first_page_goes_to_write_protection_whole() {
     let g = group();
     let p = process(&g, 0..8);
+    // It forked: a page refused as not exclusive is shared (or was, with a child since gone).
+    p.forks.set(1);
     *p.parking.borrow_mut() = Some(crate::eviction::Parking::new(1 << 30, 64));
     let victims: Vec<u64> = (0..8).map(|pg| pg * PAGE).collect();
     assert_eq!(
@@ -277,6 +279,52 @@ async fn a_run_refused_at_its_first_page_goes_to_write_protection_whole() {
             other => panic!("not under eviction any more: {other:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_page_refused_in_a_process_that_never_forked_stays_and_is_held_back() {
+    // Not exclusive without a fork: pinned for I/O (O_DIRECT). Write protection would drop it
+    // under the I/O; it stays resident, and the evictor leaves it alone for a while.
+    let g = group();
+    let p = process(&g, 0..8);
+    // This test's own process: pagemap shows its pages, none of them at these addresses shared.
+    p.pid.set(std::process::id());
+    *p.parking.borrow_mut() = Some(crate::eviction::Parking::new(1 << 30, 64));
+    let victims: Vec<u64> = (0..8).map(|pg| pg * PAGE).collect();
+    assert_eq!(
+        p.table.borrow_mut().start_eviction_of(victims.clone()),
+        victims
+    );
+    let (agent_end, mut helper_end) = tokio::net::UnixStream::pair().unwrap();
+    *p.shim.borrow_mut() = Some(agent_end);
+    let local = tokio::task::LocalSet::new();
+    let (parked, fallback) = local
+        .run_until(async {
+            let helper = tokio::task::spawn_local(async move {
+                let req = read_words(&mut helper_end).await.unwrap();
+                let reply = [proto::PARKED, req[1], 1, 0, libc::EBUSY as u64];
+                write_words(&mut helper_end, &reply).await.unwrap();
+                helper_end
+            });
+            let r = park(&p, victims.clone()).await.unwrap();
+            helper.await.unwrap();
+            r
+        })
+        .await;
+    assert!(parked.is_empty());
+    assert!(fallback.is_empty(), "{fallback:?} went to write protection");
+    for &pg in &victims {
+        assert!(matches!(
+            p.table.borrow().state(pg),
+            Some(crate::pages::State::Resident { .. })
+        ));
+    }
+    assert!(p.pinned.contains(0), "the refused page is held back");
+    let again = p
+        .table
+        .borrow_mut()
+        .start_eviction_where(8, &mut |pg| !p.pinned.contains(pg));
+    assert!(!again.contains(&0), "{again:?}");
 }
 
 #[test]
