@@ -240,37 +240,44 @@ fn a_shared_page_whose_other_side_is_forking_leaves_one_side_only() {
     }
 }
 
-#[tokio::test(flavor = "current_thread")]
-async fn a_run_refused_at_its_first_page_goes_to_write_protection_whole() {
-    let g = group();
-    let p = process(&g, 0..8);
-    // It forked: a page refused as not exclusive is shared (or was, with a child since gone).
-    p.forks.set(1);
+/// Parks pages 0..8 of `p` (all resident, a parking area at 1 GiB) with a stand-in for the
+/// shim's helper that refuses the run at its first page with `errno`, nothing moved; returns
+/// what `park` returns.
+async fn park_refused(p: &Rc<Proc>, errno: i32) -> (Vec<(u64, u64)>, Vec<u64>) {
     *p.parking.borrow_mut() = Some(crate::eviction::Parking::new(1 << 30, 64));
     let victims: Vec<u64> = (0..8).map(|pg| pg * PAGE).collect();
     assert_eq!(
         p.table.borrow_mut().start_eviction_of(victims.clone()),
         victims
     );
-    // A stand-in for the shim's helper: the run's first page is shared (EBUSY), nothing moves.
     let (agent_end, mut helper_end) = tokio::net::UnixStream::pair().unwrap();
     *p.shim.borrow_mut() = Some(agent_end);
     let local = tokio::task::LocalSet::new();
-    let (parked, fallback) = local
+    local
         .run_until(async {
             let helper = tokio::task::spawn_local(async move {
                 let req = read_words(&mut helper_end).await.unwrap();
                 assert_eq!(req[0], proto::PARK);
                 assert_eq!(&req[2..], &[1, 0, 1 << 30, 8 * PAGE]);
-                let reply = [proto::PARKED, req[1], 1, 0, libc::EBUSY as u64];
+                let reply = [proto::PARKED, req[1], 1, 0, errno as u64];
                 write_words(&mut helper_end, &reply).await.unwrap();
                 helper_end
             });
-            let r = park(&p, victims.clone()).await.unwrap();
+            let r = park(p, victims).await.unwrap();
             helper.await.unwrap();
             r
         })
-        .await;
+        .await
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_run_refused_at_its_first_page_goes_to_write_protection_whole() {
+    let g = group();
+    let p = process(&g, 0..8);
+    // It forked: a page refused as not exclusive is shared (or was, with a child since gone).
+    p.forks.set(1);
+    let (parked, fallback) = park_refused(&p, libc::EBUSY).await;
+    let victims: Vec<u64> = (0..8).map(|pg| pg * PAGE).collect();
     assert!(parked.is_empty());
     assert_eq!(fallback, victims, "the rest of the run was left resident");
     for pg in victims {
@@ -289,31 +296,10 @@ async fn a_page_refused_in_a_process_that_never_forked_stays_and_is_held_back() 
     let p = process(&g, 0..8);
     // This test's own process: pagemap shows its pages, none of them at these addresses shared.
     p.pid.set(std::process::id());
-    *p.parking.borrow_mut() = Some(crate::eviction::Parking::new(1 << 30, 64));
-    let victims: Vec<u64> = (0..8).map(|pg| pg * PAGE).collect();
-    assert_eq!(
-        p.table.borrow_mut().start_eviction_of(victims.clone()),
-        victims
-    );
-    let (agent_end, mut helper_end) = tokio::net::UnixStream::pair().unwrap();
-    *p.shim.borrow_mut() = Some(agent_end);
-    let local = tokio::task::LocalSet::new();
-    let (parked, fallback) = local
-        .run_until(async {
-            let helper = tokio::task::spawn_local(async move {
-                let req = read_words(&mut helper_end).await.unwrap();
-                let reply = [proto::PARKED, req[1], 1, 0, libc::EBUSY as u64];
-                write_words(&mut helper_end, &reply).await.unwrap();
-                helper_end
-            });
-            let r = park(&p, victims.clone()).await.unwrap();
-            helper.await.unwrap();
-            r
-        })
-        .await;
+    let (parked, fallback) = park_refused(&p, libc::EBUSY).await;
     assert!(parked.is_empty());
     assert!(fallback.is_empty(), "{fallback:?} went to write protection");
-    for &pg in &victims {
+    for pg in (0..8).map(|pg| pg * PAGE) {
         assert!(matches!(
             p.table.borrow().state(pg),
             Some(crate::pages::State::Resident { .. })
