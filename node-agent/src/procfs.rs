@@ -148,6 +148,10 @@ fn parse_anonymous(line: &str) -> Option<(u64, u64)> {
 pub fn populated_pages(pid: u32, start: u64, end: u64) -> io::Result<Vec<u64>> {
     const PRESENT: u64 = 1 << 63;
     const SWAPPED: u64 = 1 << 62;
+    // Bit 62 is set for every non-present entry that is not empty, guard regions included
+    // (`MADV_GUARD_INSTALL`, Linux 6.13, which a C library may use for thread stack guards):
+    // those hold no data and must not count (bit 58 marks them from Linux 6.14).
+    const GUARD: u64 = 1 << 58;
     let f = File::open(format!("/proc/{pid}/pagemap"))?;
     let mut out = Vec::new();
     let mut page = start;
@@ -158,7 +162,7 @@ pub fn populated_pages(pid: u32, start: u64, end: u64) -> io::Result<Vec<u64>> {
         f.read_exact_at(bytes, page / PAGE * 8)?;
         for (i, e) in bytes.chunks_exact(8).enumerate() {
             let entry = u64::from_le_bytes(e.try_into().expect("8-byte chunk"));
-            if entry & (PRESENT | SWAPPED) != 0 {
+            if entry & PRESENT != 0 || entry & (SWAPPED | GUARD) == SWAPPED {
                 out.push(page + i as u64 * PAGE);
             }
         }
@@ -467,6 +471,34 @@ VmFlags: rd wr mr mw me ac sd
         };
         assert_ne!(addr, libc::MAP_FAILED);
         addr
+    }
+
+    #[test]
+    fn guard_regions_do_not_count_as_populated() {
+        const MADV_GUARD_INSTALL: i32 = 102;
+        let len = 3 * PAGE as usize;
+        let addr = map_anonymous(len);
+        let start = addr as u64;
+        // SAFETY: the first page of the mapping made above, writable.
+        unsafe { std::ptr::write_bytes(addr.cast::<u8>(), 1, PAGE as usize) };
+        // SAFETY: advice on the last page of the mapping made above, which holds no data.
+        let rc = unsafe {
+            libc::madvise(
+                addr.cast::<u8>().add(2 * PAGE as usize).cast(),
+                PAGE as usize,
+                MADV_GUARD_INSTALL,
+            )
+        };
+        let err = io::Error::last_os_error();
+        let found = populated_pages(std::process::id(), start, start + 3 * PAGE);
+        // SAFETY: the mapping made above, not used after.
+        unsafe { libc::munmap(addr, len) };
+        assert_eq!(rc, 0, "MADV_GUARD_INSTALL (Linux 6.13) refused: {err}");
+        assert_eq!(
+            found.unwrap(),
+            vec![start],
+            "the guard page counted as data"
+        );
     }
 
     #[test]
