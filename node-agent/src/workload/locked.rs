@@ -54,16 +54,16 @@ impl Locked {
         self.pages.get()
     }
 
-    /// Whether nothing is locked.
+    /// Whether no range is locked.
     pub(super) fn is_empty(&self) -> bool {
-        self.pages.get() == 0
+        self.ranges.borrow().is_empty()
     }
 
     /// `page` was just installed: if it is in a locked range, it counts as locked from now on
     /// (the recount would see it only up to [`RECOUNT`] later, and meanwhile it weighed on the
     /// budget, which the evictor cannot relieve from locked pages).
     pub(super) fn arrived(&self, page: u64) -> bool {
-        let locked = !self.ranges.borrow().is_empty() && self.contains(page);
+        let locked = !self.is_empty() && self.contains(page);
         if locked {
             self.pages.set(self.pages.get() + 1);
         }
