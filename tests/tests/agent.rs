@@ -581,28 +581,34 @@ fn memory_the_program_locks_stays_and_the_rest_is_still_paged() {
 #[test]
 fn memory_the_program_protects_is_evicted_and_reads_back_whole() {
     let prog = compile_workload("mprotected", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    for prot in ["none", "ro"] {
+        run_ok_by_both_paths("8MiB", &[prog.to_str().unwrap(), "16", prot], 8192);
+    }
+}
+
+/// Runs `args` under the agent at `budget` by each eviction path (moves, and write protection
+/// alone): it must print exactly "OK" and exit 0, and more than `evicted` pages must have left.
+fn run_ok_by_both_paths(budget: &str, args: &[&str], evicted: u64) {
     for evict_by in ["auto", "protect"] {
-        for prot in ["none", "ro"] {
-            let run = run_agent_with(
-                "8MiB",
-                &["--evict-by", evict_by],
-                &[prog.to_str().unwrap(), "16", prot],
-                "",
-                Duration::from_secs(120),
-            );
-            assert!(
-                run.status.success() && run.stdout == "OK\n",
-                "{evict_by} {prot}: {:?} {}\n{}",
-                run.status,
-                run.stdout,
-                run.stderr
-            );
-            assert!(
-                summary_number(&run.stderr, "yonder: evicted ") > 8192,
-                "{evict_by} {prot}: too little was evicted:\n{}",
-                run.stderr
-            );
-        }
+        let run = run_agent_with(
+            budget,
+            &["--evict-by", evict_by],
+            args,
+            "",
+            Duration::from_secs(300),
+        );
+        assert!(
+            run.status.success() && run.stdout == "OK\n",
+            "{evict_by} {args:?}: {:?} {}\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        assert!(
+            summary_number(&run.stderr, "yonder: evicted ") > evicted,
+            "{evict_by} {args:?}: too little was evicted:\n{}",
+            run.stderr
+        );
     }
 }
 
@@ -644,6 +650,19 @@ fn buffers_pinned_for_direct_io_are_not_evicted_under_the_read() {
         "the buffers were not paged:\n{}",
         run.stderr
     );
+}
+
+/// `posix_spawn` and `vfork` + exec (what Python's subprocess and shells use): the child borrows
+/// the parent's address space until it execs, with no fork event, while the parent's memory is
+/// paged and a thread of it reads everything back; by both eviction paths.
+#[test]
+fn spawned_and_vforked_children_leave_the_parent_memory_whole() {
+    let prog = compile_workload(
+        "spawner",
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &["-pthread"],
+    );
+    run_ok_by_both_paths("4MiB", &[prog.to_str().unwrap(), "32", "100"], 4096);
 }
 
 /// Write-protect faults are at most 5 % of remote faults: clean pages are found by their digest,

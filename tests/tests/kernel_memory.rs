@@ -10,6 +10,9 @@
 //! - **Transparent huge pages**: a program may ask for them and the kernel may collapse a fully
 //!   populated range into one (khugepaged, `MADV_COLLAPSE`), also in a registered range; evicting
 //!   and fetching 4 KiB pages of it must split it without losing a byte.
+//! - **KSM**: pages `ksmd` merged are shared by many mappings; the move refuses them and they
+//!   take the write-protect path. The test turns `ksmd` on for the machine and puts its settings
+//!   back afterwards (unmerging everything), also when it fails.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
@@ -116,28 +119,109 @@ fn pages_the_kernel_swapped_out_are_evicted_and_read_back_whole() {
 fn huge_pages_the_kernel_collapsed_are_evicted_and_read_back_whole() {
     let prog = compile_workload("hugepages", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
     for evict_by in ["auto", "protect"] {
-        let out = Command::new(bin("yonder-agent"))
-            .args(["run", "--local-mem", "24MiB", "--evict-by", evict_by, "--"])
-            .arg(&prog)
-            .args(["16", "32"])
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        // The test means nothing unless the region really was in huge pages.
-        let huge = number_after(&err, "huge: ").unwrap_or(0);
-        assert!(
-            huge >= 2048,
-            "--evict-by {evict_by}: no huge page was made (transparent_hugepage \"never\"?):\n{err}"
-        );
-        assert!(
-            out.status.success(),
-            "--evict-by {evict_by}: {:?}\n{err}",
-            out.status
-        );
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "OK\n", "{err}");
-        assert!(
-            number_after(&err, "evicted ").unwrap_or(0) > 4096,
-            "--evict-by {evict_by}: the huge pages were not pushed out:\n{err}"
+        run_checked(
+            evict_by,
+            "24MiB",
+            &prog,
+            &["16", "32"],
+            (
+                "huge: ",
+                2048,
+                "no huge page was made (transparent_hugepage \"never\"?)",
+            ),
+            4096,
         );
     }
+}
+
+/// `ksmd` on, fast, while this lives; on drop every page is unmerged and the settings are put back.
+struct KsmOn(Vec<(&'static str, String)>);
+
+impl KsmOn {
+    const DIR: &'static str = "/sys/kernel/mm/ksm";
+
+    fn start() -> Self {
+        let read = |f: &str| {
+            std::fs::read_to_string(format!("{}/{f}", Self::DIR))
+                .unwrap_or_else(|e| panic!("KSM is needed ({}/{f}): {e}", Self::DIR))
+                .trim()
+                .to_string()
+        };
+        let saved = vec![
+            ("sleep_millisecs", read("sleep_millisecs")),
+            ("pages_to_scan", read("pages_to_scan")),
+            ("run", read("run")),
+        ];
+        let guard = Self(saved);
+        for (f, v) in [
+            ("sleep_millisecs", "10"),
+            ("pages_to_scan", "2000"),
+            ("run", "1"),
+        ] {
+            std::fs::write(format!("{}/{f}", Self::DIR), v).unwrap();
+        }
+        guard
+    }
+}
+
+impl Drop for KsmOn {
+    fn drop(&mut self) {
+        // "2" stops ksmd and unmerges every merged page; then the settings as they were.
+        let _ = std::fs::write(format!("{}/run", Self::DIR), "2");
+        for (f, v) in &self.0 {
+            let _ = std::fs::write(format!("{}/{f}", Self::DIR), v);
+        }
+    }
+}
+
+#[test]
+fn pages_ksm_merged_are_evicted_and_read_back_whole() {
+    let prog = compile_workload("ksm", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    let ksm = KsmOn::start();
+    for evict_by in ["auto", "protect"] {
+        run_checked(
+            evict_by,
+            "8MiB",
+            &prog,
+            &["8", "16", "20"],
+            ("merged: ", 1, "KSM merged nothing"),
+            2048,
+        );
+    }
+    drop(ksm);
+}
+
+/// Runs `prog args` under the agent at `budget` by eviction path `evict_by`; checks that the
+/// workload's own report (the number after `label` on stderr) is at least `needed` (else the
+/// test tested nothing), that it printed exactly "OK" and exited 0, and that more than `evicted`
+/// pages left. Returns its stderr.
+fn run_checked(
+    evict_by: &str,
+    budget: &str,
+    prog: &Path,
+    args: &[&str],
+    (label, needed, missing): (&str, u64, &str),
+    evicted: u64,
+) -> String {
+    let out = Command::new(bin("yonder-agent"))
+        .args(["run", "--local-mem", budget, "--evict-by", evict_by, "--"])
+        .arg(prog)
+        .args(args)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    let case = format!("--evict-by {evict_by} {args:?}");
+    let seen = number_after(&err, label).unwrap_or(0);
+    assert!(seen >= needed, "{case}: {missing}:\n{err}");
+    assert!(out.status.success(), "{case}: {:?}\n{err}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "OK\n",
+        "{case}: {err}"
+    );
+    assert!(
+        number_after(&err, "evicted ").unwrap_or(0) > evicted,
+        "{case}: too little was pushed out:\n{err}"
+    );
+    err
 }
