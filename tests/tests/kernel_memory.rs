@@ -13,15 +13,20 @@
 //! - **KSM**: pages `ksmd` merged are shared by many mappings; the move refuses them and they
 //!   take the write-protect path. The test turns `ksmd` on for the machine and puts its settings
 //!   back afterwards (unmerging everything), also when it fails.
+//! - **Locked** (`mlock`, `mlockall`), **protected** (`mprotect` read-only or `PROT_NONE`) and
+//!   **pinned for I/O** (`O_DIRECT`) memory, and children that borrow the address space
+//!   (`posix_spawn`, `vfork`): what the program does to its memory that the kernel then treats
+//!   differently.
 
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::{
     path::{Path, PathBuf},
-    process::Command,
+    process::{Command, Stdio},
+    time::Duration,
 };
 
-use yonder_tests::{bin, compile_workload, number_after};
+use yonder_tests::{bin, compile_workload, number_after, poll, KillOnDrop};
 
 /// A swap file in use while this lives: `swapoff` and removal on drop.
 struct SwapFile(PathBuf);
@@ -224,4 +229,208 @@ fn run_checked(
         "{case}: too little was pushed out:\n{err}"
     );
     err
+}
+
+/// What a workload run under the agent gave.
+struct Run {
+    status: std::process::ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs `yonder-agent run --local-mem BUDGET FLAGS -- ARGS` with `stdin` as its input; kills it
+/// by its PID after `limit` (a hang is a failure, not a stuck test).
+fn run_agent_with(
+    budget: &str,
+    flags: &[&str],
+    args: &[&str],
+    stdin: &str,
+    limit: Duration,
+) -> Run {
+    use std::io::{Read, Write};
+    let mut child = Command::new(bin("yonder-agent"))
+        .args(["run", "--local-mem", budget])
+        .args(flags)
+        .arg("--")
+        .args(args)
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _kill = KillOnDrop::new(child.id());
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    let read = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = r.read_to_string(&mut s);
+            s
+        })
+    };
+    let out = read(Box::new(child.stdout.take().unwrap()));
+    let err = read(Box::new(child.stderr.take().unwrap()));
+    let Some(status) = poll(limit, || child.try_wait().unwrap()) else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!(
+            "{args:?} did not end within {limit:?}:\n{}",
+            err.join().unwrap_or_default()
+        )
+    };
+    Run {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
+    }
+}
+
+/// As [`run_agent_with`] without extra flags.
+fn run_agent(budget: &str, args: &[&str], stdin: &str, limit: Duration) -> Run {
+    run_agent_with(budget, &[], args, stdin, limit)
+}
+
+/// The first number after `label` in a run's summary; panics if there is none.
+fn summary_number(stderr: &str, label: &str) -> u64 {
+    number_after(stderr, label).unwrap_or_else(|| panic!("no {label:?} in:\n{stderr}"))
+}
+
+/// A program that locks more memory (`mlock`, `mlockall`) than its budget: the locked pages stay
+/// (the kernel would refuse to drop them anyway), the rest is still paged within the budget,
+/// and the program runs to the end. Until session 20 the agent tried to evict locked pages
+/// again and again, writing them out and putting them back, and the program hung.
+#[test]
+fn memory_the_program_locks_stays_and_the_rest_is_still_paged() {
+    let prog = compile_workload("locked", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    for mode in ["part", "all"] {
+        let run = run_agent(
+            "16MiB",
+            &[prog.to_str().unwrap(), "64", mode],
+            "",
+            Duration::from_secs(120),
+        );
+        assert!(
+            run.status.success() && run.stdout == "OK\n",
+            "{mode}: {:?} {}\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        let locked = summary_number(&run.stderr, "locked by the program (mlock): at most ");
+        assert!(
+            locked >= 32,
+            "{mode}: locked memory not reported:\n{}",
+            run.stderr
+        );
+        if mode == "part" {
+            // The unlocked half, 32 MiB, went through a 16 MiB budget.
+            assert!(
+                summary_number(&run.stderr, "yonder: evicted ") > 4096,
+                "{mode}: the unlocked half was not paged:\n{}",
+                run.stderr
+            );
+            let peak = summary_number(&run.stderr, "resident managed memory peaked at ");
+            assert!(
+                peak <= 17,
+                "{mode}: {peak} MiB resident beside the locked memory:\n{}",
+                run.stderr
+            );
+        }
+    }
+}
+
+/// Memory the program made read-only or inaccessible (`mprotect`) while it is pushed out, by
+/// either eviction path: the write-protect path copies pages out with `process_vm_readv`, which
+/// has the program's access rights and refuses a `PROT_NONE` page; until session 20 that ended
+/// the workload ("eviction failed: Bad address").
+#[test]
+fn memory_the_program_protects_is_evicted_and_reads_back_whole() {
+    let prog = compile_workload("mprotected", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    for prot in ["none", "ro"] {
+        run_ok_by_both_paths("8MiB", &[prog.to_str().unwrap(), "16", prot], 8192);
+    }
+}
+
+/// Runs `args` under the agent at `budget` by each eviction path (moves, and write protection
+/// alone): it must print exactly "OK" and exit 0, and more than `evicted` pages must have left.
+fn run_ok_by_both_paths(budget: &str, args: &[&str], evicted: u64) {
+    for evict_by in ["auto", "protect"] {
+        let run = run_agent_with(
+            budget,
+            &["--evict-by", evict_by],
+            args,
+            "",
+            Duration::from_secs(300),
+        );
+        assert!(
+            run.status.success() && run.stdout == "OK\n",
+            "{evict_by} {args:?}: {:?} {}\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        assert!(
+            summary_number(&run.stderr, "yonder: evicted ") > evicted,
+            "{evict_by} {args:?}: too little was evicted:\n{}",
+            run.stderr
+        );
+    }
+}
+
+/// Reads with O_DIRECT into buffers larger than the budget: the kernel pins each buffer page
+/// for the read, and a pinned page must not be evicted (the device would write into a page the
+/// program no longer maps). Until session 20 `UFFDIO_MOVE`'s refusal of a pinned page sent it to
+/// write protection, which dropped it: 36,789 pages of 300 reads came back as the buffer's old
+/// content.
+#[test]
+fn buffers_pinned_for_direct_io_are_not_evicted_under_the_read() {
+    let prog = compile_workload("odirect", Path::new(env!("CARGO_TARGET_TMPDIR")), &[]);
+    // On the disk: a tmpfs takes no O_DIRECT.
+    let dir = tempfile::Builder::new()
+        .prefix("yonder-test-odirect-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let file = dir.path().join("data");
+    let run = run_agent(
+        "2MiB",
+        &[
+            prog.to_str().unwrap(),
+            file.to_str().unwrap(),
+            "16",
+            "1024",
+            "100",
+        ],
+        "",
+        Duration::from_secs(300),
+    );
+    assert!(
+        run.status.success() && run.stdout == "OK\n",
+        "{:?} {}\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    assert!(
+        summary_number(&run.stderr, "yonder: evicted ") > 4096,
+        "the buffers were not paged:\n{}",
+        run.stderr
+    );
+}
+
+/// `posix_spawn` and `vfork` + exec (what Python's subprocess and shells use): the child borrows
+/// the parent's address space until it execs, with no fork event, while the parent's memory is
+/// paged and a thread of it reads everything back; by both eviction paths.
+#[test]
+fn spawned_and_vforked_children_leave_the_parent_memory_whole() {
+    let prog = compile_workload(
+        "spawner",
+        Path::new(env!("CARGO_TARGET_TMPDIR")),
+        &["-pthread"],
+    );
+    run_ok_by_both_paths("4MiB", &[prog.to_str().unwrap(), "32", "100"], 4096);
 }
