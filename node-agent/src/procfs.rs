@@ -218,9 +218,14 @@ impl LockProbe {
 
 /// `VmLck` of a /proc/PID/status text, bytes.
 fn parse_locked(status: &str) -> Option<u64> {
-    let kib: u64 = status
+    kib_field(status, "VmLck:")
+}
+
+/// The value of a `Key:   N kB` line of a /proc text (status, smaps_rollup), in bytes.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    let kib: u64 = text
         .lines()
-        .find_map(|l| l.strip_prefix("VmLck:"))?
+        .find_map(|l| l.strip_prefix(key))?
         .split_whitespace()
         .next()?
         .parse()
@@ -306,14 +311,7 @@ pub fn descends_from(pid: u32, ancestor: u32) -> bool {
 /// Anonymous resident memory of `pid` in bytes (RssAnon), if the process still exists.
 pub fn rss_anon(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kb: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("RssAnon:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    kib_field(&status, "RssAnon:")
 }
 
 /// Proportional anonymous resident memory of process `pid` in bytes (`Pss_Anon` of
@@ -322,14 +320,7 @@ pub fn rss_anon(pid: u32) -> Option<u64> {
 /// [`rss_anon`].
 pub fn pss_anon(pid: u32) -> Option<u64> {
     let rollup = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).ok()?;
-    let kb: u64 = rollup
-        .lines()
-        .find_map(|l| l.strip_prefix("Pss_Anon:"))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()?;
-    Some(kb * 1024)
+    kib_field(&rollup, "Pss_Anon:")
 }
 
 /// CPU time the calling thread has used (user and system).
