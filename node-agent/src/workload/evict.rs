@@ -246,19 +246,16 @@ pub(super) fn pick_victims(g: &Group, want: usize) -> Option<(Rc<Proc>, Vec<u64>
     procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
     for p in &procs {
         let shared = p.shared_pages.borrow();
-        // Every resident page shared or locked: a scan of the whole policy would find nothing.
-        let pinned = &p.pinned;
-        let held = shared.len() + p.locked.pages() + pinned.len();
+        // Every resident page shared, locked or pinned: a scan of the whole policy would find
+        // nothing.
+        let held = shared.len() + p.held_back();
         if held > 0 && p.table.borrow().resident() <= held {
             continue;
         }
-        let locked = &p.locked;
-        let any_pinned = pinned.len() > 0;
-        let victims = p.table.borrow_mut().start_eviction_where(want, &mut |pg| {
-            !shared.contains(&pg)
-                && (locked.is_empty() || !locked.contains(pg))
-                && (!any_pinned || !pinned.contains(pg))
-        });
+        let victims = p
+            .table
+            .borrow_mut()
+            .start_eviction_where(want, &mut |pg| !shared.contains(&pg) && p.may_evict(pg));
         if !victims.is_empty() {
             return Some((p.clone(), victims));
         }
@@ -281,14 +278,14 @@ pub(super) fn pick_shared(g: &Group, want: usize) -> Vec<(Rc<Proc>, Vec<u64>)> {
         .collect();
     procs.sort_by_key(|p| std::cmp::Reverse(p.table.borrow().resident()));
     for p in procs {
-        if p.locked.pages() > 0 && p.table.borrow().resident() <= p.locked.pages() {
+        let held = p.held_back();
+        if held > 0 && p.table.borrow().resident() <= held {
             continue;
         }
-        let locked = &p.locked;
         let victims = p
             .table
             .borrow_mut()
-            .start_eviction_where(want, &mut |pg| locked.is_empty() || !locked.contains(pg));
+            .start_eviction_where(want, &mut |pg| p.may_evict(pg));
         if victims.is_empty() {
             continue;
         }

@@ -107,6 +107,11 @@ impl Pinned {
         self.pages.borrow().contains(&page)
     }
 
+    /// Whether no page is held back (a held page may have expired already: cheap, no clock).
+    pub(super) fn is_empty(&self) -> bool {
+        self.pages.borrow().is_empty()
+    }
+
     /// Pages held back now.
     pub(super) fn len(&self) -> usize {
         self.expire();
@@ -123,6 +128,19 @@ impl Pinned {
 }
 
 impl Proc {
+    /// Whether `page` may be picked for eviction as far as the program's own hold on it goes:
+    /// not locked, and not found pinned a moment ago.
+    pub(super) fn may_evict(&self, page: u64) -> bool {
+        (self.locked.is_empty() || !self.locked.contains(page))
+            && (self.pinned.is_empty() || !self.pinned.contains(page))
+    }
+
+    /// Resident pages the program holds in memory (locked, or pinned a moment ago): none of them
+    /// can be evicted now.
+    pub(super) fn held_back(&self) -> usize {
+        self.locked.pages() + self.pinned.len()
+    }
+
     /// Re-reads the locked ranges if `VmLck` (from `probe`) changed since the last look, and
     /// counts their managed pages again (ranges registered since count too).
     pub(super) fn refresh_locked(&self, probe: &procfs::LockProbe) {
