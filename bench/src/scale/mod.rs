@@ -62,6 +62,10 @@ pub struct Args {
     /// Free memory (MemAvailable) to leave to the rest of the machine when deciding what fits.
     #[arg(long, default_value = "2GiB")]
     pub reserve: ByteSize,
+    /// Extra flags for the memory server (whitespace-separated, e.g.
+    /// `--server-args=--prefault=0`), to compare its settings.
+    #[arg(long, allow_hyphen_values = true)]
+    pub server_args: Option<String>,
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,

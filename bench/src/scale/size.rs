@@ -46,11 +46,14 @@ pub(super) fn measure_size(
     let server_port = free_tcp_port();
     // Room for every page, and more, so that the store never refuses one.
     let capacity = format!("{}KiB", (size + size / 8 + (64 << 20)) / 1024);
-    let cluster = Cluster::start_with(
-        1,
-        &capacity,
-        &["--metrics".into(), format!("127.0.0.1:{server_port}")],
-    )?;
+    let mut server_args = vec!["--metrics".into(), format!("127.0.0.1:{server_port}")];
+    server_args.extend(
+        args.server_args
+            .iter()
+            .flat_map(|a| a.split_whitespace())
+            .map(String::from),
+    );
+    let cluster = Cluster::start_with(1, &capacity, &server_args)?;
     let server = *cluster.pids().first().context("no server process")?;
     let server_rss_at_start =
         procfs::status_bytes(server, "VmRSS").context("reading the server's VmRSS")?;
