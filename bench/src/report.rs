@@ -224,8 +224,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let real_programs = compare::measure(&real)?;
     // The other side of the bracket (docs/benchmarks-compare.md): the kernel held to the
-    // anonymous budget alone, without the program's other RSS, which its reclaim may spend on
-    // anonymous pages (Redis: ~10 MiB of file RSS beside ~20 MiB of anonymous memory).
+    // anonymous budget alone, without what the program's all-local run was charged besides,
+    // which its reclaim may spend on anonymous pages (Redis: the RDB file's page cache, ~15 MiB
+    // beside ~20 MiB of anonymous memory).
     log("compare: real programs, kernel at the anonymous budget alone");
     let anon_only = compare::measure(&compare::Args {
         modes: vec![compare::Mode::Zram, compare::Mode::File],
@@ -322,11 +323,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         md,
         "### Real programs, the kernel held to the anonymous budget alone\n\nThe same with \
          `--memcg-anon-only --modes zram,file`: the memory cgroup's limit is the anonymous \
-         budget alone, without the program's other RSS. The tables above give the kernel that \
-         RSS on top, which its reclaim can spend on anonymous pages by dropping clean file pages \
-         (Yonder's budget is for anonymous pages only); this is stricter for the kernel than \
-         Yonder's budget. The two bracket the fair figure (docs/benchmarks-compare.md). The \
-         budgets come from this run's own all-local runs.\n"
+         budget alone. The tables above add what the all-local run's own cgroup was charged \
+         beyond its anonymous memory (the heading's \"charged besides it\"; for Redis mostly \
+         the RDB file's page cache), which the kernel's reclaim can spend on anonymous pages \
+         once it drops that cache (Yonder's budget is for anonymous pages only); this is \
+         stricter for the kernel than Yonder's budget. The two bracket the fair figure \
+         (docs/benchmarks-compare.md). The budgets come from this run's own all-local runs.\n"
     )?;
     md += &compare::markdown_tables(&anon_only).replace("### ", "#### ");
     md += compare::MARKDOWN_NOTE;

@@ -123,8 +123,13 @@ pub struct Args {
     /// zram compression algorithm (default: the device's).
     #[arg(long)]
     pub zram_algorithm: Option<String>,
-    /// Limit the memory cgroup to the anonymous budget alone, without the program's other RSS
-    /// (a stricter budget for the kernel than Yonder's; see docs/benchmarks-compare.md).
+    /// What the swap modes' memory cgroup gets beside the anonymous budget: what the all-local
+    /// run's cgroup was charged beyond its anonymous memory, or its other RSS (mapped files,
+    /// the libraries' pages included), or nothing (see docs/benchmarks-compare.md).
+    #[arg(long, value_enum, default_value_t = MemcgRest::Charged)]
+    pub memcg_rest: MemcgRest,
+    /// The same as `--memcg-rest none`: the anonymous budget alone (a stricter budget for the
+    /// kernel than Yonder's).
     #[arg(long)]
     pub memcg_anon_only: bool,
     /// Run even though the machine has swap of its own active (it is recorded in the JSON).
@@ -172,5 +177,30 @@ impl Default for Args {
             args: Args,
         }
         <Wrap as clap::Parser>::parse_from(["compare"]).args
+    }
+}
+
+/// What the memory cgroup's limit adds to the anonymous budget.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MemcgRest {
+    /// What the all-local run's cgroup was charged beyond its anonymous memory (page cache it
+    /// filled, kernel memory): the memory Yonder leaves unlimited that the kernel charges.
+    Charged,
+    /// The all-local run's other RSS (mapped files and shared memory), charged or not: the
+    /// libraries' pages, charged to whoever read them first, give the kernel that much more room.
+    Rss,
+    /// Nothing: the anonymous budget alone.
+    None,
+}
+
+impl Args {
+    /// The rest the cgroup's limit adds, `--memcg-anon-only` taking precedence.
+    pub fn memcg_rest(&self) -> MemcgRest {
+        if self.memcg_anon_only {
+            MemcgRest::None
+        } else {
+            self.memcg_rest
+        }
     }
 }

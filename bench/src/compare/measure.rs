@@ -6,10 +6,14 @@ use std::{process::Command, time::Duration};
 use anyhow::{bail, Context};
 
 use super::{
+    args::MemcgRest,
     summary::{median_u64, summarise},
     workloads::Workload,
     Args, Mode, Outcome, WorkloadReport,
 };
+
+/// A memory cgroup limit that limits nothing (both hierarchies accept it and cap it).
+const UNLIMITED: u64 = i64::MAX as u64;
 use crate::{cluster::Cluster, system::Machine};
 
 pub(super) fn measure_workload(
@@ -23,15 +27,37 @@ pub(super) fn measure_workload(
     let deadline = Duration::from_secs(args.timeout);
     eprintln!("compare: {name}: all local ({} runs)", args.runs);
     let mut local = Vec::new();
+    // With the swap modes to come, each all-local run runs in a memory cgroup without a limit,
+    // to learn what the kernel charges the program beyond its anonymous memory.
+    let mut charged = Vec::new();
     for run in 0..args.runs {
+        let memcg = match machine.as_mut() {
+            Some(m) => Some(m.cgroup(&format!("{name}-local-{run}"), UNLIMITED)?),
+            None => None,
+        };
         let o = w.run(
-            |argv| {
-                let mut c = Command::new(&argv[0]);
-                c.args(&argv[1..]);
-                c
+            |argv| match &memcg {
+                Some(g) => {
+                    let mut c = Command::new("sh");
+                    c.args(g.wrap(argv));
+                    c
+                }
+                None => {
+                    let mut c = Command::new(&argv[0]);
+                    c.args(&argv[1..]);
+                    c
+                }
             },
             deadline,
-        )?;
+        );
+        if let (Some(g), Some(m)) = (memcg, machine.as_mut()) {
+            let peak = g.peak();
+            m.remove_cgroup(g)?;
+            if let (Some(peak), Ok(o)) = (peak, &o) {
+                charged.push(peak.saturating_sub(o.anon_peak));
+            }
+        }
+        let o = o?;
         keep_log(args, name, Mode::Local, 100, run, &o)?;
         if let Some(why) = &o.failure {
             bail!("{name} failed on its own ({why}):\n{}", o.stderr_tail());
@@ -44,6 +70,12 @@ pub(super) fn measure_workload(
         anon > 0,
         "{name}: no anonymous memory seen in the all-local run"
     );
+    let charged_rest = (!charged.is_empty()).then(|| median_u64(charged.iter().copied()));
+    let rest = match args.memcg_rest() {
+        MemcgRest::None => 0,
+        MemcgRest::Rss => file,
+        MemcgRest::Charged => charged_rest.unwrap_or(file),
+    };
     let local_row = summarise(Mode::Local, 100, None, None, &local, touches, 0.0, &[]);
     let base = local_row.time_s;
     let mut rows = vec![local_row];
@@ -115,7 +147,7 @@ pub(super) fn measure_workload(
         let result = (|| -> anyhow::Result<()> {
             for &ratio in &args.ratios {
                 eprintln!("compare: {name}: {} at {ratio} %", mode.label());
-                let limit = budget(ratio) + if args.memcg_anon_only { 0 } else { file };
+                let limit = budget(ratio) + rest;
                 let mut outs = Vec::new();
                 let mut peaks = Vec::new();
                 for run in 0..args.runs {
@@ -170,6 +202,8 @@ pub(super) fn measure_workload(
         command: argv,
         anon_bytes: anon,
         file_bytes: file,
+        charged_rest_bytes: charged_rest,
+        memcg_rest_bytes: machine.is_some().then_some(rest),
         has_throughput: touches,
         rows,
     })

@@ -4,9 +4,12 @@
 //! per workload (PNG and SVG). See docs/benchmarks-compare.md for how budgets are made equal.
 //!
 //! The footprint comes from the all-local run: the peak anonymous RSS of the process tree
-//! (`anon`) and the peak of the rest of its RSS (`file`, mapped files and shared memory). At a
-//! ratio r, Yonder gets `--local-mem r·anon` (it manages anonymous memory only) and the memory
-//! cgroup a limit of `r·anon + file` (the kernel charges both to the group).
+//! (`anon`) and the peak of the rest of its RSS (`file`, mapped files and shared memory). When
+//! the swap modes run, the all-local runs run in a memory cgroup without a limit, and what it was
+//! charged at its peak beyond `anon` is the `rest` (page cache the program filled, kernel
+//! memory; not the libraries' pages, which are charged to whoever read them first). At a ratio
+//! r, Yonder gets `--local-mem r·anon` (it manages anonymous memory only, and leaves the rest
+//! unlimited) and the memory cgroup a limit of `r·anon + rest` (`--memcg-rest`).
 
 use std::time::Instant;
 
@@ -83,6 +86,13 @@ pub struct WorkloadReport {
     pub anon_bytes: u64,
     /// Peak non-anonymous RSS of the all-local run (median), bytes.
     pub file_bytes: u64,
+    /// What the all-local run's memory cgroup was charged at its peak beyond the anonymous
+    /// footprint (median), bytes; none when the swap modes did not run (or an older report).
+    #[serde(default)]
+    pub charged_rest_bytes: Option<u64>,
+    /// What the swap modes' cgroup limit added to the anonymous budget, bytes.
+    #[serde(default)]
+    pub memcg_rest_bytes: Option<u64>,
     /// Whether rows carry a throughput (touches per second of the timed phase).
     pub has_throughput: bool,
     /// All local first, then each ratio's modes.

@@ -1,6 +1,6 @@
 //! The tables: plain text and Markdown (for bench/RESULTS.md).
 
-use super::{CompareReport, Mode, Row};
+use super::{CompareReport, Mode, Row, WorkloadReport};
 
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1 << 20) as f64)
@@ -55,10 +55,11 @@ pub fn text_table(report: &CompareReport) -> String {
     let mut s = String::new();
     for w in &report.workloads {
         s.push_str(&format!(
-            "\n{}: anonymous footprint {}, other RSS {}; median of {} runs\n",
+            "\n{}: anonymous footprint {}, other RSS {}{}; median of {} runs\n",
             w.name,
             mib(w.anon_bytes),
             mib(w.file_bytes),
+            rest_note(w),
             report.runs
         ));
         let rows: Vec<[String; COLUMNS]> = w.rows.iter().map(cells).collect();
@@ -104,18 +105,36 @@ pub const MARKDOWN_NOTE: &str = concat!(
     "latency of a timed touch of a page that was not resident (the touch workloads' own\n",
     "measure, the same in every mode); \"(n failed)\": runs that failed (the JSON says why,\n",
     "e.g. the memory cgroup's OOM killer), left out of the figures; budget: local memory for\n",
-    "anonymous pages (the cgroup's limit adds the program's other RSS).\n",
+    "anonymous pages (the cgroup's limit adds the rest given in the heading: what the\n",
+    "all-local run's own cgroup was charged beyond its anonymous memory).\n",
 );
+
+/// What the swap modes' cgroup limit added to the budget, and what the all-local run's cgroup
+/// was charged beyond its anonymous memory, when the swap modes ran.
+fn rest_note(w: &WorkloadReport) -> String {
+    match (w.memcg_rest_bytes, w.charged_rest_bytes) {
+        (Some(rest), Some(charged)) => {
+            format!(
+                ", charged besides it {}; cgroup limit: budget + {}",
+                mib(charged),
+                mib(rest)
+            )
+        }
+        (Some(rest), None) => format!("; cgroup limit: budget + {}", mib(rest)),
+        _ => String::new(),
+    }
+}
 
 /// The tables as Markdown, one per workload, without the note.
 pub fn markdown_tables(report: &CompareReport) -> String {
     let mut s = String::new();
     for w in &report.workloads {
         s.push_str(&format!(
-            "### {}: anonymous footprint {}, other RSS {}; median of {} runs\n\n",
+            "### {}: anonymous footprint {}, other RSS {}{}; median of {} runs\n\n",
             w.name,
             mib(w.anon_bytes),
             mib(w.file_bytes),
+            rest_note(w),
             report.runs
         ));
         s.push_str(
@@ -192,6 +211,8 @@ mod tests {
                 command: vec![],
                 anon_bytes: 2 << 20,
                 file_bytes: 1 << 20,
+                charged_rest_bytes: Some(512 << 10),
+                memcg_rest_bytes: Some(512 << 10),
                 has_throughput: true,
                 rows: vec![row(Mode::Local, 100, 1.0), row(Mode::Yonder, 50, 2.5)],
             }],
@@ -202,5 +223,9 @@ mod tests {
         let md = markdown(&report);
         assert_eq!(Args::default().ratios, [100, 75, 50, 25]);
         assert!(md.contains("| 50 % | Yonder | 2.50 s | 2.50× |"), "{md}");
+        assert!(
+            t.contains("charged besides it 0.5 MiB; cgroup limit: budget + 0.5 MiB"),
+            "{t}"
+        );
     }
 }
