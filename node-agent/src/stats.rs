@@ -61,6 +61,8 @@ pub struct Stats {
     pub share_peak: Option<(u64, u64)>,
     /// Address spaces attached so far (more than one after an exec).
     pub attached: u32,
+    /// The kernel offered uffd read-write protection (`UFFD_FEATURE_RWP`) at a handshake.
+    pub rwp_offered: bool,
     /// Seccomp filters whose listener the agent serves (one per workload, normally).
     pub intercepting: u32,
     /// `mmap` and `brk` calls the filter handed over that a helper made (new memory registered
@@ -108,6 +110,7 @@ impl Default for Stats {
             cpu_at_start: crate::procfs::thread_cpu_time(),
             share_peak: None,
             attached: 0,
+            rwp_offered: false,
             intercepting: 0,
             calls_made: 0,
             calls_let_through: 0,
@@ -420,6 +423,9 @@ impl Stats {
                     .to_string()
             };
         }
+        if self.rwp_offered {
+            s += "yonder: this kernel offers userfaultfd read-write protection (UFFD_FEATURE_RWP), which would show reads to the eviction policy; this agent does not use it yet and sees reads through the grace window\n";
+        }
         if let Some((managed, rss)) = self.share_peak {
             s += &format!(
                 "yonder: managed share of anonymous RSS: {:.1}% ({:.1} of {:.1} MiB, at the largest RSS seen)\n",
@@ -454,5 +460,18 @@ impl Stage {
             Stage::Wire => "wire",
             Stage::Install => "install",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_read_write_protection_only_when_the_kernel_offers_it() {
+        let mut s = Stats::default();
+        assert!(!s.summary(1000, 10).contains("UFFD_FEATURE_RWP"));
+        s.rwp_offered = true;
+        assert!(s.summary(1000, 10).contains("UFFD_FEATURE_RWP"));
     }
 }

@@ -35,6 +35,12 @@ pub const FEATURES: u64 = sys::UFFD_FEATURE_PAGEFAULT_FLAG_WP
 /// come from the shim's helper (the kernel refuses them from another process).
 pub const FEATURE_MOVE: u64 = 1 << 16;
 
+/// `UFFD_FEATURE_RWP`, uffd read-write protection: a fault on any access, read or write, to a
+/// protected present page (the series proposed for Linux 7.2, bit 17 there). It would let the
+/// policy see reads without parking pages; the agent detects it and does not use it yet
+/// (docs/eviction.md, "Read-write protection"). The bit may change before the kernel takes it.
+pub const FEATURE_RWP: u64 = 1 << 17;
+
 /// One event read from the uffd.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -98,6 +104,9 @@ pub struct Uffd {
     fd: OwnedFd,
     /// The kernel accepted [`FEATURE_MOVE`] for this uffd.
     can_move: bool,
+    /// Every feature the kernel offered at the handshake (it reports all it has, asked for or
+    /// not); 0 for a uffd created at a fork.
+    offered: u64,
 }
 
 fn ioctl<T>(fd: RawFd, req: u32, arg: &mut T) -> io::Result<()> {
@@ -133,8 +142,8 @@ impl Uffd {
             features: FEATURES | FEATURE_MOVE,
             ioctls: 0,
         };
-        let can_move = match ioctl(fd.as_raw_fd(), sys::UFFDIO_API, &mut api) {
-            Ok(()) => true,
+        let (can_move, offered) = match ioctl(fd.as_raw_fd(), sys::UFFDIO_API, &mut api) {
+            Ok(()) => (true, api.features),
             Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                 let mut api = sys::uffdio_api {
                     api: sys::UFFD_API,
@@ -142,17 +151,30 @@ impl Uffd {
                     ioctls: 0,
                 };
                 ioctl(fd.as_raw_fd(), sys::UFFDIO_API, &mut api)?;
-                false
+                (false, api.features)
             }
             Err(e) => return Err(e),
         };
-        Ok(Self { fd, can_move })
+        Ok(Self {
+            fd,
+            can_move,
+            offered,
+        })
     }
 
     /// Takes ownership of a uffd the kernel created at a fork (already past the handshake, with
     /// the features of the parent's, `can_move` among them).
     pub fn forked(fd: OwnedFd, can_move: bool) -> Self {
-        Self { fd, can_move }
+        Self {
+            fd,
+            can_move,
+            offered: 0,
+        }
+    }
+
+    /// Every feature bit the kernel offered at this uffd's handshake (0 for a forked child's).
+    pub fn offered(&self) -> u64 {
+        self.offered
     }
 
     /// Whether pages can be moved within the address space (`UFFDIO_MOVE`, which the kernel takes
@@ -429,6 +451,18 @@ mod tests {
 
     fn page_of(n: u8) -> Vec<u8> {
         vec![n; PAGE as usize]
+    }
+
+    #[test]
+    fn the_handshake_keeps_what_the_kernel_offers() {
+        let (uffd, base) = setup(1);
+        // The kernel reports every feature it has: at least those the agent asked for, and the
+        // move exactly when the handshake took it.
+        assert_eq!(uffd.offered() & FEATURES, FEATURES, "{:#x}", uffd.offered());
+        assert_eq!(uffd.offered() & FEATURE_MOVE != 0, uffd.can_move());
+        uffd.unregister(base, PAGE).expect("unregister");
+        // SAFETY: unmapping the mapping made in `setup`, which nothing else uses.
+        unsafe { libc::munmap(base as *mut libc::c_void, PAGE as usize) };
     }
 
     #[test]

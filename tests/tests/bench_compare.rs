@@ -230,7 +230,9 @@ fn tiny_run_prints_table_json_markdown_and_charts_and_restores_the_machine() {
     }
     // The all-local run ran in a cgroup of its own: what it was charged beyond its anonymous
     // memory is what the swap modes' limit adds to the budget (`--memcg-rest charged`).
-    let charged = w["charged_rest_bytes"].as_u64().expect("charged rest measured");
+    let charged = w["charged_rest_bytes"]
+        .as_u64()
+        .expect("charged rest measured");
     assert_eq!(w["memcg_rest_bytes"].as_u64(), Some(charged), "{w}");
     assert!(charged < w["anon_bytes"].as_u64().unwrap(), "{w}");
     for r in &rows[2..] {

@@ -473,6 +473,14 @@ impl Group {
                     p.remove();
                 }
                 let uffd = Uffd::new(fd).context("userfaultfd API handshake")?;
+                debug!(
+                    pid = hello.pid,
+                    offered = format!("{:#x}", uffd.offered()),
+                    "userfaultfd features the kernel offers"
+                );
+                if uffd.offered() & crate::uffd::FEATURE_RWP != 0 {
+                    self.stats.borrow_mut().rwp_offered = true;
+                }
                 let p = Proc::new(
                     self,
                     uffd,
