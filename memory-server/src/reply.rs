@@ -12,6 +12,7 @@ use bytes::{BufMut, BytesMut};
 use yonder_common::{
     codec::{CodecError, HEADER_BYTES},
     protocol::{ReadItem, MAX_FRAME_BYTES},
+    PAGE_SIZE,
 };
 
 use crate::store::{PageRef, Store, TenantId};
@@ -25,6 +26,9 @@ const RESULT_MISSING: u32 = 2;
 /// Variant indexes of `PageData`.
 const DATA_ZERO: u32 = 0;
 const DATA_BYTES: u32 = 1;
+
+/// Longest unsigned varint of a `u64`, bytes.
+const MAX_VARINT: usize = 10;
 
 /// Appends `v` as postcard's unsigned varint (LEB128).
 fn varint(out: &mut BytesMut, mut v: u64) {
@@ -43,6 +47,10 @@ pub fn encode_read(
     out: &mut BytesMut,
 ) -> Result<(), CodecError> {
     let start = out.len();
+    // Room for the whole reply at once: growing the buffer page by page copied what it held
+    // on each doubling (`realloc`, 2.6 % of the request thread serving 16-page reads).
+    let most = items.len() * (PAGE_SIZE + 4 * MAX_VARINT) + 2 * MAX_VARINT;
+    out.reserve(HEADER_BYTES + most.min(MAX_FRAME_BYTES));
     out.put_bytes(0, HEADER_BYTES);
     varint(out, RESPONSE_READ.into());
     varint(out, items.len() as u64);
