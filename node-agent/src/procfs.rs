@@ -171,6 +171,109 @@ pub fn populated_pages(pid: u32, start: u64, end: u64) -> io::Result<Vec<u64>> {
     Ok(out)
 }
 
+/// How a page stood when [`zero_mapped_scan`] looked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapped {
+    /// Mapped to the kernel's shared zero page: it reads as zeros and costs no memory.
+    ZeroPage,
+    /// Present with a page of its own (written since it was mapped to the zero page).
+    Own,
+    /// Neither: not present (dropped or unmapped), or swapped out.
+    Other,
+}
+
+/// Present pages of `[start, end)` in `pid`, as sorted `(start, end, on the zero page)` runs,
+/// by `PAGEMAP_SCAN` on /proc/PID/pagemap (Linux 6.7): one call walks the page tables of the
+/// range and returns runs, without reading an entry per page or faulting anything.
+pub fn present_runs(pid: u32, start: u64, end: u64) -> io::Result<Vec<(u64, u64, bool)>> {
+    const PAGE_IS_PRESENT: u64 = 1 << 3;
+    const PAGE_IS_PFNZERO: u64 = 1 << 5;
+    /// `_IOWR('f', 16, struct pm_scan_arg)`.
+    const PAGEMAP_SCAN: libc::c_ulong =
+        (3 << 30) | (96 << 16) | ((b'f' as libc::c_ulong) << 8) | 16;
+    #[repr(C)]
+    #[derive(Default)]
+    struct PmScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct PageRegion {
+        start: u64,
+        end: u64,
+        categories: u64,
+    }
+    let f = File::open(format!("/proc/{pid}/pagemap"))?;
+    let mut regions = vec![PageRegion::default(); 512];
+    let mut out: Vec<(u64, u64, bool)> = Vec::new();
+    let mut at = start;
+    while at < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            start: at,
+            end,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            category_anyof_mask: PAGE_IS_PRESENT,
+            return_mask: PAGE_IS_PRESENT | PAGE_IS_PFNZERO,
+            ..Default::default()
+        };
+        // SAFETY: `arg` is a `struct pm_scan_arg` of the size it names, and `vec` points at
+        // `regions`, which holds `vec_len` writable `struct page_region`s and outlives the call.
+        let n = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&f),
+                PAGEMAP_SCAN,
+                &mut arg as *mut PmScanArg,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for r in &regions[..n as usize] {
+            let zero = r.categories & PAGE_IS_PFNZERO != 0;
+            match out.last_mut() {
+                Some(last) if last.1 == r.start && last.2 == zero => last.1 = r.end,
+                _ => out.push((r.start, r.end, zero)),
+            }
+        }
+        if arg.walk_end <= at {
+            break;
+        }
+        at = arg.walk_end;
+    }
+    Ok(out)
+}
+
+/// Where `page` stands in `runs` (from [`present_runs`]), starting the search at `*from` and
+/// leaving it there for the next, larger page: walking sorted pages costs one pass.
+pub fn mapped_at(runs: &[(u64, u64, bool)], from: &mut usize, page: u64) -> Mapped {
+    while *from < runs.len() && runs[*from].1 <= page {
+        *from += 1;
+    }
+    match runs.get(*from) {
+        Some(&(s, _, zero)) if s <= page => {
+            if zero {
+                Mapped::ZeroPage
+            } else {
+                Mapped::Own
+            }
+        }
+        _ => Mapped::Other,
+    }
+}
+
 /// Mappings of `pid` a child does not inherit as they are: `(start, end)` of those marked
 /// `MADV_WIPEONFORK` (the child gets them empty: zeros) or `MADV_DONTFORK` (the child has no
 /// mapping there). Read from the `VmFlags` (`wf`, `dc`) of /proc/PID/smaps, which only smaps has.
@@ -581,6 +684,38 @@ VmFlags: rd wr mr mw me ac sd
             Some(12 * 1024)
         );
         assert_eq!(parse_locked("Name:\tx\n"), None);
+    }
+
+    #[test]
+    fn pages_on_the_zero_page_are_told_from_written_ones() {
+        let len = 16 * PAGE as usize;
+        let addr = map_anonymous(len);
+        let start = addr as u64;
+        let p = addr.cast::<u8>();
+        // SAFETY: reads and writes inside the mapping made above, `len` bytes long.
+        unsafe {
+            for i in 0..8 {
+                std::ptr::read_volatile(p.add(i * PAGE as usize));
+            }
+            for i in [4, 5, 10] {
+                std::ptr::write_volatile(p.add(i * PAGE as usize), 1);
+            }
+        }
+        let runs = present_runs(std::process::id(), start, start + 16 * PAGE).unwrap();
+        let mut at = 0;
+        let seen: Vec<Mapped> = (0..16)
+            .map(|i| mapped_at(&runs, &mut at, start + i * PAGE))
+            .collect();
+        // SAFETY: the mapping made above, not used after.
+        unsafe { libc::munmap(addr, len) };
+        use Mapped::{Other, Own, ZeroPage};
+        assert_eq!(
+            seen,
+            [
+                ZeroPage, ZeroPage, ZeroPage, ZeroPage, Own, Own, ZeroPage, ZeroPage, Other, Other,
+                Own, Other, Other, Other, Other, Other
+            ]
+        );
     }
 
     #[test]
