@@ -11,10 +11,6 @@ pub struct Stats {
     pub zero_faults: u64,
     /// Missing faults served from a memory server.
     pub remote_faults: u64,
-    /// Pages mapped to the zero page around scattered first touches, uncounted until written.
-    pub zero_mapped: u64,
-    /// Of those, pages found written and counted from then on.
-    pub zero_mapped_written: u64,
     /// Pages fetched ahead of a sequential run of faults.
     pub prefetched: u64,
     /// Writes to write-protected (clean fetched) pages.
@@ -89,8 +85,6 @@ impl Default for Stats {
     fn default() -> Self {
         Self {
             zero_faults: 0,
-            zero_mapped: 0,
-            zero_mapped_written: 0,
             remote_faults: 0,
             prefetched: 0,
             wp_faults: 0,
@@ -140,22 +134,6 @@ impl Stats {
     pub fn zero_fault(&mut self) {
         self.zero_faults += 1;
         counter!("yonder_agent_faults_total", self.labels(Some("zero"))).increment(1);
-    }
-
-    /// Records pages mapped to the zero page around a first touch, not counted yet.
-    pub fn zero_pages_mapped(&mut self, n: u64) {
-        self.zero_mapped += n;
-        counter!("yonder_agent_zero_mapped_pages_total", self.labels(None)).increment(n);
-    }
-
-    /// Records pages mapped to the zero page that were found written (counted from then on).
-    pub fn zero_pages_written(&mut self, n: u64) {
-        self.zero_mapped_written += n;
-        counter!(
-            "yonder_agent_zero_mapped_written_pages_total",
-            self.labels(None)
-        )
-        .increment(n);
     }
 
     /// Records a remote fault and its service time.
@@ -345,12 +323,6 @@ impl Stats {
             self.wp_faults,
             self.prefetched
         );
-        if self.zero_mapped > 0 {
-            s += &format!(
-                "yonder: {} pages mapped to the zero page around scattered first touches, outside the budget until written: {} found written and counted\n",
-                self.zero_mapped, self.zero_mapped_written
-            );
-        }
         if self.remote_faults > 0 {
             let st = |k: Stage| {
                 let h = &self.stages[k as usize];

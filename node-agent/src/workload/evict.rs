@@ -36,7 +36,7 @@ pub(super) async fn evictor(g: Rc<Group>) {
     loop {
         tokio::select! {
             () = g.pressure.notified() => {}
-            () = tokio::time::sleep(idle_interval(&g)) => {}
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
         // A notification already stored returns at once: let every other task of the agent run
         // before this round, or a round that can do nothing (faults waiting for room that only
@@ -55,24 +55,6 @@ pub(super) async fn evictor(g: Rc<Group>) {
         if g.batches_in_flight.get() == 0 {
             g.flush_pending_frees().await;
         }
-        // Pages written since they were mapped to the zero page are counted before the round
-        // decides what to evict.
-        let procs: Vec<Rc<Proc>> = g.procs.borrow().clone();
-        let mut counted = 0;
-        for p in &procs {
-            let recent = p
-                .zeroed_checked
-                .get()
-                .is_some_and(|t| t.elapsed() < std::time::Duration::from_millis(1));
-            if !p.removed.get() && !recent {
-                counted += p.reconcile_zeroed();
-            }
-        }
-        g.zeroed_wait.set(if counted > 0 {
-            super::zeroed::LOOK_SOON
-        } else {
-            (g.zeroed_wait.get() * 2).min(IDLE)
-        });
         let soft = g.soft_limit();
         let low = soft.saturating_sub((soft / 32).max(EVICT_BATCH / 4));
         // Whether pages left this round: only then is the grace window refilled, so that a
@@ -253,24 +235,6 @@ fn evictable(p: &Proc) -> bool {
 /// Chooses up to `want` victims that only one process maps, from the process with the most
 /// resident pages: evicting a page a forked relative shares frees nothing by itself (see
 /// [`pick_shared`]). A process found forking this round is passed over.
-/// How long the evictor sleeps without pressure.
-const IDLE: Duration = Duration::from_millis(50);
-
-/// How long the evictor sleeps without pressure: [`IDLE`], or less while a process has pages
-/// mapped to the zero page uncounted (`Group::zeroed_wait`), so that pages the program writes
-/// there without a fault are soon counted (`zeroed.rs`).
-fn idle_interval(g: &Group) -> Duration {
-    if g.procs
-        .borrow()
-        .iter()
-        .any(|p| !p.zeroed.borrow().is_empty())
-    {
-        g.zeroed_wait.get()
-    } else {
-        IDLE
-    }
-}
-
 pub(super) fn pick_victims(g: &Group, want: usize) -> Option<(Rc<Proc>, Vec<u64>)> {
     let mut procs: Vec<Rc<Proc>> = g
         .procs

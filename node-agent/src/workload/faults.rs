@@ -4,10 +4,7 @@
 use std::{rc::Rc, time::Instant};
 
 use super::{
-    prefetch::track_stream,
-    process::Proc,
-    zeroed::{MAX_ZEROED, RECONCILE_EVERY},
-    PREFETCH_MAX, ZEROS, ZERO_AHEAD_MAX, ZERO_AROUND,
+    prefetch::track_stream, process::Proc, PREFETCH_MAX, ZEROS, ZERO_AHEAD_MAX, ZERO_AROUND,
 };
 use crate::{
     pages::{digest, MissingFault, Remote, State, WriteFault, PAGE},
@@ -226,25 +223,17 @@ impl Proc {
             .filter(|&(_, e)| e > page)
     }
 
-    /// A zero-fill fault that starts no run also maps the zero page on the never-touched pages of
-    /// its aligned block of [`ZERO_AROUND`] pages, one ioctl per run of them: a program that
-    /// touches fresh memory in scattered order (hash tables, `xz`'s match finder) takes a fault
-    /// per block instead of one per page, each a round trip through the agent. The pages cost
-    /// nothing until written (the shared zero page), so they are not counted against the budget
-    /// until a look at the page tables finds them written ([`Proc::reconcile_zeroed`], at most
-    /// [`RECONCILE_EVERY`] apart while such faults come); at most [`MAX_ZEROED`] wait uncounted.
-    /// Pages known to the table (evicted, parked, present) are skipped, and a page that became
-    /// present meanwhile stops its run (the kernel refuses, nothing is overwritten).
+    /// Far below the budget, a zero-fill fault that starts no run also maps the zero page on the
+    /// never-touched pages of its aligned block of [`ZERO_AROUND`] pages, one ioctl per run of
+    /// them: a program that touches fresh memory in scattered order (hash tables, `xz`'s match
+    /// finder) takes a fault per block instead of one per page, each a round trip through the
+    /// agent. The pages cost nothing until written (the shared zero page), but count against the
+    /// budget, hence only below half of it; the policy sees them as new and untouched, the first
+    /// to go under pressure. Pages known to the table (evicted, parked, present) are skipped, and
+    /// a page that became present meanwhile stops its run (the kernel refuses, nothing is
+    /// overwritten).
     fn zero_fill_around(&self, page: u64) {
-        if !self.zeroed.borrow().is_empty()
-            && self
-                .zeroed_checked
-                .get()
-                .is_none_or(|t| t.elapsed() >= RECONCILE_EVERY)
-        {
-            self.reconcile_zeroed();
-        }
-        if self.zeroed.borrow().len() + ZERO_AROUND as usize > MAX_ZEROED {
+        if self.g.resident() + ZERO_AROUND as usize > self.g.soft_limit() / 2 {
             return;
         }
         let Some((rs, re)) = self.registered_range(page) else {
@@ -252,36 +241,28 @@ impl Proc {
         };
         let block = page & !(ZERO_AROUND * PAGE - 1);
         let (start, end) = (block.max(rs), (block + ZERO_AROUND * PAGE).min(re));
-        let mut runs = Vec::new();
-        {
-            let t = self.table.borrow();
-            let z = self.zeroed.borrow();
-            let free = |p: u64| p != page && t.state(p).is_none() && !z.contains(p);
-            let mut p = start;
-            while p < end {
-                if !free(p) {
-                    p += PAGE;
-                    continue;
-                }
-                let mut q = p;
-                while q < end && free(q) {
-                    q += PAGE;
-                }
-                runs.push((p, q));
-                p = q;
+        let mut t = self.table.borrow_mut();
+        let mut p = start;
+        while p < end {
+            if t.state(p).is_some() {
+                p += PAGE;
+                continue;
             }
-        }
-        let mut mapped = 0;
-        for (p, q) in runs {
+            let mut q = p;
+            while q < end && t.state(q).is_none() {
+                q += PAGE;
+            }
             let Ok((done, _)) = self.uffd.zeropage_run(p, ((q - p) / PAGE) as usize) else {
-                break;
+                return;
             };
-            self.zeroed.borrow_mut().add(p, done as u64);
-            mapped += done as u64;
-        }
-        if mapped > 0 {
-            self.g.zeroed_wait.set(super::zeroed::LOOK_SOON);
-            self.g.stats.borrow_mut().zero_pages_mapped(mapped);
+            for i in 0..done as u64 {
+                let garbage = t.zero_filled(p + i * PAGE);
+                debug_assert!(garbage.is_none(), "a never-touched page had a remote copy");
+                if self.locked.arrived(p + i * PAGE) {
+                    self.g.note_locked();
+                }
+            }
+            p = q;
         }
     }
 

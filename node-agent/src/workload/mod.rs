@@ -34,7 +34,6 @@ mod process;
 mod protect;
 mod repair;
 pub mod shim_link;
-mod zeroed;
 
 use std::{
     cell::{Cell, RefCell},
@@ -124,10 +123,6 @@ pub struct Group {
     root: Cell<u32>,
     procs: RefCell<Vec<Rc<Proc>>>,
     pressure: Notify,
-    /// How long the evictor sleeps without pressure while pages wait mapped to the zero page
-    /// uncounted: 5 ms after some were mapped or found written, doubling up to 50 ms while the
-    /// looks find nothing new (`zeroed.rs`).
-    zeroed_wait: Cell<std::time::Duration>,
     /// Deferred faults are being tried again: one that must wait again does not wake the
     /// evictor (the evictor itself tries them, and would wake itself forever).
     retrying: Cell<bool>,
@@ -212,7 +207,6 @@ impl Group {
             root: Cell::new(0),
             procs: RefCell::default(),
             pressure: Notify::new(),
-            zeroed_wait: Cell::new(zeroed::LOOK_SOON),
             retrying: Cell::new(false),
             stuck_warned: Cell::new(false),
             stuck_told: Cell::new(false),

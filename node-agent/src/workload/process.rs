@@ -69,11 +69,6 @@ pub(super) struct Proc {
     pub(super) streams: RefCell<Vec<(u64, u32, bool)>>,
     /// Page the next zero-fill fault of a sequential run is expected at, and the run's length.
     pub(super) next_zero: Cell<(u64, u32)>,
-    /// Pages mapped to the zero page around scattered first touches, not counted until found
-    /// written (`zeroed.rs`).
-    pub(super) zeroed: RefCell<super::zeroed::Zeroed>,
-    /// When `zeroed` was last looked at.
-    pub(super) zeroed_checked: Cell<Option<std::time::Instant>>,
     /// The program break after the last intercepted `brk`, page-aligned up (0: not known yet).
     brk_end: Cell<u64>,
     /// The shim's helper, once attached (taken out while an eviction talks to it).
@@ -120,8 +115,6 @@ impl Proc {
             deferred: RefCell::default(),
             streams: RefCell::default(),
             next_zero: Cell::new((0, 0)),
-            zeroed: RefCell::default(),
-            zeroed_checked: Cell::new(None),
             brk_end: Cell::new(0),
             shim: RefCell::default(),
             tasks: RefCell::default(),
@@ -367,8 +360,6 @@ impl Proc {
 
     /// The process forked: serve the child's memory from now on, with a copy of this table.
     fn forked(self: &Rc<Self>, fd: OwnedFd) {
-        // The child shares the zero-page mappings: count them here, so both tables know them.
-        self.count_all_zeroed();
         let seq = self.forks.get() + 1;
         self.forks.set(seq);
         // The parent waits in fork() until this event is read, so its mappings' flags are those
@@ -451,7 +442,6 @@ impl Proc {
                         p += PAGE;
                     }
                 }
-                self.zeroed.borrow_mut().remove_range(start, end);
                 let mut garbage = Vec::new();
                 for (s, len) in runs(&program) {
                     garbage.extend(self.table.borrow_mut().program_dropped(s, s + len));
@@ -461,14 +451,12 @@ impl Proc {
             Event::Unmap { start, end } => {
                 self.layout_changed.set(true);
                 let garbage = self.table.borrow_mut().unmapped(start, end);
-                self.zeroed.borrow_mut().remove_range(start, end);
                 self.forget_range(start, end);
                 self.g.free_later(garbage);
             }
             Event::Remap { from, to, len } => {
                 self.layout_changed.set(true);
                 let garbage = self.table.borrow_mut().remapped(from, to, len);
-                self.zeroed.borrow_mut().remapped(from, to, len);
                 self.forget_range(from, from + len);
                 // The new range keeps its registration; record it so the scanner skips it.
                 self.registered.borrow_mut().insert(to, to + len);
