@@ -52,6 +52,10 @@ impl Spinner {
     }
 }
 
+/// The spinner gives the CPU away (`sched_yield`) once every this many polls (docs/fault-path.md,
+/// "Session 22": every poll cost 2-20 % on whole programs where kernel entries are dear).
+const YIELD_EVERY: u32 = 4;
+
 thread_local! {
     static SPINNER: RefCell<Option<Rc<Spinner>>> = const { RefCell::new(None) };
 }
@@ -82,11 +86,16 @@ pub fn start(window_us: u64) {
     });
     SPINNER.with(|slot| *slot.borrow_mut() = Some(s.clone()));
     tokio::task::spawn_local(async move {
+        let mut turn = 0u32;
         loop {
             if s.wanted(Instant::now()) {
                 // Give the CPU to whatever else is runnable on it (a memory server, the workload)
-                // before polling again: a spinner must not starve the thread it waits for.
-                std::thread::yield_now();
+                // every few polls: a spinner must not starve the thread it waits for, but each
+                // yield is a kernel entry between two looks at the uffd and the sockets.
+                turn = turn.wrapping_add(1);
+                if turn.is_multiple_of(YIELD_EVERY) {
+                    std::thread::yield_now();
+                }
                 tokio::task::yield_now().await;
             } else {
                 s.asleep.set(true);
