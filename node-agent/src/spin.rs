@@ -53,7 +53,7 @@ impl Spinner {
 }
 
 /// The spinner gives the CPU away (`sched_yield`) once every this many polls (docs/fault-path.md,
-/// "Session 22": every poll cost 2-20 % on whole programs where kernel entries are dear).
+/// "Session 22": yielding at every poll cost whole programs 2-22 % where kernel entries are dear).
 const YIELD_EVERY: u32 = 4;
 
 thread_local! {
