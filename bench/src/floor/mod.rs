@@ -49,7 +49,7 @@ pub struct Args {
 }
 
 /// One floor, with the scheduler's placement and pinned to one CPU.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct Floor {
     /// Threads left to the scheduler.
     pub unpinned: Summary,
@@ -70,17 +70,22 @@ pub struct Floors {
     pub quic_dgram_4k: Floor,
     /// QUIC round trip on one stream with quinn-proto driven by hand (no Tokio, no quinn tasks).
     pub quic_proto_4k: Floor,
+    /// The same with quinn's client (as the agent's) against the hand-driven server (as the
+    /// memory server's `driven` path): what the client's side of quinn costs.
+    #[serde(default)]
+    pub quic_mixed_4k: Floor,
 }
 
 impl Floors {
     /// (name, floor) pairs in report order.
-    pub fn named(&self) -> [(&'static str, Floor); 5] {
+    pub fn named(&self) -> [(&'static str, Floor); 6] {
         [
             ("uffd fault from a local page", self.uffd_local),
             ("UDP round trip, 4 KiB", self.udp_4k),
             ("QUIC round trip, 4 KiB", self.quic_4k),
             ("QUIC DATAGRAM round trip, 4 KiB", self.quic_dgram_4k),
             ("QUIC, quinn-proto by hand, 4 KiB", self.quic_proto_4k),
+            ("QUIC, quinn client to by hand", self.quic_mixed_4k),
         ]
     }
 }
@@ -110,8 +115,10 @@ pub fn measure(samples: usize) -> anyhow::Result<Floors> {
         quic_4k: both(&|pin| quic(samples, pin, Frames::Stream)).context("QUIC floor")?,
         quic_dgram_4k: both(&|pin| quic(samples, pin, Frames::Datagram))
             .context("QUIC DATAGRAM floor")?,
-        quic_proto_4k: both(&|pin| quic_by_hand(samples, pin))
+        quic_proto_4k: both(&|pin| quic_by_hand(samples, pin, false))
             .context("QUIC floor with quinn-proto by hand")?,
+        quic_mixed_4k: both(&|pin| quic_by_hand(samples, pin, true))
+            .context("QUIC floor, quinn's client to a hand-driven server")?,
     })
 }
 
@@ -222,7 +229,7 @@ fn udp(samples: usize, pin: bool) -> anyhow::Result<Summary> {
     })
 }
 
-fn quic_by_hand(samples: usize, pin: bool) -> anyhow::Result<Summary> {
+fn quic_by_hand(samples: usize, pin: bool, quinn_client: bool) -> anyhow::Result<Summary> {
     let dir = tempfile::Builder::new()
         .prefix("yonder-bench-floor-")
         .tempdir()?;
@@ -230,7 +237,8 @@ fn quic_by_hand(samples: usize, pin: bool) -> anyhow::Result<Summary> {
     let mtu = Some(crate::cluster::LOOPBACK_MTU);
     let server_config = tls::server_config(&tls::TlsFiles::in_dir(dir.path(), "server"), mtu)?;
     let client_config = tls::client_config(&tls::TlsFiles::in_dir(dir.path(), "client"), mtu)?;
-    proto::quic_proto(samples, pin, server_config, client_config)
+    let quinn_client = quinn_client.then(|| client_config.clone());
+    proto::quic_proto(samples, pin, server_config, client_config, quinn_client)
 }
 
 /// How the QUIC floor carries its requests and replies.

@@ -286,12 +286,14 @@ fn serve(
 }
 
 /// One round-trip measurement: a client here, a server on another thread, both pinned to CPU 0
-/// when `pin`.
+/// when `pin`. With `quinn_client` the client is quinn's (Tokio, its driver tasks), as the
+/// agent's is today, against the hand-driven server, as the memory server's `driven` path is.
 pub fn quic_proto(
     samples: usize,
     pin: bool,
     server_config: ServerConfig,
     client_config: ClientConfig,
+    quinn_client: Option<quinn::ClientConfig>,
 ) -> anyhow::Result<Summary> {
     let (addr_tx, addr_rx) = std::sync::mpsc::channel::<SocketAddr>();
     super::on_thread(move || {
@@ -301,7 +303,10 @@ pub fn quic_proto(
                 serve(samples, server_config, addr_tx)
             });
             super::maybe_pin(pin)?;
-            let summary = measure(samples, client_config, &addr_rx);
+            let summary = match quinn_client {
+                Some(c) => measure_quinn(samples, c, &addr_rx),
+                None => measure(samples, client_config, &addr_rx),
+            };
             let served = server.join().expect("floor server panicked");
             let summary = summary?;
             served.context("the hand-driven server")?;
@@ -354,4 +359,37 @@ fn measure(
         .close(Instant::now(), 0u32.into(), "done".into());
     side.flush()?;
     Ok(Summary::of(&h))
+}
+
+/// [`measure`] with quinn's client on a current-thread Tokio runtime.
+fn measure_quinn(
+    samples: usize,
+    client_config: quinn::ClientConfig,
+    addr_rx: &std::sync::mpsc::Receiver<SocketAddr>,
+) -> anyhow::Result<Summary> {
+    let server = addr_rx
+        .recv_timeout(PATIENCE)
+        .context("the server did not start")?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let mut ep = transport::endpoint("127.0.0.1:0".parse()?, None)?;
+        ep.set_default_client_config(client_config);
+        let conn = ep.connect(server, "localhost")?.await?;
+        let (mut send, mut recv) = conn.open_bi().await?;
+        let mut h = histogram();
+        let mut page = vec![0u8; PAGE];
+        let request = [1u8; REQUEST];
+        for _ in 0..samples {
+            let t = Instant::now();
+            send.write_all(&request).await?;
+            recv.read_exact(&mut page).await?;
+            h.record(t.elapsed().as_nanos() as u64)?;
+            anyhow::ensure!(page.iter().all(|&b| b == 7), "wrong reply content");
+        }
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+        Ok(Summary::of(&h))
+    })
 }
