@@ -11,6 +11,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+use yonder_common::client::Requests as _;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;

@@ -161,7 +161,7 @@ impl Client {
             protocol_version: PROTOCOL_VERSION,
             client: client.to_string(),
         };
-        match this.call(&hello).await? {
+        match Requests::call(&this, &hello).await? {
             Response::Hello {
                 server,
                 tenant,
@@ -189,23 +189,102 @@ impl Client {
         &self.conn
     }
 
+    /// Closes the connection politely.
+    pub fn close(&self) {
+        self.conn.close(0u32.into(), b"bye");
+    }
+}
+
+/// The requests of the protocol, over any transport that can carry one request frame and bring
+/// back its reply: quinn's [`Client`] here, or the agent's own quinn-proto client.
+#[allow(async_fn_in_trait)] // used on one thread; the futures need not be Send
+pub trait Requests {
+    /// Sends one request frame (a message to encode, or a frame already in chunks) and reads its
+    /// reply; error replies become [`ClientError::Server`].
+    async fn exchange<R: Serialize>(
+        &self,
+        req: Outgoing<'_, R>,
+    ) -> Result<(Response, Timing), ClientError>;
+
     /// Sends one request and waits for its reply; error replies become [`ClientError::Server`].
-    pub async fn call<R: Serialize>(&self, req: &R) -> Result<Response, ClientError> {
+    async fn call<R: Serialize>(&self, req: &R) -> Result<Response, ClientError> {
         self.call_timed(req).await.map(|(resp, _)| resp)
     }
 
-    /// Like [`Client::call`], and says when the request was handed to QUIC and when its reply
+    /// Like [`Requests::call`], and says when the request was handed to QUIC and when its reply
     /// was read.
-    pub async fn call_timed<R: Serialize>(
-        &self,
-        req: &R,
-    ) -> Result<(Response, Timing), ClientError> {
-        self.exchange_on_a_lane(Outgoing::Message(req)).await
+    async fn call_timed<R: Serialize>(&self, req: &R) -> Result<(Response, Timing), ClientError> {
+        self.exchange(Outgoing::Message(req)).await
     }
 
-    /// [`Client::call_timed`] for a request encoded into the lane's buffer, or for a frame
-    /// already in chunks (writes: [`codec::write_frame_chunks`]).
-    async fn exchange_on_a_lane<R: Serialize>(
+    /// Reads a batch of pages.
+    async fn read(&self, pages: Vec<ReadItem>) -> Result<Vec<ReadResult>, ClientError> {
+        let want = pages.len();
+        match self.call(&Request::Read { pages }).await? {
+            Response::Read { pages } => counted("read", pages, want),
+            _ => Err(ClientError::Unexpected("read")),
+        }
+    }
+
+    /// Reads a batch of pages, and says when the request left and its reply arrived.
+    async fn read_timed(
+        &self,
+        pages: Vec<ReadItem>,
+    ) -> Result<(Vec<ReadResult>, Timing), ClientError> {
+        let want = pages.len();
+        match self.call_timed(&Request::Read { pages }).await? {
+            (Response::Read { pages }, t) => Ok((counted("read", pages, want)?, t)),
+            _ => Err(ClientError::Unexpected("read")),
+        }
+    }
+
+    /// Writes a batch of pages.
+    async fn write(&self, pages: Vec<WriteItem>) -> Result<Vec<WriteResult>, ClientError> {
+        let shared: Vec<SharedWriteItem> = pages.into_iter().map(Into::into).collect();
+        self.write_shared(&shared).await
+    }
+
+    /// Writes a batch of pages whose contents are shared (the same request as
+    /// [`Requests::write`]): each content goes to QUIC as it is, without a copy into a frame.
+    async fn write_shared(
+        &self,
+        pages: &[SharedWriteItem],
+    ) -> Result<Vec<WriteResult>, ClientError> {
+        let want = pages.len();
+        let chunks = codec::write_frame_chunks(pages)?;
+        match self.exchange::<()>(Outgoing::Chunks(chunks)).await?.0 {
+            Response::Write { pages } => counted("write", pages, want),
+            _ => Err(ClientError::Unexpected("write")),
+        }
+    }
+
+    /// Frees a batch of pages; returns how many were freed.
+    async fn free(&self, pages: Vec<FreeItem>) -> Result<u64, ClientError> {
+        match self.call(&Request::Free { pages }).await? {
+            Response::Free { freed } => Ok(freed),
+            _ => Err(ClientError::Unexpected("free")),
+        }
+    }
+
+    /// Frees every page of a space; returns how many were freed.
+    async fn drop_space(&self, space: u32) -> Result<u64, ClientError> {
+        match self.call(&Request::DropSpace { space }).await? {
+            Response::DropSpace { freed } => Ok(freed),
+            _ => Err(ClientError::Unexpected("drop_space")),
+        }
+    }
+
+    /// Asks for usage figures.
+    async fn stats(&self) -> Result<StatsReply, ClientError> {
+        match self.call(&Request::Stats).await? {
+            Response::Stats(s) => Ok(s),
+            _ => Err(ClientError::Unexpected("stats")),
+        }
+    }
+}
+
+impl Requests for Client {
+    async fn exchange<R: Serialize>(
         &self,
         req: Outgoing<'_, R>,
     ) -> Result<(Response, Timing), ClientError> {
@@ -238,80 +317,6 @@ impl Client {
             resp => Ok((resp, timing)),
         }
     }
-
-    /// Reads a batch of pages.
-    pub async fn read(&self, pages: Vec<ReadItem>) -> Result<Vec<ReadResult>, ClientError> {
-        let want = pages.len();
-        match self.call(&Request::Read { pages }).await? {
-            Response::Read { pages } => counted("read", pages, want),
-            _ => Err(ClientError::Unexpected("read")),
-        }
-    }
-
-    /// Reads a batch of pages, and says when the request left and its reply arrived.
-    pub async fn read_timed(
-        &self,
-        pages: Vec<ReadItem>,
-    ) -> Result<(Vec<ReadResult>, Timing), ClientError> {
-        let want = pages.len();
-        match self.call_timed(&Request::Read { pages }).await? {
-            (Response::Read { pages }, t) => Ok((counted("read", pages, want)?, t)),
-            _ => Err(ClientError::Unexpected("read")),
-        }
-    }
-
-    /// Writes a batch of pages.
-    pub async fn write(&self, pages: Vec<WriteItem>) -> Result<Vec<WriteResult>, ClientError> {
-        let shared: Vec<SharedWriteItem> = pages.into_iter().map(Into::into).collect();
-        self.write_shared(&shared).await
-    }
-
-    /// Writes a batch of pages whose contents are shared (the same request as
-    /// [`Client::write`]): each content goes to QUIC as it is, without a copy into a frame.
-    pub async fn write_shared(
-        &self,
-        pages: &[SharedWriteItem],
-    ) -> Result<Vec<WriteResult>, ClientError> {
-        let want = pages.len();
-        let chunks = codec::write_frame_chunks(pages)?;
-        match self
-            .exchange_on_a_lane::<()>(Outgoing::Chunks(chunks))
-            .await?
-            .0
-        {
-            Response::Write { pages } => counted("write", pages, want),
-            _ => Err(ClientError::Unexpected("write")),
-        }
-    }
-
-    /// Frees a batch of pages; returns how many were freed.
-    pub async fn free(&self, pages: Vec<FreeItem>) -> Result<u64, ClientError> {
-        match self.call(&Request::Free { pages }).await? {
-            Response::Free { freed } => Ok(freed),
-            _ => Err(ClientError::Unexpected("free")),
-        }
-    }
-
-    /// Frees every page of a space; returns how many were freed.
-    pub async fn drop_space(&self, space: u32) -> Result<u64, ClientError> {
-        match self.call(&Request::DropSpace { space }).await? {
-            Response::DropSpace { freed } => Ok(freed),
-            _ => Err(ClientError::Unexpected("drop_space")),
-        }
-    }
-
-    /// Asks for usage figures.
-    pub async fn stats(&self) -> Result<StatsReply, ClientError> {
-        match self.call(&Request::Stats).await? {
-            Response::Stats(s) => Ok(s),
-            _ => Err(ClientError::Unexpected("stats")),
-        }
-    }
-
-    /// Closes the connection politely.
-    pub fn close(&self) {
-        self.conn.close(0u32.into(), b"bye");
-    }
 }
 
 fn counted<T>(op: &'static str, items: Vec<T>, want: usize) -> Result<Vec<T>, ClientError> {
@@ -335,8 +340,9 @@ pub struct Timing {
     pub replied: Instant,
 }
 
-/// What a lane sends: a request to encode into the lane's buffer, or a frame already in chunks.
-enum Outgoing<'a, R> {
+/// What a request sends: a message to encode (into the lane's buffer), or a frame already in
+/// chunks, which QUIC takes as they are.
+pub enum Outgoing<'a, R> {
     /// Encoded into the lane's buffer, which QUIC copies from.
     Message(&'a R),
     /// A whole frame whose chunks QUIC takes as they are.

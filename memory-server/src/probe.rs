@@ -5,6 +5,7 @@
 //! cluster at the address and name the agents will use.
 
 use std::{path::PathBuf, time::Duration};
+use yonder_common::client::Requests as _;
 
 use anyhow::Context;
 use clap::Args;

@@ -34,6 +34,8 @@ pub struct RunConfig {
     pub cert_name: String,
     /// Fixed datagram size towards the servers.
     pub mtu: Option<u16>,
+    /// Which QUIC client talks to the servers.
+    pub transport: crate::remote::Transport,
     /// Prometheus endpoint.
     pub metrics: Option<SocketAddr>,
     /// The program and its arguments.
@@ -94,6 +96,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         &config.cert_name,
         config.mtu,
         config.policy,
+        config.transport,
     )
     .await?;
     let servers = Rc::new(servers);

@@ -8,7 +8,7 @@ use yonder_common::{client, tls, transport};
 
 use crate::{
     embedded::Embedded,
-    remote::{Dialer, Policy, Servers},
+    remote::{Dialer, Policy, Servers, Transport},
 };
 
 /// Connects to the memory servers `servers` (or starts the embedded one when empty). Servers
@@ -20,6 +20,7 @@ pub(crate) async fn connect_servers(
     cert_name: &str,
     mtu: Option<u16>,
     policy: Policy,
+    transport: Transport,
 ) -> anyhow::Result<(Servers, Option<Embedded>)> {
     let (specs, files, mtu, mut embedded) = if servers.is_empty() {
         let e = Embedded::start(u64::MAX / 2).context("starting the embedded memory server")?;
@@ -47,11 +48,15 @@ pub(crate) async fn connect_servers(
     for spec in &specs {
         let (addr, host) = client::resolve(spec).await?;
         let endpoint = client::endpoint(tls.clone(), addr.is_ipv6())?;
-        let c = tokio::time::timeout(
-            policy.timeout.max(Duration::from_secs(5)),
-            client::Client::connect(&endpoint, addr, &host, "yonder-agent"),
-        )
-        .await;
+        let dialer = Dialer {
+            endpoint,
+            config: tls.clone(),
+            transport,
+            addr,
+            host,
+        };
+        let c =
+            tokio::time::timeout(policy.timeout.max(Duration::from_secs(5)), dialer.dial()).await;
         let c = match c {
             Ok(Ok(c)) => Some(c),
             Ok(Err(e)) => {
@@ -62,11 +67,6 @@ pub(crate) async fn connect_servers(
                 errors.push(format!("{spec}: no answer"));
                 None
             }
-        };
-        let dialer = Dialer {
-            endpoint,
-            addr,
-            host,
         };
         clients.push((spec.clone(), c, embedded.is_none().then_some(dialer)));
     }

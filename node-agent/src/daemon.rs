@@ -62,6 +62,9 @@ pub struct DaemonConfig {
     pub cert_name: String,
     /// Fixed datagram size towards the servers on a known path.
     pub mtu: Option<u16>,
+    /// Which QUIC client talks to the servers: `quinn` (default) or `driven`
+    /// (docs/fault-path.md).
+    pub transport: crate::remote::Transport,
     /// Prometheus endpoint.
     pub metrics: Option<SocketAddr>,
     /// Copies of each page on distinct servers. Default 2 (capped at the number of servers).
@@ -103,6 +106,7 @@ impl Default for DaemonConfig {
             tls_dir: PathBuf::from("/etc/yonder/tls"),
             cert_name: yonder_common::certs::DEFAULT_CLIENT.into(),
             mtu: None,
+            transport: crate::remote::Transport::default(),
             metrics: None,
             replicas: 2,
             write_quorum: None,
@@ -276,6 +280,7 @@ async fn daemon_async(config: DaemonConfig) -> anyhow::Result<()> {
         &config.cert_name,
         config.mtu,
         config.policy(),
+        config.transport,
     )
     .await?;
     crate::spin::start(config.spin_us);

@@ -55,6 +55,11 @@ struct RunArgs {
     /// Fixed datagram size towards the servers on a known path (e.g. 4400).
     #[arg(long, value_parser = parse_mtu)]
     mtu: Option<u16>,
+    /// The QUIC client towards the servers: quinn (Tokio tasks drive it) or driven (quinn-proto
+    /// driven by the agent's thread, no task between a request and the socket;
+    /// docs/fault-path.md).
+    #[arg(long, value_enum, default_value_t = yonder_agent::remote::Transport::default())]
+    transport: yonder_agent::remote::Transport,
     /// Address for the Prometheus metrics endpoint.
     #[arg(long)]
     metrics: Option<SocketAddr>,
@@ -165,6 +170,7 @@ fn main() -> ExitCode {
         tls_dir: args.tls_dir,
         cert_name: args.cert_name,
         mtu: args.mtu,
+        transport: args.transport,
         metrics: args.metrics,
         command: args.command,
         daemon,

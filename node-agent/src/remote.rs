@@ -20,13 +20,12 @@ use std::{
     cell::{Cell, RefCell},
     collections::HashMap,
     hash::{Hash, Hasher},
-    net::SocketAddr,
     rc::Rc,
     time::{Duration, Instant},
 };
 
 use yonder_common::{
-    client::{Client, ClientError, Timing},
+    client::{ClientError, Requests, Timing},
     protocol::{
         FreeItem, PageData, ReadItem, ReadResult, SharedPage, SharedWriteItem, WriteResult,
         MAX_BATCH_PAGES,
@@ -36,7 +35,12 @@ use yonder_common::{
 
 use crate::pages::Remote;
 
+mod conn;
+mod driven;
 mod read;
+
+pub use conn::{Dialer, ServerConn, Transport};
+pub use driven::DrivenClient;
 
 /// Why a page could not be read back.
 #[derive(Debug, thiserror::Error)]
@@ -106,20 +110,10 @@ impl Default for Policy {
     }
 }
 
-/// How to reach a server again after its connection failed.
-pub struct Dialer {
-    /// The QUIC endpoint.
-    pub endpoint: quinn::Endpoint,
-    /// Server address.
-    pub addr: SocketAddr,
-    /// TLS server name.
-    pub host: String,
-}
-
 struct Server {
     name: String,
     /// None while it could not be reached at all.
-    client: RefCell<Option<Client>>,
+    client: RefCell<Option<ServerConn>>,
     dialer: Option<Dialer>,
     /// Since when the server is down, if it is.
     down_since: Cell<Option<Instant>>,
@@ -207,7 +201,7 @@ enum Outcome<T> {
 
 impl Servers {
     /// Wraps connected clients, named by address, with the dialers to reconnect them.
-    pub fn new(clients: Vec<(String, Option<Client>, Option<Dialer>)>, policy: Policy) -> Self {
+    pub fn new(clients: Vec<(String, Option<ServerConn>, Option<Dialer>)>, policy: Policy) -> Self {
         assert!(!clients.is_empty(), "at least one memory server");
         let mut policy = policy;
         policy.replicas = policy.replicas.clamp(1, clients.len());
@@ -295,7 +289,7 @@ impl Servers {
     /// the server down.
     async fn call<T, F, Fut>(&self, i: usize, f: F) -> Outcome<T>
     where
-        F: FnOnce(Client) -> Fut,
+        F: FnOnce(ServerConn) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let s = &self.servers[i];
@@ -303,8 +297,8 @@ impl Servers {
             return Outcome::Failed("not connected".into());
         };
         let started = Instant::now();
-        let conn = client.connection().clone();
-        let mut heard = conn.stats().udp_rx.datagrams;
+        let conn = client.clone();
+        let mut heard = conn.datagrams_received();
         let fut = f(client);
         tokio::pin!(fut);
         let hard_limit = started + self.policy.timeout * SLOW_PATIENCE;
@@ -320,7 +314,7 @@ impl Servers {
                     // A server that sends anything (acks, other replies) is alive but slow (a
                     // lossy or delayed path, an overloaded machine): give it more time, up to
                     // the hard limit. One that went silent is down.
-                    let now = conn.stats().udp_rx.datagrams;
+                    let now = conn.datagrams_received();
                     if now > heard && Instant::now() < hard_limit {
                         heard = now;
                         deadline = (deadline + self.policy.timeout).min(hard_limit);
@@ -336,7 +330,7 @@ impl Servers {
             s.client
                 .borrow()
                 .as_ref()
-                .is_some_and(|c| c.connection().stable_id() == conn.stable_id())
+                .is_some_and(|c| c.id() == conn.id())
         };
         match result {
             Ok(Ok(v)) => {
@@ -387,11 +381,7 @@ impl Servers {
                 }
                 continue;
             };
-            let conn = tokio::time::timeout(
-                self.policy.timeout,
-                Client::connect(&d.endpoint, d.addr, &d.host, "yonder-agent"),
-            )
-            .await;
+            let conn = tokio::time::timeout(self.policy.timeout, d.dial()).await;
             if let Ok(Ok(client)) = conn {
                 *s.client.borrow_mut() = Some(client);
                 s.down_since.set(None);

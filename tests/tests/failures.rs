@@ -12,6 +12,7 @@ use std::{
     process::Command,
     time::{Duration, Instant},
 };
+use yonder_common::client::Requests as _;
 
 use yonder_common::protocol::StatsReply;
 use yonder_tests::{

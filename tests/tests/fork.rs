@@ -11,6 +11,7 @@ use std::{
     sync::mpsc,
     time::{Duration, Instant},
 };
+use yonder_common::client::Requests as _;
 
 use yonder_tests::{bin, compile_workload, Server};
 

@@ -7,6 +7,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::{net::SocketAddr, path::Path, time::Duration};
+use yonder_common::client::Requests as _;
 
 use rcgen::{
     date_time_ymd, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, Issuer,

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
 
 use std::{net::UdpSocket, process::Command, sync::Arc, time::Duration};
+use yonder_common::client::Requests as _;
 
 use rand::{Rng, RngCore, SeedableRng};
 use yonder_common::{
