@@ -686,6 +686,10 @@ mod tests {
         assert_eq!(c.node_memory, ByteSize(8 << 30));
         assert_eq!(c.socket, DaemonConfig::default().socket);
         assert!(toml::from_str::<DaemonConfig>("node_memroy = \"1GiB\"").is_err());
+        assert_eq!(c.transport, crate::remote::Transport::Quinn);
+        let d: DaemonConfig = toml::from_str("transport = \"driven\"").unwrap();
+        assert_eq!(d.transport, crate::remote::Transport::Driven);
+        assert!(toml::from_str::<DaemonConfig>("transport = \"tcp\"").is_err());
     }
 
     #[test]

@@ -248,6 +248,18 @@ fn python() -> String {
 
 #[test]
 fn python_program_several_times_its_budget_computes_the_same_result() {
+    python_program_computes_the_same_result(&[]);
+}
+
+/// The same over the agent's own QUIC client (quinn-proto driven by its thread).
+#[test]
+fn python_program_over_the_driven_transport_computes_the_same_result() {
+    python_program_computes_the_same_result(&["--transport", "driven"]);
+}
+
+/// A Python program several times its budget, run with the agent's `flags`, prints what it
+/// prints without the agent.
+fn python_program_computes_the_same_result(flags: &[&str]) {
     let py = python();
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("workloads/python_work.py");
     let script = script.to_str().unwrap();
@@ -260,8 +272,9 @@ fn python_program_several_times_its_budget_computes_the_same_result() {
         maxrss_kib * 1024 >= 3 * budget_mib * MIB,
         "the workload ({maxrss_kib} KiB) must be several times the budget"
     );
-    let run = run_agent(
+    let run = run_agent_with(
         &format!("{budget_mib}MiB"),
+        flags,
         &[&py, script, "60000"],
         "",
         Duration::from_secs(600),

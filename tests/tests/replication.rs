@@ -53,8 +53,21 @@ impl Cluster {
     }
 
     fn agent(&self, replicas: u32, timeout_ms: u32, metrics: u16, args: &[&str]) -> Process {
+        self.agent_with(&[], replicas, timeout_ms, metrics, args)
+    }
+
+    /// [`Cluster::agent`] with extra `yonder-agent run` flags.
+    fn agent_with(
+        &self,
+        flags: &[&str],
+        replicas: u32,
+        timeout_ms: u32,
+        metrics: u16,
+        args: &[&str],
+    ) -> Process {
         let mut cmd = Command::new(bin("yonder-agent"));
         cmd.args(["run", "--local-mem", "8MiB", "--servers", &self.addrs()])
+            .args(flags)
             .args(["--metrics", &format!("127.0.0.1:{metrics}")])
             .arg("--tls-dir")
             .arg(self.first.certs.dir())
@@ -87,11 +100,28 @@ fn wait_filled(agent: &mut Process, pidfile: &Path) -> KillOnDrop {
 
 #[test]
 fn a_killed_and_a_hung_server_lose_nothing_with_two_replicas() {
+    a_killed_and_a_hung_server_lose_nothing(&[]);
+}
+
+/// The same over the agent's own QUIC client (quinn-proto driven by its thread): failure
+/// detection, reconnection and repair do not depend on quinn's tasks.
+#[test]
+fn a_killed_and_a_hung_server_lose_nothing_over_the_driven_transport() {
+    a_killed_and_a_hung_server_lose_nothing(&["--transport", "driven"]);
+}
+
+fn a_killed_and_a_hung_server_lose_nothing(flags: &[&str]) {
     let cluster = Cluster::start(3);
     let dir = tempfile::tempdir().unwrap();
     let (hog, pidfile) = hog(dir.path());
     let port = free_tcp_port();
-    let mut agent = cluster.agent(2, 1000, port, &[&hog, "32", pidfile.to_str().unwrap()]);
+    let mut agent = cluster.agent_with(
+        flags,
+        2,
+        1000,
+        port,
+        &[&hog, "32", pidfile.to_str().unwrap()],
+    );
     let workload = wait_filled(&mut agent, &pidfile);
     std::thread::sleep(Duration::from_secs(1));
 

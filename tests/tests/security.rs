@@ -411,3 +411,33 @@ async fn a_flood_of_idle_connections_and_stalled_streams_leaves_others_served() 
     let log = server.process.log();
     assert!(log.contains("the tenant has 64 open"), "{log}");
 }
+
+/// An agent whose certificate comes from another CA is refused by the server's handshake and
+/// says so, over either QUIC client, without starting the program.
+#[test]
+fn an_agent_of_another_ca_is_refused_with_a_clear_error_over_either_transport() {
+    let server = Server::start("64MiB", &["client"], &[]).unwrap();
+    let other = Certs::new(&["client"]).unwrap();
+    for transport in ["quinn", "driven"] {
+        let out = std::process::Command::new(yonder_tests::bin("yonder-agent"))
+            .args(["run", "--local-mem", "8MiB", "--standalone", "--servers"])
+            .arg(format!("localhost:{}", server.addr.port()))
+            .arg("--tls-dir")
+            .arg(other.dir())
+            .args(["--cert-name", "client", "--transport", transport])
+            .args(["--", "sh", "-c", "echo started"])
+            .env_remove("RUST_LOG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{transport}: {stderr}");
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("started"),
+            "{transport}: the program must not run without a server: {stderr}"
+        );
+        assert!(
+            stderr.contains("no memory server can be reached"),
+            "{transport}: {stderr}"
+        );
+    }
+}
