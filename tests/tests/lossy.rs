@@ -82,8 +82,21 @@ impl Cluster {
 
     /// `yonder-agent run` at 8 MiB local memory through the relays.
     fn agent(&self, replicas: u32, timeout_ms: u32, metrics: u16, args: &[&str]) -> Process {
+        self.agent_with(&[], replicas, timeout_ms, metrics, args)
+    }
+
+    /// [`Cluster::agent`] with extra `yonder-agent run` flags.
+    fn agent_with(
+        &self,
+        flags: &[&str],
+        replicas: u32,
+        timeout_ms: u32,
+        metrics: u16,
+        args: &[&str],
+    ) -> Process {
         let mut cmd = Command::new(bin("yonder-agent"));
         cmd.args(["run", "--local-mem", "8MiB", "--servers", &self.addrs()])
+            .args(flags)
             .args(["--metrics", &format!("127.0.0.1:{metrics}")])
             .arg("--tls-dir")
             .arg(self.first.certs.dir())
@@ -201,11 +214,24 @@ fn tail(s: &str) -> String {
 /// servers, R = 2, a request deadline of `timeout_ms`) and checks it finishes with every word
 /// right.
 fn finishes_with_exact_data(faults: Faults, seed: u64, mib: u32, passes: u32, timeout_ms: u32) {
+    finishes_with_exact_data_with(&[], faults, seed, mib, passes, timeout_ms)
+}
+
+/// [`finishes_with_exact_data`] with extra `yonder-agent run` flags.
+fn finishes_with_exact_data_with(
+    flags: &[&str],
+    faults: Faults,
+    seed: u64,
+    mib: u32,
+    passes: u32,
+    timeout_ms: u32,
+) {
     let _serial = one_at_a_time();
     let cluster = Cluster::start(2, seed);
     cluster.set_faults(faults);
     let started = Instant::now();
-    let mut agent = cluster.agent(
+    let mut agent = cluster.agent_with(
+        flags,
         2,
         timeout_ms,
         free_tcp_port(),
@@ -264,6 +290,23 @@ fn ten_percent_loss_loses_no_data() {
         1,
         // The default 2 s deadline: a server whose datagrams still arrive is slow, not down,
         // and gets more deadlines (docs/replication.md), so servers that are up do not flap.
+        2000,
+    );
+}
+
+/// 10 % loss over the agent's own QUIC client (quinn-proto driven by its thread): its timers
+/// (loss detection, acknowledgements) run as they must.
+#[test]
+fn ten_percent_loss_loses_no_data_over_the_driven_transport() {
+    finishes_with_exact_data_with(
+        &["--transport", "driven"],
+        Faults {
+            loss: 0.10,
+            ..Faults::default()
+        },
+        211,
+        10,
+        1,
         2000,
     );
 }
