@@ -62,7 +62,7 @@ pub struct DaemonConfig {
     pub cert_name: String,
     /// Fixed datagram size towards the servers on a known path.
     pub mtu: Option<u16>,
-    /// Which QUIC client talks to the servers: `quinn` (default) or `driven`
+    /// Which QUIC client talks to the servers: `driven` (default) or `quinn`
     /// (docs/fault-path.md).
     pub transport: crate::remote::Transport,
     /// Prometheus endpoint.
@@ -686,9 +686,9 @@ mod tests {
         assert_eq!(c.node_memory, ByteSize(8 << 30));
         assert_eq!(c.socket, DaemonConfig::default().socket);
         assert!(toml::from_str::<DaemonConfig>("node_memroy = \"1GiB\"").is_err());
-        assert_eq!(c.transport, crate::remote::Transport::Quinn);
-        let d: DaemonConfig = toml::from_str("transport = \"driven\"").unwrap();
-        assert_eq!(d.transport, crate::remote::Transport::Driven);
+        assert_eq!(c.transport, crate::remote::Transport::Driven);
+        let d: DaemonConfig = toml::from_str("transport = \"quinn\"").unwrap();
+        assert_eq!(d.transport, crate::remote::Transport::Quinn);
         assert!(toml::from_str::<DaemonConfig>("transport = \"tcp\"").is_err());
     }
 

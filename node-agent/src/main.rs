@@ -55,9 +55,8 @@ struct RunArgs {
     /// Fixed datagram size towards the servers on a known path (e.g. 4400).
     #[arg(long, value_parser = parse_mtu)]
     mtu: Option<u16>,
-    /// The QUIC client towards the servers: quinn (Tokio tasks drive it) or driven (quinn-proto
-    /// driven by the agent's thread, no task between a request and the socket;
-    /// docs/fault-path.md).
+    /// The QUIC client towards the servers: driven (quinn-proto driven by the agent's thread, no
+    /// task between a request and the socket) or quinn (Tokio tasks drive it; docs/fault-path.md).
     #[arg(long, value_enum, default_value_t = yonder_agent::remote::Transport::default())]
     transport: yonder_agent::remote::Transport,
     /// Address for the Prometheus metrics endpoint.

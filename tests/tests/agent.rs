@@ -251,10 +251,10 @@ fn python_program_several_times_its_budget_computes_the_same_result() {
     python_program_computes_the_same_result(&[]);
 }
 
-/// The same over the agent's own QUIC client (quinn-proto driven by its thread).
+/// The same over quinn's client (`--transport quinn`; the default is the agent's own).
 #[test]
-fn python_program_over_the_driven_transport_computes_the_same_result() {
-    python_program_computes_the_same_result(&["--transport", "driven"]);
+fn python_program_over_quinns_client_computes_the_same_result() {
+    python_program_computes_the_same_result(&["--transport", "quinn"]);
 }
 
 /// A Python program several times its budget, run with the agent's `flags`, prints what it

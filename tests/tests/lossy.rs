@@ -294,12 +294,12 @@ fn ten_percent_loss_loses_no_data() {
     );
 }
 
-/// 10 % loss over the agent's own QUIC client (quinn-proto driven by its thread): its timers
-/// (loss detection, acknowledgements) run as they must.
+/// 10 % loss over quinn's client (`--transport quinn`); the default, the agent's own client
+/// (quinn-proto driven by its thread), runs every other test here.
 #[test]
-fn ten_percent_loss_loses_no_data_over_the_driven_transport() {
+fn ten_percent_loss_loses_no_data_over_quinns_client() {
     finishes_with_exact_data_with(
-        &["--transport", "driven"],
+        &["--transport", "quinn"],
         Faults {
             loss: 0.10,
             ..Faults::default()
