@@ -259,6 +259,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             batch: vec![1, 16],
             memory_pages: if args.quick { 2_000 } else { 250_000 },
             client_threads: 1,
+            client: yonder_agent::remote::Transport::Quinn,
             mtu: Some(crate::cluster::LOOPBACK_MTU),
             json: false,
         })?);

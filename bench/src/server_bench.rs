@@ -8,17 +8,16 @@
 use std::{
     path::PathBuf,
     process::Command,
-    sync::Arc,
     time::{Duration, Instant},
 };
-use yonder_common::client::Requests as _;
 
 use anyhow::Context;
 use hdrhistogram::Histogram;
 use rand::{Rng, RngCore, SeedableRng};
 use serde::Serialize;
+use yonder_agent::remote::{DrivenClient, ServerConn, Transport};
 use yonder_common::{
-    client::Client,
+    client::Requests,
     protocol::{PageData, ReadItem, ReadResult, WriteItem, WriteResult, MAX_BATCH_PAGES},
     PageKey, PAGE_SIZE,
 };
@@ -123,9 +122,14 @@ pub struct Args {
     /// Pages to store for the memory measurement.
     #[arg(long, default_value_t = 1_000_000)]
     pub memory_pages: u64,
-    /// Worker threads of the client runtime (the server uses its own default).
+    /// Worker threads of the client runtime (the server uses its own default; quinn's client
+    /// only).
     #[arg(long, default_value_t = 1)]
     pub client_threads: usize,
+    /// The benchmark's QUIC client: quinn's, or the agent's own (`driven`, quinn-proto driven by
+    /// one thread), which leaves more of a small machine's CPU to the server.
+    #[arg(long, value_enum, default_value_t = Transport::Quinn)]
+    pub client: Transport,
     /// Fixed datagram size on both ends (loopback allows one page per packet with 4400);
     /// default: path-MTU discovery, as on an unknown network.
     #[arg(long)]
@@ -268,7 +272,8 @@ pub fn measure_with(args: &Args, compare: &CompareArgs) -> anyhow::Result<Report
             .enable_all()
             .build()?
     };
-    rt.block_on(bench(args, compare))
+    // Inside a LocalSet: the driven client's tasks are local to this thread.
+    tokio::task::LocalSet::new().block_on(&rt, bench(args, compare))
 }
 
 fn random_page(rng: &mut impl RngCore) -> Vec<u8> {
@@ -303,7 +308,15 @@ async fn bench(args: &Args, compare: &CompareArgs) -> anyhow::Result<Report> {
     let mut servers = Vec::new();
     for v in &variants {
         let server = v.start("8GiB", args.mtu)?;
-        let client = Arc::new(server.connect("bench").await?);
+        let client = match args.client {
+            Transport::Quinn => ServerConn::Quinn(server.connect("bench").await?),
+            Transport::Driven => {
+                let files = yonder_common::tls::TlsFiles::in_dir(server.certs.dir(), "bench");
+                let config = yonder_common::tls::client_config(&files, server.mtu)?;
+                let c = DrivenClient::connect(config, server.addr, "localhost", "yonder-bench");
+                ServerConn::Driven(c.await?)
+            }
+        };
         preload(&client).await?;
         servers.push((v, server, client));
     }
@@ -358,7 +371,7 @@ async fn bench(args: &Args, compare: &CompareArgs) -> anyhow::Result<Report> {
 }
 
 /// Writes the working set the read measurement reads.
-async fn preload(client: &Client) -> anyhow::Result<()> {
+async fn preload(client: &impl Requests) -> anyhow::Result<()> {
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
     for start in (0..WORKING_SET).step_by(MAX_BATCH_PAGES) {
         let pages = (start..start + MAX_BATCH_PAGES as u64)
@@ -409,7 +422,7 @@ fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
 }
 
 async fn measure_throughput(
-    client: &Arc<Client>,
+    client: &ServerConn,
     server_pid: u32,
     op: &'static str,
     inflight: usize,
@@ -425,46 +438,18 @@ async fn measure_throughput(
     let deadline = started + dur;
     let mut tasks = Vec::new();
     for t in 0..inflight {
-        let client = client.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut rng = rand::rngs::StdRng::seed_from_u64(100 + t as u64);
-            let mut hist = Histogram::<u64>::new(3).expect("histogram");
-            let page = PageData::Bytes(random_page(&mut rng));
-            let mut version = 2 + t as u64;
-            while Instant::now() < deadline {
-                // A run of neighbouring pages, as the agent's batches are.
-                let first = rng.random_range(0..WORKING_SET - batch as u64);
-                let keys = (first..first + batch as u64).map(|slot| PageKey::new(0, slot));
-                let t0 = Instant::now();
-                if op == "read" {
-                    let items = keys.map(|key| ReadItem { key, version: 0 }).collect();
-                    let r = client.read(items).await?;
-                    anyhow::ensure!(
-                        r.iter().all(|r| matches!(r, ReadResult::Found { .. })),
-                        "page missing near {first}"
-                    );
-                } else {
-                    version += inflight as u64;
-                    let items = keys
-                        .map(|key| WriteItem {
-                            key,
-                            version,
-                            data: page.clone(),
-                        })
-                        .collect();
-                    let r = client.write(items).await?;
-                    anyhow::ensure!(
-                        r.iter().all(|r| matches!(
-                            r,
-                            WriteResult::Stored | WriteResult::Superseded { .. }
-                        )),
-                        "write refused near {first}"
-                    );
-                }
-                hist.record(t0.elapsed().as_nanos() as u64)?;
-            }
-            anyhow::Ok(hist)
-        }));
+        let task = Requester {
+            t: t as u64,
+            op,
+            inflight,
+            batch,
+            deadline,
+        };
+        tasks.push(match client {
+            // quinn's client may run on several worker threads (--client-threads).
+            ServerConn::Quinn(c) => tokio::spawn(task.run(c.clone())),
+            ServerConn::Driven(d) => tokio::task::spawn_local(task.run(d.clone())),
+        });
     }
     let mut total = Histogram::<u64>::new(3)?;
     for t in tasks {
@@ -486,6 +471,63 @@ async fn measure_throughput(
         server_cpu_us_per_page: cpu * 1e6 / pages.max(1) as f64,
         runs_pages_per_sec: vec![pages_per_sec],
     })
+}
+
+/// One of the requests kept in flight: asks again as soon as its answer is in, until `deadline`.
+struct Requester {
+    t: u64,
+    op: &'static str,
+    inflight: usize,
+    batch: usize,
+    deadline: Instant,
+}
+
+impl Requester {
+    /// Reads or writes runs of random pages; the latency of each request.
+    async fn run(self, client: impl Requests) -> anyhow::Result<Histogram<u64>> {
+        let Self {
+            t,
+            op,
+            inflight,
+            batch,
+            deadline,
+        } = self;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(100 + t);
+        let mut hist = Histogram::<u64>::new(3).expect("histogram");
+        let page = PageData::Bytes(random_page(&mut rng));
+        let mut version = 2 + t;
+        while Instant::now() < deadline {
+            // A run of neighbouring pages, as the agent's batches are.
+            let first = rng.random_range(0..WORKING_SET - batch as u64);
+            let keys = (first..first + batch as u64).map(|slot| PageKey::new(0, slot));
+            let t0 = Instant::now();
+            if op == "read" {
+                let items = keys.map(|key| ReadItem { key, version: 0 }).collect();
+                let r = client.read(items).await?;
+                anyhow::ensure!(
+                    r.iter().all(|r| matches!(r, ReadResult::Found { .. })),
+                    "page missing near {first}"
+                );
+            } else {
+                version += inflight as u64;
+                let items = keys
+                    .map(|key| WriteItem {
+                        key,
+                        version,
+                        data: page.clone(),
+                    })
+                    .collect();
+                let r = client.write(items).await?;
+                anyhow::ensure!(
+                    r.iter()
+                        .all(|r| matches!(r, WriteResult::Stored | WriteResult::Superseded { .. })),
+                    "write refused near {first}"
+                );
+            }
+            hist.record(t0.elapsed().as_nanos() as u64)?;
+        }
+        Ok(hist)
+    }
 }
 
 fn rss_bytes(pid: u32) -> anyhow::Result<u64> {

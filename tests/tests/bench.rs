@@ -74,7 +74,7 @@ fn workload_alone_prints_a_result_line_with_only_hits() {
 }
 
 #[test]
-fn floor_json_has_five_floors_both_ways() {
+fn floor_json_has_six_floors_both_ways() {
     let out = bench(&["floor", "--json", "--samples", "300"]);
     let f: Value = serde_json::from_str(&stdout(&out)).unwrap();
     for name in [
@@ -83,9 +83,43 @@ fn floor_json_has_five_floors_both_ways() {
         "quic_4k",
         "quic_dgram_4k",
         "quic_proto_4k",
+        "quic_mixed_4k",
     ] {
         for way in ["unpinned", "one_cpu"] {
             assert_eq!(ordered(&f[name][way]), 300, "{name} {way}");
+        }
+    }
+}
+
+/// `yonder-bench server` with the agent's own QUIC client measures what it does with quinn's:
+/// every request answered (a missing page or a refused write fails the run).
+#[test]
+fn server_throughput_with_either_client() {
+    for client in ["quinn", "driven"] {
+        let out = bench(&[
+            "server",
+            "--seconds",
+            "1",
+            "--inflight",
+            "1,8",
+            "--batch",
+            "1,4",
+            "--memory-pages",
+            "0",
+            "--mtu",
+            "4400",
+            "--json",
+            "--client",
+            client,
+        ]);
+        let r: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let rows = r["throughput"].as_array().unwrap();
+        assert_eq!(rows.len(), 8, "{client}: {r}");
+        for row in rows {
+            assert!(
+                row["pages_per_sec"].as_f64().unwrap() > 0.0,
+                "{client}: {row}"
+            );
         }
     }
 }
