@@ -157,26 +157,8 @@ impl Client {
             lanes: Arc::default(),
             in_flight: Arc::new(tokio::sync::Semaphore::new(MAX_IDLE_LANES)),
         };
-        let hello = Request::Hello {
-            protocol_version: PROTOCOL_VERSION,
-            client: client.to_string(),
-        };
-        match Requests::call(&this, &hello).await? {
-            Response::Hello {
-                server,
-                tenant,
-                capacity_bytes,
-                ..
-            } => {
-                this.info = ServerInfo {
-                    server,
-                    tenant,
-                    capacity_bytes,
-                };
-                Ok(this)
-            }
-            _ => Err(ClientError::Unexpected("hello")),
-        }
+        this.info = hello(&this, client).await?;
+        Ok(this)
     }
 
     /// What the server said in its hello.
@@ -316,6 +298,28 @@ impl Requests for Client {
             Response::Error { code, message } => Err(ClientError::Server { code, message }),
             resp => Ok((resp, timing)),
         }
+    }
+}
+
+/// The protocol's hello on a fresh connection: says who `client` is, returns what the server
+/// said (the first request on any connection, whatever carries it).
+pub async fn hello(conn: &impl Requests, client: &str) -> Result<ServerInfo, ClientError> {
+    let hello = Request::Hello {
+        protocol_version: PROTOCOL_VERSION,
+        client: client.to_string(),
+    };
+    match conn.call(&hello).await? {
+        Response::Hello {
+            server,
+            tenant,
+            capacity_bytes,
+            ..
+        } => Ok(ServerInfo {
+            server,
+            tenant,
+            capacity_bytes,
+        }),
+        _ => Err(ClientError::Unexpected("hello")),
     }
 }
 

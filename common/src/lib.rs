@@ -13,5 +13,6 @@ pub mod protocol;
 pub mod size;
 pub mod tls;
 pub mod transport;
+pub mod udp;
 
 pub use protocol::{PageKey, PAGE_SIZE, PROTOCOL_VERSION};

@@ -16,7 +16,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    io::{self, IoSliceMut},
+    io,
     net::{SocketAddr, UdpSocket},
     os::fd::AsRawFd,
     sync::{
@@ -27,7 +27,7 @@ use std::{
 };
 
 use bytes::{Buf, Bytes, BytesMut};
-use quinn::udp::{RecvMeta, Transmit as UdpTransmit, UdpSocketState};
+use quinn::udp::UdpSocketState;
 use quinn_proto::{
     ConnectionHandle, DatagramEvent, Dir, Endpoint, Event, FinishError, ReadError, ReadableError,
     ServerConfig, StreamEvent, StreamId, VarInt, WriteError,
@@ -37,7 +37,7 @@ use yonder_common::{
     codec::{CodecError, HEADER_BYTES},
     poll::readable,
     protocol::{ErrorCode, Response},
-    tls, transport,
+    tls, transport, udp,
 };
 
 use crate::{
@@ -221,37 +221,15 @@ impl Driven {
     /// Reads every datagram waiting and hands each to the endpoint.
     fn receive(&mut self, closing: bool) -> io::Result<()> {
         loop {
-            let mut meta = [RecvMeta::default()];
-            let n = {
-                let mut bufs = [IoSliceMut::new(&mut self.recv_buf)];
-                match self.state.recv((&self.socket).into(), &mut bufs, &mut meta) {
-                    Ok(n) => n,
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    // ICMP errors of an earlier send surface here; they concern a peer, not us.
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            io::ErrorKind::ConnectionRefused
-                                | io::ErrorKind::ConnectionReset
-                                | io::ErrorKind::HostUnreachable
-                                | io::ErrorKind::NetworkUnreachable
-                        ) =>
-                    {
-                        continue
-                    }
-                    Err(e) => return Err(e),
-                }
+            let m = match udp::recv(&self.state, &self.socket, &mut self.recv_buf) {
+                Ok(m) => m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
             };
-            if n == 0 {
-                return Ok(());
-            }
-            let m = meta[0];
             let now = Instant::now();
-            let stride = m.stride.max(1);
-            for start in (0..m.len).step_by(stride) {
+            for d in udp::datagrams(&self.recv_buf, &m) {
                 // One copy, into the buffer quinn-proto keeps (as quinn's endpoint does).
-                let datagram = BytesMut::from(&self.recv_buf[start..(start + stride).min(m.len)]);
+                let datagram = BytesMut::from(d);
                 self.send_buf.clear();
                 let event =
                     self.endpoint
@@ -267,7 +245,7 @@ impl Driven {
                         if closing {
                             self.send_buf.clear();
                             let t = self.endpoint.refuse(incoming, &mut self.send_buf);
-                            send(&self.state, &self.socket, &self.send_buf, &t)?;
+                            udp::send(&self.state, &self.socket, &self.send_buf, &t);
                             continue;
                         }
                         self.send_buf.clear();
@@ -291,13 +269,13 @@ impl Driven {
                                 warn!("handshake refused: {}", e.cause);
                                 metrics::rejected("handshake");
                                 if let Some(t) = e.response {
-                                    send(&self.state, &self.socket, &self.send_buf, &t)?;
+                                    udp::send(&self.state, &self.socket, &self.send_buf, &t);
                                 }
                             }
                         }
                     }
                     Some(DatagramEvent::Response(t)) => {
-                        send(&self.state, &self.socket, &self.send_buf, &t)?;
+                        udp::send(&self.state, &self.socket, &self.send_buf, &t);
                     }
                     None => {}
                 }
@@ -568,7 +546,7 @@ impl Driven {
                 let Some(t) = c.conn.poll_transmit(now, segments, &mut self.send_buf) else {
                     break;
                 };
-                send(&self.state, &self.socket, &self.send_buf, &t)?;
+                udp::send(&self.state, &self.socket, &self.send_buf, &t);
             }
         }
         Ok(())
@@ -631,31 +609,6 @@ fn read_some(c: &mut Conn, id: StreamId, st: &mut Stream, want: usize) -> Result
     // The flow-control credit for what was read goes out with the next transmit.
     let _ = chunks.finalize();
     result
-}
-
-/// Sends one transmit of quinn-proto (several datagrams with segmentation offload).
-fn send(
-    state: &UdpSocketState,
-    socket: &UdpSocket,
-    buf: &[u8],
-    t: &quinn_proto::Transmit,
-) -> io::Result<()> {
-    let transmit = UdpTransmit {
-        destination: t.destination,
-        ecn: None,
-        contents: &buf[..t.size],
-        segment_size: t.segment_size,
-        src_ip: t.src_ip,
-    };
-    match state.send(socket.into(), &transmit) {
-        Ok(()) => Ok(()),
-        // A full socket buffer drops the datagram, as a network would: QUIC sends it again.
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => {
-            debug!("sending to {}: {e}", t.destination);
-            Ok(())
-        }
-    }
 }
 
 /// The bound socket a driven server listens on (the same buffers as quinn's endpoint).
