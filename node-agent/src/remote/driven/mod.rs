@@ -26,9 +26,7 @@ use std::{
 
 use bytes::Bytes;
 use quinn::udp::UdpSocketState;
-use quinn_proto::{
-    ClientConfig, ConnectionError, ConnectionHandle, Dir, Endpoint, StreamId, VarInt,
-};
+use quinn_proto::{ClientConfig, ConnectionError, ConnectionHandle, Dir, Endpoint, StreamId};
 use serde::Serialize;
 use tokio::sync::Notify;
 use yonder_common::{
@@ -54,7 +52,7 @@ mod streams;
 mod tests;
 
 use driver::{close, drive, flush};
-use streams::write_more;
+use streams::{abandon, write_more};
 
 /// Numbers connections, so that a reconnection is told apart from the connection it replaces.
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
@@ -309,10 +307,7 @@ impl Requests for DrivenClient {
         {
             let mut st = sh.state.borrow_mut();
             if call.broken {
-                if st.lost.is_none() {
-                    let _ = st.conn.send_stream(id).reset(VarInt::from_u32(0));
-                    let _ = st.conn.recv_stream(id).stop(VarInt::from_u32(0));
-                }
+                abandon(&mut st, id);
             } else if st.idle.len() < MAX_LANES && st.lost.is_none() {
                 st.idle.push((id, payload));
             }
@@ -339,10 +334,7 @@ impl Drop for Pending<'_> {
         {
             let mut st = self.sh.state.borrow_mut();
             st.calls.remove(&id);
-            if st.lost.is_none() {
-                let _ = st.conn.send_stream(id).reset(VarInt::from_u32(0));
-                let _ = st.conn.recv_stream(id).stop(VarInt::from_u32(0));
-            }
+            abandon(&mut st, id);
         }
         flush(self.sh);
     }

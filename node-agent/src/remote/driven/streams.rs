@@ -55,6 +55,15 @@ pub(super) fn write_more(st: &mut State, id: StreamId) {
     }
 }
 
+/// Gives up lane `id` for good: our side reset, the server's reply refused (nothing to do on a
+/// connection that is gone).
+pub(super) fn abandon(st: &mut State, id: StreamId) {
+    if st.lost.is_none() {
+        let _ = st.conn.send_stream(id).reset(VarInt::from_u32(0));
+        let _ = st.conn.recv_stream(id).stop(VarInt::from_u32(0));
+    }
+}
+
 pub(super) fn finish(call: &mut Call, r: Result<Instant, ClientError>) {
     if call.done.is_none() {
         call.done = Some(r);
