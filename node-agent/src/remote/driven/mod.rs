@@ -97,7 +97,8 @@ struct Shared {
     socket: tokio::net::UdpSocket,
     udp: UdpSocketState,
     state: RefCell<State>,
-    /// Wakes the driver: an earlier timer, or the connection was closed.
+    /// Wakes the driver: an earlier timer, requests written to be sent, or the connection was
+    /// closed.
     kick: Notify,
     /// Connected or lost; a stream became available.
     changed: Notify,
@@ -225,6 +226,11 @@ impl DrivenClient {
         self.shared.state.borrow().conn.stats().udp_rx.datagrams
     }
 
+    /// Datagrams sent on this connection so far.
+    pub fn datagrams_sent(&self) -> u64 {
+        self.shared.state.borrow().conn.stats().udp_tx.datagrams
+    }
+
     /// Closes the connection politely (requests in flight fail).
     pub fn close(&self) {
         close(&self.shared);
@@ -254,7 +260,13 @@ impl Requests for DrivenClient {
             }
             Outgoing::Chunks(chunks) => chunks,
         };
-        sh.state.borrow_mut().calls.insert(
+        let mut st = sh.state.borrow_mut();
+        // Alone on the connection, the request goes out at once. With others in flight, more
+        // requests are likely to be written in this turn of the runtime (replies come in
+        // bursts): the driver, which runs after them, sends them all, packed into as few
+        // datagrams as they fit (a datagram per request halved the server's throughput).
+        let alone = st.calls.is_empty();
+        st.calls.insert(
             id,
             Call {
                 out,
@@ -270,8 +282,13 @@ impl Requests for DrivenClient {
         );
         // From here until the reply, a cancelled request resets its lane.
         let mut guard = Pending { sh, id: Some(id) };
-        write_more(&mut sh.state.borrow_mut(), id);
-        flush(sh);
+        write_more(&mut st, id);
+        drop(st);
+        if alone {
+            flush(sh);
+        } else {
+            sh.kick.notify_one();
+        }
         let outcome = std::future::poll_fn(|cx| {
             let mut st = sh.state.borrow_mut();
             let Some(call) = st.calls.get_mut(&id) else {

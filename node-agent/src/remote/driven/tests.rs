@@ -84,3 +84,61 @@ fn cancelled_requests_leave_the_connection_serving_every_page_right() {
         assert!(c.stats().await.is_ok());
     });
 }
+
+/// Requests written in the same turn of the runtime leave packed into a few datagrams, not one
+/// each (one datagram per request halved the memory server's throughput), and every one of
+/// them is answered right.
+#[test]
+fn requests_of_one_turn_share_datagrams() {
+    let embedded = crate::embedded::Embedded::start(64 << 20).unwrap();
+    let files = tls::TlsFiles::in_dir(
+        embedded.certs().unwrap(),
+        yonder_common::certs::DEFAULT_CLIENT,
+    );
+    let config = tls::client_config(&files, Some(transport::PAGE_MTU)).unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let c = DrivenClient::connect(config, embedded.addr, "localhost", "test")
+            .await
+            .unwrap();
+        const PAGES: u64 = 32;
+        let items = (0..PAGES)
+            .map(|i| WriteItem {
+                key: PageKey::new(1, i),
+                version: 1,
+                data: PageData::Bytes(page(i)),
+            })
+            .collect();
+        c.write(items).await.unwrap();
+        let before = c.datagrams_sent();
+        let all = (0..PAGES).map(|i| {
+            c.read(vec![ReadItem {
+                key: PageKey::new(1, i),
+                version: 1,
+            }])
+        });
+        for (i, r) in futures_util::future::join_all(all)
+            .await
+            .into_iter()
+            .enumerate()
+        {
+            match r.unwrap().pop() {
+                Some(ReadResult::Found {
+                    version: 1,
+                    data: PageData::Bytes(b),
+                }) => assert_eq!(b, page(i as u64), "page {i}"),
+                other => panic!("page {i}: {other:?}"),
+            }
+        }
+        // The 32 requests, and the acknowledgements of their 32 replies.
+        let sent = c.datagrams_sent() - before;
+        assert!(
+            sent < PAGES,
+            "{sent} datagrams for {PAGES} requests written in one turn"
+        );
+    });
+}
