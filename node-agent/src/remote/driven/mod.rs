@@ -260,30 +260,33 @@ impl Requests for DrivenClient {
             }
             Outgoing::Chunks(chunks) => chunks,
         };
-        let mut st = sh.state.borrow_mut();
-        // Alone on the connection, the request goes out at once. With others in flight, more
-        // requests are likely to be written in this turn of the runtime (replies come in
-        // bursts): the driver, which runs after them, sends them all, packed into as few
-        // datagrams as they fit (a datagram per request halved the server's throughput).
-        let alone = st.calls.is_empty();
-        st.calls.insert(
-            id,
-            Call {
-                out,
-                sent: None,
-                header: [0; HEADER_BYTES],
-                have_header: 0,
-                len: None,
-                payload: buf,
-                done: None,
-                waker: None,
-                broken: false,
-            },
-        );
         // From here until the reply, a cancelled request resets its lane.
-        let mut guard = Pending { sh, id: Some(id) };
-        write_more(&mut st, id);
-        drop(st);
+        let mut guard = Pending { sh, id: None };
+        let alone = {
+            let mut st = sh.state.borrow_mut();
+            // Alone on the connection, the request goes out at once. With others in flight, more
+            // requests are likely to be written in this turn of the runtime (replies come in
+            // bursts): the driver, which runs after them, sends them all, packed into as few
+            // datagrams as they fit (a datagram per request halved the server's throughput).
+            let alone = st.calls.is_empty();
+            st.calls.insert(
+                id,
+                Call {
+                    out,
+                    sent: None,
+                    header: [0; HEADER_BYTES],
+                    have_header: 0,
+                    len: None,
+                    payload: buf,
+                    done: None,
+                    waker: None,
+                    broken: false,
+                },
+            );
+            guard.id = Some(id);
+            write_more(&mut st, id);
+            alone
+        };
         if alone {
             flush(sh);
         } else {
