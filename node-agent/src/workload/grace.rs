@@ -69,11 +69,12 @@ impl Group {
 /// cannot be parked are evicted by write protection at once, as they would be under pressure.
 pub(super) async fn top_up_grace(g: &Rc<Group>) {
     let target = g.grace_target();
+    // Small top-ups cost a park exchange each for little: park only useful batches.
+    let useful = (EVICT_BATCH / 4).min(target / 2).max(1);
     loop {
         let graced = g.graced();
         let missing = target.saturating_sub(graced);
-        // Small top-ups cost a park exchange each for little: wait for a useful batch.
-        if missing == 0 || (graced > 0 && missing < (EVICT_BATCH / 4).min(target / 2).max(1)) {
+        if missing == 0 || (graced > 0 && missing < useful) {
             return;
         }
         if g.servers_refuse.get()
@@ -87,8 +88,13 @@ pub(super) async fn top_up_grace(g: &Rc<Group>) {
         let Some((p, victims)) = pick_victims(g, missing.min(EVICT_BATCH)) else {
             return;
         };
-        if p.parking.borrow().is_none() {
-            // No parking area: nothing to probe with. Leave these pages resident.
+        // No parking area: nothing to probe with. Too few candidates: the process's other
+        // pages are shared with a forked relative, locked or pinned, and the few left are the
+        // ones it is using (a Redis `BGSAVE` child writes its own few pages all the time), so
+        // parked they would come straight back, one exchange and one rescue each, again and
+        // again (seen: thousands of rescues of the same page, the save three times slower).
+        // The window is a probe, not a must: leave these pages resident.
+        if p.parking.borrow().is_none() || victims.len() < useful {
             let mut garbage = Vec::new();
             for pg in victims {
                 garbage.extend(p.table.borrow_mut().abort_eviction(pg));

@@ -406,3 +406,63 @@ async fn scattered_victims_park_in_parts_and_a_page_unmapped_between_them_stays_
         }
     }
 }
+
+/// A stand-in for the shim's helper that moves every run it is asked to, until the agent's
+/// end closes; returns how many pages it moved.
+async fn moving_helper(mut helper_end: tokio::net::UnixStream) -> usize {
+    let mut moved = 0;
+    while let Ok(req) = read_words(&mut helper_end).await {
+        assert_eq!(req[0], proto::PARK);
+        let n = req[2] as usize;
+        let mut reply = vec![proto::PARKED, req[1], n as u64];
+        for i in 0..n {
+            let pages = req[5 + 3 * i] / PAGE;
+            moved += pages as usize;
+            reply.extend([pages, 0]);
+        }
+        write_words(&mut helper_end, &reply).await.unwrap();
+    }
+    moved
+}
+
+/// The grace window is topped up with useful batches only. A process whose other pages are all
+/// shared with a forked relative has only the few it is using to give (a Redis `BGSAVE` child's
+/// own pages): parked, they came straight back, one exchange and one rescue each, thousands of
+/// times per page. Those stay resident; with enough candidates the window takes them.
+#[tokio::test(flavor = "current_thread")]
+async fn the_grace_window_takes_no_handful_of_pages_a_forked_process_is_using() {
+    let g = group();
+    let p = process(&g, 0..200);
+    *p.parking.borrow_mut() = Some(crate::eviction::Parking::new(1 << 30, 1024));
+    g.note_left(1000);
+    assert!(g.grace_target() >= 128, "a window to fill");
+    share(&p, 3..200);
+    let local = tokio::task::LocalSet::new();
+    for (unshared, parked) in [(3, 0), (200, 200)] {
+        if unshared == 200 {
+            p.shared_pages.borrow_mut().clear();
+        }
+        let (agent_end, helper_end) = tokio::net::UnixStream::pair().unwrap();
+        *p.shim.borrow_mut() = Some(agent_end);
+        let moved = local
+            .run_until(async {
+                let helper = tokio::task::spawn_local(moving_helper(helper_end));
+                super::super::grace::top_up_grace(&g).await;
+                p.shim.borrow_mut().take();
+                helper.await.unwrap()
+            })
+            .await;
+        assert_eq!(moved, parked, "{unshared} pages not shared");
+        assert_eq!(g.graced(), parked);
+        let t = p.table.borrow();
+        let resident = (0..200u64)
+            .filter(|pg| {
+                matches!(
+                    t.state(pg * PAGE),
+                    Some(crate::pages::State::Resident { .. })
+                )
+            })
+            .count();
+        assert_eq!(resident, 200 - parked, "{unshared} pages not shared");
+    }
+}
