@@ -83,6 +83,47 @@ fn a_shared_page_is_taken_from_every_process_that_maps_it() {
     assert_eq!(g.shared.get(), 5);
 }
 
+/// When the pages only one process maps are a handful of what is needed (after a fork, the few
+/// a process writes), the evictor takes shared pages from both sides as well: a handful per
+/// batch made no room, and the few came straight back (a Redis `BGSAVE` 5-9 times slower).
+#[test]
+fn a_handful_of_unshared_pages_brings_shared_ones_along() {
+    let g = group();
+    // A parent and its child share pages 0..200; the child has 200..203 of its own.
+    let parent = process(&g, 0..200);
+    let child = process(&g, 0..203);
+    share(&parent, 0..200);
+    share(&child, 0..200);
+    g.update_shared();
+    let picked = choose(&g, 64);
+    let from = |p: &Rc<Proc>| -> Vec<u64> {
+        picked
+            .iter()
+            .filter(|(q, _)| Rc::ptr_eq(q, p))
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect()
+    };
+    let (of_child, of_parent) = (from(&child), from(&parent));
+    for pg in 200..203 {
+        assert!(of_child.contains(&(pg * PAGE)), "the child's own page {pg}");
+    }
+    assert_eq!(of_child.len(), 64, "the child gives as many as asked");
+    assert_eq!(of_parent.len(), 61, "the shared ones leave the parent too");
+    assert!(of_parent.iter().all(|pg| of_child.contains(pg)));
+
+    // Enough pages of its own: those alone.
+    let g = group();
+    let parent = process(&g, 0..200);
+    let child = process(&g, 0..400);
+    share(&parent, 0..200);
+    share(&child, 0..200);
+    g.update_shared();
+    let picked = choose(&g, 64);
+    assert_eq!(picked.len(), 1);
+    assert!(Rc::ptr_eq(&picked[0].0, &child));
+    assert!(picked[0].1.iter().all(|&pg| pg >= 200 * PAGE));
+}
+
 /// A fault deferred at the hard limit, with the pages that are leaving held by a process
 /// that is gone (an exited child whose parked pages were being freed): the evictor can do
 /// nothing, and must still let the agent's other tasks run, one of which reaps that
