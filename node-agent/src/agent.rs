@@ -113,7 +113,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         .first()
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let group = Group::new(name, servers, config.budget_pages());
+    let group = Group::new(name, servers.clone(), config.budget_pages());
     group.set_policy(config.eviction);
     group.set_parked_share(config.parked_share);
     if config.protect_only {
@@ -172,6 +172,7 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let freed = group.stop().await;
+    servers.close().await;
     eprint!(
         "{}",
         group

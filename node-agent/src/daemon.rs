@@ -341,6 +341,7 @@ async fn daemon_async(config: DaemonConfig) -> anyhow::Result<()> {
         e.group.kill_all();
         e.group.stop().await;
     }
+    d.servers.close().await;
     let _ = std::fs::remove_file(&d.config.socket);
     info!("daemon stopped");
     Ok(())

@@ -179,6 +179,8 @@ pub struct Servers {
     /// acknowledged): slot to the newest such version. The repairer copies them home once every
     /// home server is up ([`Self::take_displaced`]).
     displaced: RefCell<HashMap<u64, u64>>,
+    /// Closed for good ([`Self::close`]): servers that are down are not dialled again.
+    closed: Cell<bool>,
 }
 
 fn score(slot: u64, server: &str) -> u64 {
@@ -220,6 +222,7 @@ impl Servers {
                 })
                 .collect(),
             displaced: RefCell::default(),
+            closed: Cell::new(false),
             policy,
             changes: RefCell::default(),
         }
@@ -366,6 +369,9 @@ impl Servers {
     /// deadline even when no page traffic goes there) and reconnects servers that are down (run
     /// in the background every second).
     pub async fn probe_down(&self) {
+        if self.closed.get() {
+            return;
+        }
         let heartbeats = (0..self.servers.len())
             .filter(|&i| self.servers[i].up())
             .map(|i| self.call(i, |c| async move { c.stats().await }));
@@ -560,6 +566,31 @@ impl Servers {
         freed
     }
 }
+
+impl Servers {
+    /// Closes every connection politely, for an agent that is done: the servers free the
+    /// connections' state at once instead of after their idle time-out (10 s). quinn's client
+    /// sends the close from its endpoint's task, which gets a moment to do so; the driven client
+    /// sends it in the call.
+    pub async fn close(&self) {
+        self.closed.set(true);
+        for s in &self.servers {
+            if let Some(c) = s.client.borrow().as_ref() {
+                c.close();
+            }
+        }
+        for s in &self.servers {
+            if let Some(d) = &s.dialer {
+                if d.transport == Transport::Quinn {
+                    let _ = tokio::time::timeout(CLOSE_WAIT, d.endpoint.wait_idle()).await;
+                }
+            }
+        }
+    }
+}
+
+/// How long an agent that is done waits for quinn to send its connections' closes.
+const CLOSE_WAIT: Duration = Duration::from_millis(100);
 
 /// Reconnects failed servers every second, for as long as `servers` lives elsewhere.
 pub async fn prober(servers: Rc<Servers>) {

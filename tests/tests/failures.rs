@@ -16,8 +16,8 @@ use yonder_common::client::Requests as _;
 
 use yonder_common::protocol::StatsReply;
 use yonder_tests::{
-    bin, children, compile_workload, number_after, poll, proc_gone, proc_state, KillOnDrop,
-    Process, Server,
+    bin, children, compile_workload, free_tcp_port, metric, number_after, poll, proc_gone,
+    proc_state, KillOnDrop, Process, Server,
 };
 
 const TENANT: &str = "yonder-agent";
@@ -30,13 +30,21 @@ fn workload(name: &str, extra: &[&str]) -> PathBuf {
 /// A memory server, a client of it as the agent's tenant, and the runtime that drives it.
 struct Cluster {
     server: Server,
+    /// The server's Prometheus port.
+    metrics: u16,
     rt: tokio::runtime::Runtime,
     client: yonder_common::client::Client,
 }
 
 impl Cluster {
     fn start() -> Self {
-        let server = Server::start("64MiB", &[TENANT], &[]).unwrap();
+        let metrics = free_tcp_port();
+        let server = Server::start(
+            "64MiB",
+            &[TENANT],
+            &["--metrics", &format!("127.0.0.1:{metrics}")],
+        )
+        .unwrap();
         // A worker thread keeps the QUIC connection driven between the test's calls.
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -44,7 +52,12 @@ impl Cluster {
             .build()
             .unwrap();
         let client = rt.block_on(server.connect(TENANT)).unwrap();
-        Self { server, rt, client }
+        Self {
+            server,
+            metrics,
+            rt,
+            client,
+        }
     }
 
     fn stats(&self) -> StatsReply {
@@ -234,6 +247,18 @@ fn killed_workload_is_reported_and_its_pages_are_freed_on_the_server() {
     assert!(!log.contains(SHIM_LOST), "{log}");
     let out = p.agent.stdout();
     assert_eq!(out, "filled\n", "the workload read something wrong");
+    // The agent closed its connection on the way out: the server is left with the test's own,
+    // at once rather than after its 10 s idle time-out.
+    let conns = || metric(cluster.metrics, "yonder_server_connections");
+    let closed = poll(Duration::from_secs(3), || {
+        (conns() == Some(1.0)).then_some(())
+    });
+    assert!(
+        closed.is_some(),
+        "the server still counts {:?} connections 3 s after the agent exited (the test's own \
+         is 1); agent log:\n{log}",
+        conns()
+    );
 }
 
 #[test]

@@ -51,6 +51,15 @@ impl ServerConn {
         }
     }
 
+    /// Closes the connection politely: the server learns at once that this agent is gone
+    /// (requests in flight fail).
+    pub fn close(&self) {
+        match self {
+            ServerConn::Quinn(c) => c.close(),
+            ServerConn::Driven(d) => d.close(),
+        }
+    }
+
     /// Datagrams received from the server on this connection so far.
     pub fn datagrams_received(&self) -> u64 {
         match self {
