@@ -285,7 +285,7 @@ impl Proc {
     /// Adds to `batch` (the faulting page) the evicted pages after it, or before it when `down`.
     fn prefetch_into(&self, batch: &mut Vec<(u64, Remote)>, run: u32, down: bool) {
         let page = batch[0].0;
-        let window = (1u64 << run.min(4)).min(PREFETCH_MAX);
+        let window = (1u64 << run.min(PREFETCH_MAX.trailing_zeros())).min(PREFETCH_MAX);
         let mut room = self.g.soft_limit().saturating_sub(self.g.resident() + 1);
         let mut t = self.table.borrow_mut();
         for i in 1..=window {

@@ -94,7 +94,7 @@ pub fn slack_for(budget: usize) -> usize {
 /// little but wait for its own pages (and 0 would mean every page remote).
 pub const MIN_BUDGET: u64 = 64 * PAGE;
 /// Most pages fetched ahead of a sequential run of remote faults.
-const PREFETCH_MAX: u64 = 16;
+const PREFETCH_MAX: u64 = 32;
 /// Most never-touched pages zero-filled ahead of a sequential run of zero-fill faults.
 const ZERO_AHEAD_MAX: u64 = 32;
 /// Pages of the aligned block a scattered zero-fill fault fills far below the budget.
