@@ -17,8 +17,9 @@ fn page(i: u64) -> Vec<u8> {
 /// are reset, the others keep serving, and every page reads back right. (The stream events
 /// with nothing new that a resent frame brings, which once condemned good lanes, are not
 /// provoked here: an agent under load met them, docs/fault-path.md.)
-#[test]
-fn cancelled_requests_leave_the_connection_serving_every_page_right() {
+/// Runs `test` with a driven client connected to an embedded server that holds pages
+/// `0..pages` of space 1 (version 1, content [`page`]).
+fn with_pages(pages: u64, test: impl AsyncFnOnce(DrivenClient)) {
     let embedded = crate::embedded::Embedded::start(64 << 20).unwrap();
     let files = tls::TlsFiles::in_dir(
         embedded.certs().unwrap(),
@@ -34,8 +35,7 @@ fn cancelled_requests_leave_the_connection_serving_every_page_right() {
         let c = DrivenClient::connect(config, embedded.addr, "localhost", "test")
             .await
             .unwrap();
-        const PAGES: u64 = 64;
-        let items = (0..PAGES)
+        let items = (0..pages)
             .map(|i| WriteItem {
                 key: PageKey::new(1, i),
                 version: 1,
@@ -44,6 +44,14 @@ fn cancelled_requests_leave_the_connection_serving_every_page_right() {
             .collect();
         let stored = c.write(items).await.unwrap();
         assert!(stored.iter().all(|r| *r == WriteResult::Stored));
+        test(c).await;
+    });
+}
+
+#[test]
+fn cancelled_requests_leave_the_connection_serving_every_page_right() {
+    const PAGES: u64 = 64;
+    with_pages(PAGES, async |c| {
         let read = |first: u64| {
             (first..first + 8)
                 .map(|i| ReadItem {
@@ -90,30 +98,8 @@ fn cancelled_requests_leave_the_connection_serving_every_page_right() {
 /// them is answered right.
 #[test]
 fn requests_of_one_turn_share_datagrams() {
-    let embedded = crate::embedded::Embedded::start(64 << 20).unwrap();
-    let files = tls::TlsFiles::in_dir(
-        embedded.certs().unwrap(),
-        yonder_common::certs::DEFAULT_CLIENT,
-    );
-    let config = tls::client_config(&files, Some(transport::PAGE_MTU)).unwrap();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
-        let c = DrivenClient::connect(config, embedded.addr, "localhost", "test")
-            .await
-            .unwrap();
-        const PAGES: u64 = 32;
-        let items = (0..PAGES)
-            .map(|i| WriteItem {
-                key: PageKey::new(1, i),
-                version: 1,
-                data: PageData::Bytes(page(i)),
-            })
-            .collect();
-        c.write(items).await.unwrap();
+    const PAGES: u64 = 32;
+    with_pages(PAGES, async |c| {
         let before = c.datagrams_sent();
         let all = (0..PAGES).map(|i| {
             c.read(vec![ReadItem {
