@@ -3,9 +3,12 @@
 //!
 //! With quinn, a request written to a stream wakes quinn's connection task, which builds the
 //! packet and sends it on a later turn of the runtime; a reply is read by the endpoint task,
-//! passed to the connection task, and only then wakes the task waiting for it. Here the task
-//! that writes a request builds and sends its packets itself, and one driver task per connection
-//! reads the socket, feeds quinn-proto and completes the waiting request in the same turn.
+//! passed to the connection task, and only then wakes the task waiting for it. Here a request
+//! alone on its connection (a fault's read) is built and sent by the task that writes it; one
+//! written while others are in flight is left to the connection's driver task, which runs after
+//! the requests of the same turn and sends them packed into as few datagrams as they fit. The
+//! driver also reads the socket, feeds quinn-proto and completes the waiting request in the
+//! same turn.
 //! `yonder-bench floor` measured what quinn's client side costs per 4 KiB round trip against
 //! the hand-driven server: about 7 µs on one CPU (docs/fault-path.md, "Session 23").
 //!

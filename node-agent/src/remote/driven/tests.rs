@@ -12,11 +12,6 @@ fn page(i: u64) -> Vec<u8> {
         .collect()
 }
 
-/// Requests cancelled at every stage (before their frame leaves, in flight, with their reply
-/// half in) never disturb the ones after them on the same connection: the lanes they used
-/// are reset, the others keep serving, and every page reads back right. (The stream events
-/// with nothing new that a resent frame brings, which once condemned good lanes, are not
-/// provoked here: an agent under load met them, docs/fault-path.md.)
 /// Runs `test` with a driven client connected to an embedded server that holds pages
 /// `0..pages` of space 1 (version 1, content [`page`]).
 fn with_pages(pages: u64, test: impl AsyncFnOnce(DrivenClient)) {
@@ -48,6 +43,11 @@ fn with_pages(pages: u64, test: impl AsyncFnOnce(DrivenClient)) {
     });
 }
 
+/// Requests cancelled at every stage (before their frame leaves, in flight, with their reply
+/// half in) never disturb the ones after them on the same connection: the lanes they used
+/// are reset, the others keep serving, and every page reads back right. (The stream events
+/// with nothing new that a resent frame brings, which once condemned good lanes, are not
+/// provoked here: an agent under load met them, docs/fault-path.md.)
 #[test]
 fn cancelled_requests_leave_the_connection_serving_every_page_right() {
     const PAGES: u64 = 64;

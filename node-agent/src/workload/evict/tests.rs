@@ -53,15 +53,21 @@ fn share(p: &Proc, pages: std::ops::Range<u64>) {
         .extend(pages.map(|pg| pg * PAGE));
 }
 
+/// A parent with pages `0..shared` and its child with `0..child`, sharing `0..shared`.
+fn forked(g: &Rc<Group>, shared: u64, child: u64) -> (Rc<Proc>, Rc<Proc>) {
+    let parent = process(g, 0..shared);
+    let kid = process(g, 0..child);
+    share(&parent, 0..shared);
+    share(&kid, 0..shared);
+    g.update_shared();
+    (parent, kid)
+}
+
 #[test]
 fn a_shared_page_is_taken_from_every_process_that_maps_it() {
     let g = group();
     // A parent and its child share pages 0..8; the child has 8..10 of its own.
-    let parent = process(&g, 0..8);
-    let child = process(&g, 0..10);
-    share(&parent, 0..8);
-    share(&child, 0..8);
-    g.update_shared();
+    let (parent, child) = forked(&g, 8, 10);
     assert_eq!(g.resident(), 10);
 
     // The child's own pages go first, and alone.
@@ -90,11 +96,7 @@ fn a_shared_page_is_taken_from_every_process_that_maps_it() {
 fn a_handful_of_unshared_pages_brings_shared_ones_along() {
     let g = group();
     // A parent and its child share pages 0..200; the child has 200..203 of its own.
-    let parent = process(&g, 0..200);
-    let child = process(&g, 0..203);
-    share(&parent, 0..200);
-    share(&child, 0..200);
-    g.update_shared();
+    let (parent, child) = forked(&g, 200, 203);
     let picked = choose(&g, 64);
     let from = |p: &Rc<Proc>| -> Vec<u64> {
         picked
@@ -113,11 +115,7 @@ fn a_handful_of_unshared_pages_brings_shared_ones_along() {
 
     // Enough pages of its own: those alone.
     let g = group();
-    let parent = process(&g, 0..200);
-    let child = process(&g, 0..400);
-    share(&parent, 0..200);
-    share(&child, 0..200);
-    g.update_shared();
+    let (_parent, child) = forked(&g, 200, 400);
     let picked = choose(&g, 64);
     assert_eq!(picked.len(), 1);
     assert!(Rc::ptr_eq(&picked[0].0, &child));
@@ -262,11 +260,7 @@ fn a_stale_fault_on_a_page_under_eviction_keeps_its_content() {
 #[test]
 fn a_shared_page_whose_other_side_is_forking_leaves_one_side_only() {
     let g = group();
-    let parent = process(&g, 0..4);
-    let child = process(&g, 0..4);
-    share(&parent, 0..4);
-    share(&child, 0..4);
-    g.update_shared();
+    let (parent, child) = forked(&g, 4, 4);
     parent.forking.set(true);
     let picked = pick_shared(&g, 2);
     assert_eq!(picked.len(), 1);
