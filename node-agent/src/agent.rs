@@ -16,7 +16,11 @@ use anyhow::{bail, Context};
 use tokio::net::UnixListener;
 
 use crate::{
-    connect::connect_servers, pages::PAGE, remote::Policy, shim_proto as proto, workload::Group,
+    connect::connect_servers,
+    pages::PAGE,
+    remote::{Policy, Servers},
+    shim_proto as proto,
+    workload::Group,
 };
 
 pub use crate::workload::MIN_BUDGET;
@@ -102,11 +106,19 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
     let servers = Rc::new(servers);
     tokio::task::spawn_local(crate::remote::prober(servers.clone()));
     crate::spin::start(config.spin_us);
+    let result = serve(&config, &servers).await;
+    // Whatever happened to the program (managed or not), the servers hear that the connections
+    // end now rather than at their idle time-out.
+    servers.close().await;
+    result
+}
 
+/// Starts the program and serves its memory until it and every process of its workload ended.
+async fn serve(config: &RunConfig, servers: &Rc<Servers>) -> anyhow::Result<ExitStatus> {
     let dir = tempfile::Builder::new().prefix("yonder-run-").tempdir()?;
     let sock = dir.path().join("agent.sock");
     let listener = UnixListener::bind(&sock)?;
-    let mut child = spawn_workload(&config, &sock)?;
+    let mut child = spawn_workload(config, &sock)?;
     let child_pid = child.id().unwrap_or(0);
     let name = config
         .command
@@ -172,7 +184,6 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let freed = group.stop().await;
-    servers.close().await;
     eprint!(
         "{}",
         group

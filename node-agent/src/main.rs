@@ -90,7 +90,8 @@ struct RunArgs {
     spin_us: u64,
     /// Share of the budget, percent, kept parked as an access probe before it is saved: a page
     /// the program touches meanwhile comes back at the cost of a local fault and is kept
-    /// (docs/eviction.md); 0 saves pages as soon as they are parked.
+    /// (docs/eviction.md); 0 saves pages as soon as they are parked. The most it keeps: the
+    /// window shrinks while the program takes two rescues or more per remote fault.
     #[arg(long, default_value_t = yonder_agent::workload::DEFAULT_PARKED_SHARE,
           value_parser = clap::value_parser!(u32).range(0..=yonder_agent::workload::MAX_PARKED_SHARE as i64))]
     parked_share: u32,

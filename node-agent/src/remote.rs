@@ -565,9 +565,7 @@ impl Servers {
         }
         freed
     }
-}
 
-impl Servers {
     /// Closes every connection politely, for an agent that is done: the servers free the
     /// connections' state at once instead of after their idle time-out (10 s). quinn's client
     /// sends the close from its endpoint's task, which gets a moment to do so; the driven client

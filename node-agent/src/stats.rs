@@ -33,6 +33,13 @@ pub struct Stats {
     pub peak_parked: usize,
     /// Most pages parked at once in the grace window (an access probe).
     pub peak_graced: usize,
+    /// The grace window's size as a percentage of its configured share, after the last reading
+    /// of the sizer (none yet: the whole share).
+    pub grace_percent: Option<u32>,
+    /// The smallest of those percentages.
+    pub grace_least_percent: Option<u32>,
+    /// Readings the grace window's sizer took.
+    pub grace_readings: u64,
     /// Bytes fetched from servers.
     pub bytes_in: u64,
     /// Bytes written to servers.
@@ -97,6 +104,9 @@ impl Default for Stats {
             refaults: 0,
             peak_parked: 0,
             peak_graced: 0,
+            grace_percent: None,
+            grace_least_percent: None,
+            grace_readings: 0,
             bytes_in: 0,
             bytes_out: 0,
             peak_resident: 0,
@@ -261,6 +271,15 @@ impl Stats {
         gauge!("yonder_agent_grace_pages", self.labels(None)).set(pages as f64);
     }
 
+    /// Records the grace window's size as a percentage of its configured share, after the
+    /// sizer compared rescues with remote faults (`eviction::GraceSizer`).
+    pub fn grace_scaled(&mut self, percent: u32) {
+        self.grace_percent = Some(percent);
+        self.grace_least_percent = Some(self.grace_least_percent.unwrap_or(percent).min(percent));
+        self.grace_readings += 1;
+        gauge!("yonder_agent_grace_scale_percent", self.labels(None)).set(f64::from(percent));
+    }
+
     /// Records how many pages are parked now.
     pub fn parked(&mut self, pages: usize) {
         self.peak_parked = self.peak_parked.max(pages);
@@ -370,6 +389,12 @@ impl Stats {
                 self.refaults,
                 self.peak_parked,
                 self.peak_graced
+            );
+        }
+        if let (Some(end), Some(least)) = (self.grace_percent, self.grace_least_percent) {
+            s += &format!(
+                "yonder: grace window sized {} times by the rescues per remote fault: down to {} % of its share, {} % at the end\n",
+                self.grace_readings, least, end
             );
         }
         if !self.exchanges.is_empty() {

@@ -64,6 +64,21 @@ impl Cluster {
         self.rt.block_on(self.client.stats()).unwrap()
     }
 
+    /// Asserts that an agent that exited closed its connection on the way out: the server is
+    /// left with the test's own within 3 s, not after its 10 s idle time-out.
+    fn assert_agent_closed(&self, log: &str) {
+        let conns = || metric(self.metrics, "yonder_server_connections");
+        let closed = poll(Duration::from_secs(3), || {
+            (conns() == Some(1.0)).then_some(())
+        });
+        assert!(
+            closed.is_some(),
+            "the server still counts {:?} connections 3 s after the agent exited (the test's own \
+             is 1); agent log:\n{log}",
+            conns()
+        );
+    }
+
     /// Pages the agent's tenant has on the server, with content or as zero flags.
     fn tenant_pages(&self) -> u64 {
         let s = self.stats();
@@ -247,18 +262,7 @@ fn killed_workload_is_reported_and_its_pages_are_freed_on_the_server() {
     assert!(!log.contains(SHIM_LOST), "{log}");
     let out = p.agent.stdout();
     assert_eq!(out, "filled\n", "the workload read something wrong");
-    // The agent closed its connection on the way out: the server is left with the test's own,
-    // at once rather than after its 10 s idle time-out.
-    let conns = || metric(cluster.metrics, "yonder_server_connections");
-    let closed = poll(Duration::from_secs(3), || {
-        (conns() == Some(1.0)).then_some(())
-    });
-    assert!(
-        closed.is_some(),
-        "the server still counts {:?} connections 3 s after the agent exited (the test's own \
-         is 1); agent log:\n{log}",
-        conns()
-    );
+    cluster.assert_agent_closed(&log);
 }
 
 #[test]
@@ -276,8 +280,15 @@ fn statically_linked_program_runs_unmanaged_with_a_warning() {
         .prefix("yonder-failures-")
         .tempdir()
         .unwrap();
+    // Against a server of its own, to see that the agent closes its connection on this path too.
+    let cluster = Cluster::start();
     let mut cmd = Command::new(bin("yonder-agent"));
-    cmd.args(["run", "--local-mem", "4MiB", "--"]).arg(&prog);
+    cmd.args(["run", "--local-mem", "4MiB", "--servers"])
+        .arg(cluster.server.addr.to_string())
+        .arg("--tls-dir")
+        .arg(cluster.server.certs.dir())
+        .args(["--cert-name", TENANT, "--"])
+        .arg(&prog);
     let started = Instant::now();
     let mut agent = Process::spawn(cmd, "yonder-agent", dir.path()).unwrap();
     // The program exits at once; the agent notices that before its 10 s wait for the shim.
@@ -299,6 +310,8 @@ fn statically_linked_program_runs_unmanaged_with_a_warning() {
     );
     assert!(log.contains("unmanaged"), "no warning:\n{log}");
     assert!(log.contains("yonder:"), "{log}");
+    // No page was ever managed, but the agent had connected.
+    cluster.assert_agent_closed(&log);
 }
 
 /// The agent's socket directory (`/tmp/yonder-run-*`) named in a workload's environment, removed

@@ -13,12 +13,14 @@
 mod clock;
 mod parking;
 mod s3fifo;
+mod sizer;
 
 use std::{fmt, str::FromStr};
 
 pub use clock::Clock;
 pub use parking::Parking;
 pub use s3fifo::S3Fifo;
+pub use sizer::{GraceSizer, Reading, Sample};
 
 /// The policies the agent can run, by name.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]

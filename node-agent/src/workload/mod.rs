@@ -51,7 +51,7 @@ use tokio::{
 use tracing::{debug, info};
 
 use crate::{
-    eviction::{EvictionPolicy, Policy},
+    eviction::{EvictionPolicy, GraceSizer, Policy, Sample},
     fdpass::{self, HelloKind},
     pages::{PageTable, Remote, Slots, PAGE},
     procfs,
@@ -159,6 +159,8 @@ pub struct Group {
     /// Pages that left memory (saved or dropped clean) per finished batch, over the last
     /// [`LEFT_WINDOW`]: the eviction volume that sizes the grace window.
     left_log: RefCell<std::collections::VecDeque<(std::time::Instant, usize)>>,
+    /// Scales the grace window by its rescues per remote fault (`eviction::GraceSizer`).
+    sizer: RefCell<GraceSizer>,
 }
 
 /// How far back the pages that left memory count towards the grace window's size.
@@ -224,6 +226,7 @@ impl Group {
             moves_allowed: Cell::new(true),
             grace: RefCell::default(),
             left_log: RefCell::default(),
+            sizer: RefCell::default(),
         })
     }
 
@@ -252,9 +255,38 @@ impl Group {
     /// otherwise have a tenth of its budget parked and fault back on a tenth of its touches
     /// (random touches at a budget equal to their footprint: 5,926 rescues for 906 remote
     /// faults, docs/eviction.md).
+    ///
+    /// The share is scaled by [`GraceSizer`]: down to an eighth of it while the program takes
+    /// two rescues or more per remote fault (the window then parks its working set), and back
+    /// up while it takes few.
     fn grace_target(&self) -> usize {
         let share = self.budget * self.parked_share.get() as usize / 100;
-        share.min(GRACE_MAX).min(self.recently_left())
+        self.size_grace(share)
+            .min(GRACE_MAX)
+            .min(self.recently_left())
+    }
+
+    /// Tells the sizer the rescues and remote faults so far, and returns the window's size for
+    /// a configured size of `share` pages.
+    fn size_grace(&self, share: usize) -> usize {
+        let sample = {
+            let stats = self.stats.borrow();
+            Sample {
+                at: std::time::Instant::now(),
+                rescues: stats.rescues,
+                remote_faults: stats.remote_faults,
+            }
+        };
+        let mut sizer = self.sizer.borrow_mut();
+        if let Some(r) = sizer.observe(sample) {
+            debug!(
+                rescues_per_remote_fault = r.ratio,
+                percent = r.percent,
+                "grace window sized"
+            );
+            self.stats.borrow_mut().grace_scaled(r.percent);
+        }
+        sizer.size(share)
     }
 
     /// Notes `n` pages that left memory with a finished batch.
