@@ -200,7 +200,7 @@ fn hellos() -> Named {
         ),
         (
             "api",
-            with_flags(0, &[proto::API_MAGIC, proto::VERSION, 4242]),
+            with_flags(0, &[proto::API_MAGIC, proto::API_VERSION, 4242]),
         ),
     ]
 }

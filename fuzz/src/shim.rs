@@ -71,7 +71,7 @@ pub fn shim_hello(data: &[u8]) {
         }
         HelloKind::Api => {
             assert_eq!((hello.helper_stack, hello.parking), ((0, 0), (0, 0)));
-            vec![proto::API_MAGIC, proto::VERSION, pid]
+            vec![proto::API_MAGIC, proto::API_VERSION, pid]
         }
         HelloKind::Listener(_) => {
             assert!(

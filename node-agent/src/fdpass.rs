@@ -122,7 +122,7 @@ pub fn parse_hello(data: &[u8], fd: Option<OwnedFd>) -> io::Result<Hello> {
         });
     }
     if api {
-        if words[2] != proto::VERSION {
+        if words[2] != proto::API_VERSION {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("client API protocol version {}", words[2]),

@@ -116,7 +116,7 @@ impl Client {
         stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
         write_words(
             &mut stream,
-            &[proto::API_MAGIC, proto::VERSION, u64::from(pid)],
+            &[proto::API_MAGIC, proto::API_VERSION, u64::from(pid)],
         )?;
         let reply = read_words(&mut stream).map_err(|e| match e.kind() {
             io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => Error::Io(io::Error::new(

@@ -19,11 +19,27 @@ const PM_UFFD_WP: u64 = 1 << 57;
 /// The agent write-protects every page it evicts before asking for the drop. A page without the
 /// mark is not the page the agent saved: the program unmapped the range and mapped new memory
 /// at the same address meanwhile, and that memory must not be dropped.
-fn drop_protected(pagemap: i32, start: u64, len: u64) -> u64 {
+///
+/// Sets, in `dropped`, bit `first_bit + i` for each page `i` of the range it called
+/// `MADV_DONTNEED` on: each raised a REMOVE event for the agent, which must tell those from the
+/// program's own drops of the same pages (a page the program dropped first carries no mark, is
+/// skipped, and raises no event of ours). A page beyond the bitmap is not dropped (`E2BIG`).
+fn drop_protected(
+    pagemap: i32,
+    start: u64,
+    len: u64,
+    dropped: &mut [u64],
+    first_bit: usize,
+) -> u64 {
     const CHUNK: usize = 512;
     let mut entries = [0u8; 8 * CHUNK];
     let mut errno = 0;
-    let pages = len / 4096;
+    let mut pages = len / 4096;
+    let capacity = (dropped.len() * 64).saturating_sub(first_bit) as u64;
+    if pages > capacity {
+        pages = capacity;
+        errno = libc::E2BIG as u64;
+    }
     let mut done = 0u64;
     while done < pages {
         let n = ((pages - done) as usize).min(CHUNK);
@@ -68,6 +84,10 @@ fn drop_protected(pagemap: i32, start: u64, len: u64) -> u64 {
             };
             if rc != 0 {
                 errno = io::Error::last_os_error().raw_os_error().unwrap_or(-1) as u64;
+            }
+            for k in run_start..i {
+                let bit = first_bit + done as usize + k;
+                dropped[bit / 64] |= 1 << (bit % 64);
             }
         }
         done += n as u64;
@@ -292,29 +312,34 @@ pub(crate) extern "C" fn helper(arg: *mut libc::c_void) -> *mut libc::c_void {
         let id = word(1);
         let n = (word(2) as usize).min(proto::MAX_RANGES);
         let mut errno = 0u64;
+        // DROP: which requested pages got a MADV_DONTNEED, one bit each in request order.
+        let mut dropped = [0u64; proto::MAX_WORDS - 3];
+        let mut pages = 0usize;
         for r in 0..n {
             let (start, len) = (word(3 + 2 * r), word(4 + 2 * r));
             let e = if op == proto::FREE_PARKED {
                 free_parked(start, len)
             } else if pagemap >= 0 {
-                drop_protected(pagemap, start, len)
+                drop_protected(pagemap, start, len, &mut dropped, pages)
             } else {
                 libc::EIO as u64
             };
+            pages += (len / 4096) as usize;
             if e != 0 {
                 errno = e;
             }
         }
-        let mut reply = [0u8; 32];
-        let done = if op == proto::DROP {
-            proto::DROPPED
+        let (done, bitmap_words) = if op == proto::DROP {
+            (proto::DROPPED, pages.div_ceil(64).min(dropped.len()))
         } else {
-            proto::FREED
+            (proto::FREED, 0)
         };
-        for (i, w) in [3u64, done, id, errno].iter().enumerate() {
+        let mut reply = [0u8; 8 * (proto::MAX_WORDS + 1)];
+        let head = [3 + bitmap_words as u64, done, id, errno];
+        for (i, w) in head.iter().chain(&dropped[..bitmap_words]).enumerate() {
             reply[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
         }
         // A failed write means the agent is gone: the next read notices.
-        write_full(sock, &reply);
+        write_full(sock, &reply[..8 * (4 + bitmap_words)]);
     }
 }

@@ -11,8 +11,10 @@ pub const SOCKET_ENV: &str = "YONDER_AGENT_SOCK";
 pub const HELLO_WORDS: usize = 7;
 /// First word of the hello.
 pub const MAGIC: u64 = 0x594f_4e44_4552_0001;
-/// Protocol version, second word of the hello.
-pub const VERSION: u64 = 1;
+/// Protocol version, second word of the hello (2: a DROPPED reply names the pages dropped).
+pub const VERSION: u64 = 2;
+/// Version of the client API's protocol, second word of its hello (unchanged by the shim's).
+pub const API_VERSION: u64 = 1;
 /// Words of the hello of a forked child (no descriptor attached): `[FORK_MAGIC, VERSION, pid,
 /// parent pid, fork number in the parent, helper stack start, helper stack length]`. The agent
 /// answers `READY` with the child's userfaultfd attached (the kernel gave it to the agent).
@@ -29,9 +31,12 @@ pub const LISTEN_MAGIC: u64 = 0x594f_4e44_4552_0004;
 pub const READY: u64 = 1;
 /// Agent → shim: this process will not be managed.
 pub const REFUSED: u64 = 2;
-/// Agent → shim: `[DROP, id, n, start, len, ...]`, drop these ranges with MADV_DONTNEED.
+/// Agent → shim: `[DROP, id, n, start, len, ...]`, drop these ranges with MADV_DONTNEED (the
+/// pages that still carry the agent's write protection; at most [`MAX_DROP_PAGES`] pages).
 pub const DROP: u64 = 3;
-/// Shim → agent: `[DROPPED, id, errno]`.
+/// Shim → agent: `[DROPPED, id, errno, bitmap...]`: bit `i` (word `i / 64`, bit `i % 64`) set
+/// when the `i`-th page of the request, in order, got a MADV_DONTNEED (and so raised a REMOVE
+/// event of the helper's own); `ceil(pages / 64)` words.
 pub const DROPPED: u64 = 4;
 /// Shim → agent, the helper's first message: `[HELPER_UP]`; drops may be sent from now on.
 pub const HELPER_UP: u64 = 5;
@@ -65,8 +70,10 @@ pub const PARK_PAGES: u64 = 8192;
 pub const MAX_RANGES: usize = 64;
 /// Most words in any message.
 pub const MAX_WORDS: usize = 3 + 3 * MAX_RANGES;
+/// Most pages in one DROP message: as many as the bitmap of its reply can name.
+pub const MAX_DROP_PAGES: usize = 64 * (MAX_WORDS - 3);
 
-/// Words of a client-API hello (no descriptor): `[API_MAGIC, VERSION, pid]`. The agent answers
+/// Words of a client-API hello (no descriptor): `[API_MAGIC, API_VERSION, pid]`. The agent answers
 /// `[READY]` if `pid` is a process it manages, `[REFUSED]` otherwise. Then each request is
 /// `[op, start, len]` (page-aligned range of the caller's memory) and its reply `[op, errno]`
 /// (0 on success, a positive errno otherwise), in order, one at a time per connection.

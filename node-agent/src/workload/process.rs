@@ -58,7 +58,9 @@ pub(super) struct Proc {
     pub(super) registered: RefCell<BTreeMap<u64, u64>>,
     /// Ranges that could not be registered (left alone): start -> end.
     pub(super) refused: RefCell<BTreeMap<u64, u64>>,
-    /// Per page, how many REMOVE events our own drops still owe us.
+    /// Pages whose drop by the shim's helper is pending: how many REMOVE events came for each
+    /// meanwhile (the helper's own and the program's, told apart once the helper says which
+    /// pages it dropped: `protect::settle_drops`).
     pub(super) our_drops: RefCell<HashMap<u64, u32>>,
     /// Faults that wait for room under the budget.
     pub(super) deferred: RefCell<Vec<(u64, bool, std::time::Instant)>>,
@@ -436,8 +438,10 @@ impl Proc {
                     let mut p = start;
                     while p < end {
                         match ours.get_mut(&p) {
-                            Some(n) if *n > 0 => *n -= 1,
-                            _ => program.push(p),
+                            // A drop of ours is pending: whose event this is, is known when the
+                            // helper answers.
+                            Some(seen) => *seen += 1,
+                            None => program.push(p),
                         }
                         p += PAGE;
                     }
