@@ -229,7 +229,7 @@ mod tests {
 
     #[test]
     fn api_hello_names_its_pid() {
-        let hello = parse_hello(&bytes(&[proto::API_MAGIC, proto::VERSION, 42]), None).unwrap();
+        let hello = parse_hello(&bytes(&[proto::API_MAGIC, proto::API_VERSION, 42]), None).unwrap();
         assert!(matches!(hello.kind, HelloKind::Api));
         assert_eq!(hello.pid, 42);
     }
@@ -237,7 +237,7 @@ mod tests {
     #[test]
     fn a_pid_that_does_not_fit_is_refused_not_cut() {
         // Found by the shim_hello fuzz target: (1 << 32) + 42 used to be read as pid 42.
-        let api = [proto::API_MAGIC, proto::VERSION, (1 << 32) + 42];
+        let api = [proto::API_MAGIC, proto::API_VERSION, (1 << 32) + 42];
         assert!(parse_hello(&bytes(&api), None).is_err());
         let forked = [
             proto::FORK_MAGIC,
@@ -249,6 +249,14 @@ mod tests {
             0,
         ];
         assert!(parse_hello(&bytes(&forked), None).is_err());
+    }
+
+    #[test]
+    fn a_listener_of_an_older_shim_is_refused_by_its_version() {
+        // Version 1 shims answer a DROP without naming the pages they dropped.
+        let old = [proto::LISTEN_MAGIC, 1, 42];
+        let e = parse_hello(&bytes(&old), None).err().expect("refused");
+        assert!(e.to_string().contains("version 1"), "{e}");
     }
 
     #[test]
