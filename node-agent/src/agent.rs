@@ -114,7 +114,13 @@ async fn run_async(config: RunConfig) -> anyhow::Result<ExitStatus> {
 }
 
 /// Starts the program and serves its memory until it and every process of its workload ended.
+///
+/// A SIGTERM to the agent goes on to the program, as it would reach the program without Yonder
+/// (a supervisor stops a workload by stopping the process it started); the agent serves the
+/// program until it exits, then cleans up as always (before, SIGTERM killed the agent at once:
+/// the program died with "lost the node agent" and the socket directory stayed behind).
 async fn serve(config: &RunConfig, servers: &Rc<Servers>) -> anyhow::Result<ExitStatus> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let dir = tempfile::Builder::new().prefix("yonder-run-").tempdir()?;
     let sock = dir.path().join("agent.sock");
     let listener = UnixListener::bind(&sock)?;
@@ -133,29 +139,35 @@ async fn serve(config: &RunConfig, servers: &Rc<Servers>) -> anyhow::Result<Exit
     }
     group.set_root(child_pid);
 
-    let accepted = tokio::select! {
-        r = listener.accept() => Some(r?.0),
-        status = child.wait() => {
-            eprintln!("yonder: the program ended before loading the shim (statically linked, or LD_PRELOAD ignored): it ran unmanaged");
-            return Ok(status?);
+    let shim_wait = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(shim_wait);
+    let accepted = loop {
+        tokio::select! {
+            r = listener.accept() => break Some(r?.0),
+            status = child.wait() => {
+                eprintln!("yonder: the program ended before loading the shim (statically linked, or LD_PRELOAD ignored): it ran unmanaged");
+                return Ok(status?);
+            }
+            () = &mut shim_wait => break None,
+            _ = term.recv() => crate::workload::signal(child_pid, libc::SIGTERM),
         }
-        () = tokio::time::sleep(Duration::from_secs(10)) => None,
     };
     let Some(stream) = accepted else {
         eprintln!("yonder: the program did not load the shim within 10 s (statically linked?): it runs unmanaged");
-        return Ok(child.wait().await?);
+        return Ok(wait_forwarding(&mut child, &mut term).await?);
     };
     let started = Instant::now();
     if let Err(e) = group.hello(stream).await {
         eprintln!(
             "yonder: the program could not be put under management ({e:#}): it runs unmanaged"
         );
-        return Ok(child.wait().await?);
+        return Ok(wait_forwarding(&mut child, &mut term).await?);
     }
     group.start(listener);
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
+            _ = term.recv() => crate::workload::signal(child_pid, libc::SIGTERM),
             () = tokio::time::sleep(Duration::from_millis(100)) => {
                 if let Some(msg) = group.fatal() {
                     eprintln!("yonder: {msg}; stopping the workload");
@@ -181,7 +193,11 @@ async fn serve(config: &RunConfig, servers: &Rc<Servers>) -> anyhow::Result<Exit
             eprintln!("yonder: {msg}; stopping the workload");
             group.kill_all();
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+            // The program is gone: the processes it left are what a SIGTERM is for now.
+            _ = term.recv() => group.signal_all(libc::SIGTERM),
+        }
     }
     let freed = group.stop().await;
     eprint!(
@@ -198,6 +214,20 @@ async fn serve(config: &RunConfig, servers: &Rc<Servers>) -> anyhow::Result<Exit
         freed
     );
     Ok(status)
+}
+
+/// Waits for an unmanaged program, passing a SIGTERM to the agent on to it.
+async fn wait_forwarding(
+    child: &mut tokio::process::Child,
+    term: &mut tokio::signal::unix::Signal,
+) -> io::Result<ExitStatus> {
+    let pid = child.id().unwrap_or(0);
+    loop {
+        tokio::select! {
+            status = child.wait() => return status,
+            _ = term.recv() => crate::workload::signal(pid, libc::SIGTERM),
+        }
+    }
 }
 
 /// Runs the workload with the node daemon serving its memory.
@@ -221,7 +251,10 @@ async fn run_via_daemon(config: RunConfig, socket: &std::path::Path) -> anyhow::
         other => bail!("unexpected reply from the daemon: {other:?}"),
     };
     let started = Instant::now();
+    // As in `serve`: a SIGTERM to the agent goes on to the program.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut child = spawn_workload(&config, &shim_socket)?;
+    let child_pid = child.id().unwrap_or(0);
     control
         .send(&Request::Started {
             pid: child.id().unwrap_or(0),
@@ -230,6 +263,7 @@ async fn run_via_daemon(config: RunConfig, socket: &std::path::Path) -> anyhow::
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
+            _ = term.recv() => crate::workload::signal(child_pid, libc::SIGTERM),
             reply = control.recv() => match reply {
                 Ok(Some(Reply::Fatal { message })) => {
                     eprintln!("yonder: {message}; stopping the workload");

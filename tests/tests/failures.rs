@@ -265,6 +265,50 @@ fn killed_workload_is_reported_and_its_pages_are_freed_on_the_server() {
     cluster.assert_agent_closed(&log);
 }
 
+/// A SIGTERM to the agent goes on to its program, as it would without Yonder; the agent serves
+/// the program until it exits, then does what it does at every end: the summary, the program's
+/// pages freed on the server, the connection closed, its socket directory removed, and it exits
+/// as its program did (killed by SIGTERM). Before, SIGTERM killed the agent at once: the program
+/// died of a lost agent and the socket directory stayed.
+#[test]
+fn a_sigterm_to_the_agent_stops_the_program_and_the_agent_cleans_up() {
+    let cluster = Cluster::start();
+    let mut p = start_paging(&cluster, 32);
+    wait_for_remote_pages(&cluster, &mut p);
+    let wpid = p.workload.pid();
+    let socket_dir = SocketDir::of_workload(wpid);
+    let dir = socket_dir
+        .0
+        .clone()
+        .expect("the workload names its agent's socket directory");
+    assert!(dir.exists());
+    p.agent.signal(libc::SIGTERM);
+    let status = p.agent.wait_timeout(Duration::from_secs(20));
+    let log = p.agent.log();
+    let Some(status) = status else {
+        panic!("the agent did not exit within 20 s of a SIGTERM; log:\n{log}");
+    };
+    assert_eq!(status.signal(), Some(libc::SIGTERM), "{status:?}\n{log}");
+    assert!(
+        log.contains("yonder: workload was killed by signal 15"),
+        "no summary line about the program's end:\n{log}"
+    );
+    assert!(
+        !log.contains(SHIM_LOST),
+        "the program died of a lost agent:\n{log}"
+    );
+    assert!(proc_gone(wpid), "the program still runs");
+    assert!(!dir.exists(), "{} is still there", dir.display());
+    let left = poll(Duration::from_secs(5), || {
+        (cluster.tenant_pages() == 0).then_some(())
+    });
+    assert!(
+        left.is_some(),
+        "pages left on the server; agent log:\n{log}"
+    );
+    cluster.assert_agent_closed(&log);
+}
+
 #[test]
 fn statically_linked_program_runs_unmanaged_with_a_warning() {
     // -static needs libc.a (libc6-dev); if it cannot link, compile_workload fails the test with

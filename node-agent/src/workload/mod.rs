@@ -179,6 +179,18 @@ fn prune_left(
     }
 }
 
+/// Sends `sig` to process `pid` (a process of a workload; 0 is ignored, never the caller's own
+/// process group).
+pub(crate) fn signal(pid: u32, sig: i32) {
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: kill(2) of one positive pid with a signal number; no memory is involved.
+    unsafe {
+        libc::kill(pid as i32, sig);
+    }
+}
+
 /// A random space id, so that agents sharing a client certificate do not collide.
 fn random_space() -> u32 {
     let mut b = [0u8; 4];
@@ -407,11 +419,13 @@ impl Group {
 
     /// SIGKILLs every attached process of the workload.
     pub(crate) fn kill_all(&self) {
+        self.signal_all(libc::SIGKILL);
+    }
+
+    /// Sends `sig` to every attached process of the workload.
+    pub(crate) fn signal_all(&self, sig: i32) {
         for pid in self.pids() {
-            // SAFETY: kill(2) with a pid of a process of this workload and a constant signal.
-            unsafe {
-                libc::kill(pid as i32, libc::SIGKILL);
-            }
+            signal(pid, sig);
         }
     }
 
