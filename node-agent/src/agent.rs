@@ -255,11 +255,7 @@ async fn run_via_daemon(config: RunConfig, socket: &std::path::Path) -> anyhow::
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut child = spawn_workload(&config, &shim_socket)?;
     let child_pid = child.id().unwrap_or(0);
-    control
-        .send(&Request::Started {
-            pid: child.id().unwrap_or(0),
-        })
-        .await?;
+    control.send(&Request::Started { pid: child_pid }).await?;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
